@@ -1,0 +1,1 @@
+"""hpcaf's SQL queue: models, states and their transitions, atomic queue operations."""

@@ -1,0 +1,256 @@
+"""The SQLAlchemy 2.0 models of hpcaf's queue.
+
+One job row is one *attempt* (PanDA's PandaID): a retry adds a row with the
+same ``task_id``/``job_index`` and ``attempt_nr + 1``, and the superseded row
+ends ``closed``. The current status lives on each row; every change is also
+appended to :class:`StateHistory`.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from db.states import JobStatus, TaskStatus, WorkerStatus
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now; every timestamp in the database is UTC."""
+    return datetime.now(UTC)
+
+
+class Role(enum.StrEnum):
+    """What a token may do."""
+
+    USER = "user"
+    """Submits and manages its own tasks."""
+    PILOT = "pilot"
+    """Acquires and updates jobs; cannot submit."""
+    ADMIN = "admin"
+    """Everything, including queue changes and other users' tasks."""
+
+
+class QueueStatus(enum.StrEnum):
+    """Whether a queue gets new workers."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+    TEST = "test"
+
+
+class EntityKind(enum.StrEnum):
+    """What a :class:`StateHistory` row is about."""
+
+    TASK = "task"
+    JOB = "job"
+    WORKER = "worker"
+
+
+class FileKind(enum.StrEnum):
+    """Why a file is registered."""
+
+    INPUT = "input"
+    OUTPUT = "output"
+    LOG = "log"
+
+
+def _enum(cls: type[enum.StrEnum], length: int = 16) -> Enum:
+    """Store enums as their lowercase value in a portable VARCHAR."""
+    return Enum(
+        cls,
+        native_enum=False,
+        length=length,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+    )
+
+
+class TZDateTime(TypeDecorator[datetime]):
+    """UTC timestamps that come back timezone-aware on every backend (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every hpcaf table."""
+
+    type_annotation_map = {dict[str, Any]: JSON, datetime: TZDateTime()}
+
+
+class Token(Base):
+    """An API token, stored only as its SHA-256."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user: Mapped[str] = mapped_column(String(64), index=True)
+    role: Mapped[Role] = mapped_column(_enum(Role))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Queue(Base):
+    """A PanDA queue: where and how jobs run. Its settings come from the config file."""
+
+    __tablename__ = "queues"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    status: Mapped[QueueStatus] = mapped_column(_enum(QueueStatus))
+    status_set_by_admin: Mapped[bool] = mapped_column(default=False)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    modified_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Task(Base):
+    """One submission (PanDA's JEDI task, ``jediTaskID`` = ``id``)."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(256))
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[TaskStatus] = mapped_column(_enum(TaskStatus), index=True)
+    kind: Mapped[str] = mapped_column(String(32), default="container")
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    image: Mapped[str] = mapped_column(String(256))
+    architecture: Mapped[str | None] = mapped_column(String(256), default=None)
+    site: Mapped[str | None] = mapped_column(String(128), default=None)
+    out_ds: Mapped[str] = mapped_column(String(256))
+    n_jobs: Mapped[int] = mapped_column(Integer)
+    priority: Mapped[int] = mapped_column(Integer, default=1000)
+    max_attempt: Mapped[int] = mapped_column(Integer, default=3)
+    error_dialog: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    modified_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    jobs: Mapped[list[Job]] = relationship(back_populates="task", lazy="raise_on_sql")
+
+
+class Job(Base):
+    """One attempt of one unit of work of a task (PanDA's ``PandaID`` = ``id``)."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_claim", "status", "queue", "priority", "id"),
+        Index("ix_jobs_task_index", "task_id", "job_index", "attempt_nr", unique=True),
+        Index("ix_jobs_heartbeat", "status", "heartbeat_at"),
+        Index("ix_jobs_worker", "worker_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))
+    job_index: Mapped[int] = mapped_column(Integer)
+    attempt_nr: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus))
+    queue: Mapped[str | None] = mapped_column(String(128), default=None)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    cores: Mapped[int] = mapped_column(Integer, default=1)
+    memory_mb: Mapped[int] = mapped_column(Integer, default=2000)
+    walltime_s: Mapped[int] = mapped_column(Integer, default=3600)
+    priority: Mapped[int] = mapped_column(Integer, default=1000)
+    pilot_id: Mapped[str | None] = mapped_column(String(256), default=None)
+    worker_id: Mapped[int | None] = mapped_column(ForeignKey("workers.id"), default=None)
+    node: Mapped[str | None] = mapped_column(String(256), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    pilot_error_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    pilot_error_diag: Mapped[str | None] = mapped_column(Text, default=None)
+    brokerage_message: Mapped[str | None] = mapped_column(Text, default=None)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    modified_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    task: Mapped[Task] = relationship(back_populates="jobs", lazy="raise_on_sql")
+
+
+class Worker(Base):
+    """One batch slot running one pilot (Harvester's work spec)."""
+
+    __tablename__ = "workers"
+    __table_args__ = (Index("ix_workers_queue_status", "queue", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    queue: Mapped[str] = mapped_column(String(128))
+    provider: Mapped[str] = mapped_column(String(32))
+    batch_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    status: Mapped[WorkerStatus] = mapped_column(_enum(WorkerStatus))
+    diagnostics: Mapped[str | None] = mapped_column(Text, default=None)
+    exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    workdir: Mapped[str | None] = mapped_column(String(1024), default=None)
+    node: Mapped[str | None] = mapped_column(String(256), default=None)
+    submitted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+    modified_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    swept_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class StateHistory(Base):
+    """Append-only record of every state change: never updated, never deleted."""
+
+    __tablename__ = "state_history"
+    __table_args__ = (Index("ix_history_entity", "entity", "entity_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    entity: Mapped[EntityKind] = mapped_column(_enum(EntityKind))
+    entity_id: Mapped[int] = mapped_column(Integer)
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    actor: Mapped[str | None] = mapped_column(String(256), default=None)
+
+
+class File(Base):
+    """A registered file: content-addressed by sha256 in the file store."""
+
+    __tablename__ = "files"
+    __table_args__ = (
+        UniqueConstraint("dataset", "name", name="uq_files_dataset_name"),
+        Index("ix_files_task", "task_id"),
+        Index("ix_files_sha256", "sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    name: Mapped[str] = mapped_column(String(512))
+    dataset: Mapped[str | None] = mapped_column(String(256), default=None)
+    owner: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[FileKind] = mapped_column(_enum(FileKind))
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id"), default=None)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,148 @@
+"""Queue operations: checked state transitions with history, and the atomic job claim."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from db.models import EntityKind, Job, StateHistory, Task, Worker, utcnow
+from db.states import JOB_TERMINAL, TASK_TERMINAL, WORKER_TERMINAL, JobStatus, check_transition
+
+Stateful = Task | Job | Worker
+
+_ENTITY = {Task: EntityKind.TASK, Job: EntityKind.JOB, Worker: EntityKind.WORKER}
+
+
+def transition(
+    session: Session,
+    obj: Stateful,
+    new: enum.StrEnum,
+    *,
+    reason: str | None = None,
+    actor: str | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Move ``obj`` to ``new`` if the rules allow it, and append the history row.
+
+    The status change and its history row are flushed in the caller's
+    transaction, so they commit (or roll back) together.
+    """
+    current = obj.status
+    check_transition(current, new)
+    now = now or utcnow()
+    obj.status = new
+    if isinstance(obj, Task):
+        if new in TASK_TERMINAL:
+            obj.ended_at = now
+        else:
+            obj.ended_at = None
+    elif isinstance(obj, Job):
+        if new in JOB_TERMINAL:
+            obj.ended_at = now
+    elif isinstance(obj, Worker) and new in WORKER_TERMINAL:
+        obj.ended_at = now
+    session.add(
+        StateHistory(
+            entity=_ENTITY[type(obj)],
+            entity_id=obj.id,
+            from_status=current.value,
+            to_status=new.value,
+            at=now,
+            reason=reason,
+            actor=actor,
+        )
+    )
+
+
+def record_creation(
+    session: Session, obj: Stateful, *, reason: str | None = None, actor: str | None = None
+) -> None:
+    """Append the history row for a freshly created (and flushed) row."""
+    session.add(
+        StateHistory(
+            entity=_ENTITY[type(obj)],
+            entity_id=obj.id,
+            from_status=None,
+            to_status=obj.status.value,
+            reason=reason,
+            actor=actor,
+        )
+    )
+
+
+def claim_jobs(
+    session: Session,
+    *,
+    queue: str,
+    limit: int,
+    pilot_id: str,
+    worker_id: int | None,
+    node: str | None,
+    max_cores: int | None = None,
+    max_memory_mb: int | None = None,
+) -> Sequence[Job]:
+    """Atomically move up to ``limit`` activated jobs of ``queue`` to ``sent``.
+
+    One set-based ``UPDATE … WHERE status='activated' … RETURNING``: on
+    PostgreSQL the candidate rows are locked with ``FOR UPDATE SKIP LOCKED``,
+    on SQLite the write lock taken by ``BEGIN IMMEDIATE`` serialises claims.
+    Either way a job can be returned to exactly one caller.
+    """
+    if limit < 1:
+        return []
+    now = utcnow()
+    candidates = (
+        select(Job.id)
+        .where(Job.status == JobStatus.ACTIVATED, Job.queue == queue)
+        .order_by(Job.priority.desc(), Job.id)
+        .limit(limit)
+    )
+    if max_cores is not None:
+        candidates = candidates.where(Job.cores <= max_cores)
+    if max_memory_mb is not None:
+        candidates = candidates.where(Job.memory_mb <= max_memory_mb)
+    candidates = candidates.with_for_update(skip_locked=True)
+    claimed_ids = list(
+        session.scalars(
+            update(Job)
+            .where(Job.id.in_(candidates.scalar_subquery()), Job.status == JobStatus.ACTIVATED)
+            .values(
+                status=JobStatus.SENT,
+                pilot_id=pilot_id,
+                worker_id=worker_id,
+                node=node,
+                heartbeat_at=now,
+                modified_at=now,
+            )
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    if not claimed_ids:
+        return []
+    session.execute(
+        insert(StateHistory),
+        [
+            {
+                "entity": EntityKind.JOB,
+                "entity_id": job_id,
+                "from_status": JobStatus.ACTIVATED.value,
+                "to_status": JobStatus.SENT.value,
+                "at": now,
+                "reason": f"dispatched to pilot {pilot_id}",
+                "actor": pilot_id,
+            }
+            for job_id in claimed_ids
+        ],
+    )
+    jobs = session.scalars(
+        select(Job).where(Job.id.in_(claimed_ids)).order_by(Job.id).execution_options(
+            populate_existing=True
+        )
+    ).all()
+    return jobs
+

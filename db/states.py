@@ -1,0 +1,148 @@
+"""States of tasks, jobs and workers, and the transitions allowed between them.
+
+Every state change in hpcaf goes through :func:`check_transition`; the tables
+below are the single place that says which moves are legal. A state never goes
+back: a retried job is a *new* job row (attempt) and the old one is ``closed``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from db.errors import IllegalTransition
+
+
+class TaskStatus(enum.StrEnum):
+    """Life cycle of a task (one submission)."""
+
+    REGISTERED = "registered"
+    """Accepted and stored; not yet split into jobs."""
+    READY = "ready"
+    """Split into jobs; waiting for a pilot to pick one up."""
+    RUNNING = "running"
+    """At least one job was dispatched to a pilot."""
+    DONE = "done"
+    """Every job finished successfully."""
+    FINISHED = "finished"
+    """Every job ended, some of them failed (partial success)."""
+    FAILED = "failed"
+    """Every job ended and none finished."""
+    ABORTED = "aborted"
+    """Killed by its owner or an admin."""
+    BROKEN = "broken"
+    """Its parameters can never run (e.g. the image vanished)."""
+
+
+class JobStatus(enum.StrEnum):
+    """Life cycle of one job attempt."""
+
+    DEFINED = "defined"
+    """Created by the splitter; not yet brokered to a queue."""
+    ACTIVATED = "activated"
+    """Brokered to a queue; waiting for a pilot of that queue."""
+    SENT = "sent"
+    """Claimed by a pilot (dispatched)."""
+    STARTING = "starting"
+    """The pilot is staging in and starting the container."""
+    RUNNING = "running"
+    """The payload is running."""
+    FINISHED = "finished"
+    """The payload exited 0 and its outputs were registered."""
+    FAILED = "failed"
+    """The payload or the pilot failed and no attempt is left."""
+    CANCELLED = "cancelled"
+    """Killed with its task."""
+    CLOSED = "closed"
+    """Failed, and superseded by a new attempt of the same job."""
+
+
+class WorkerStatus(enum.StrEnum):
+    """Life cycle of one batch slot running one pilot."""
+
+    SUBMITTED = "submitted"
+    """Handed to the batch system; queued there."""
+    RUNNING = "running"
+    """The batch system runs it."""
+    FINISHED = "finished"
+    """The pilot exited 0."""
+    FAILED = "failed"
+    """The pilot exited non-zero, or the submission failed."""
+    CANCELLED = "cancelled"
+    """Removed on purpose (by hpcaf or a site admin)."""
+    MISSED = "missed"
+    """Vanished from the batch system without a trace of how it ended."""
+
+
+TASK_TERMINAL = frozenset(
+    {TaskStatus.DONE, TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.ABORTED, TaskStatus.BROKEN}
+)
+JOB_TERMINAL = frozenset(
+    {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.CLOSED}
+)
+JOB_ACTIVE = frozenset({JobStatus.SENT, JobStatus.STARTING, JobStatus.RUNNING})
+"""Jobs held by a pilot: they must heartbeat."""
+WORKER_TERMINAL = frozenset(
+    {WorkerStatus.FINISHED, WorkerStatus.FAILED, WorkerStatus.CANCELLED, WorkerStatus.MISSED}
+)
+WORKER_ACTIVE = frozenset({WorkerStatus.SUBMITTED, WorkerStatus.RUNNING})
+
+_T = TaskStatus
+TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    _T.REGISTERED: frozenset({_T.READY, _T.ABORTED, _T.BROKEN}),
+    _T.READY: frozenset({_T.RUNNING, _T.DONE, _T.FINISHED, _T.FAILED, _T.ABORTED, _T.BROKEN}),
+    _T.RUNNING: frozenset({_T.DONE, _T.FINISHED, _T.FAILED, _T.ABORTED, _T.BROKEN}),
+    # A retry re-opens a task that ended with failed jobs: new attempts are made.
+    _T.FINISHED: frozenset({_T.READY}),
+    _T.FAILED: frozenset({_T.READY}),
+    _T.ABORTED: frozenset({_T.READY}),
+    _T.DONE: frozenset(),
+    _T.BROKEN: frozenset(),
+}
+
+_J = JobStatus
+JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    _J.DEFINED: frozenset({_J.ACTIVATED, _J.CANCELLED, _J.FAILED}),
+    _J.ACTIVATED: frozenset({_J.SENT, _J.CANCELLED, _J.FAILED}),
+    _J.SENT: frozenset({_J.STARTING, _J.RUNNING, _J.FINISHED, _J.FAILED, _J.CANCELLED, _J.CLOSED}),
+    _J.STARTING: frozenset({_J.RUNNING, _J.FINISHED, _J.FAILED, _J.CANCELLED, _J.CLOSED}),
+    _J.RUNNING: frozenset({_J.FINISHED, _J.FAILED, _J.CANCELLED, _J.CLOSED}),
+    _J.FINISHED: frozenset(),
+    _J.FAILED: frozenset(),
+    _J.CANCELLED: frozenset(),
+    _J.CLOSED: frozenset(),
+}
+
+PILOT_REPORTABLE = frozenset(
+    {JobStatus.STARTING, JobStatus.RUNNING, JobStatus.FINISHED, JobStatus.FAILED}
+)
+"""The states a pilot may report in ``update_job`` (as in PanDA)."""
+
+_W = WorkerStatus
+WORKER_TRANSITIONS: dict[WorkerStatus, frozenset[WorkerStatus]] = {
+    _W.SUBMITTED: frozenset({_W.RUNNING, _W.FINISHED, _W.FAILED, _W.CANCELLED, _W.MISSED}),
+    _W.RUNNING: frozenset({_W.FINISHED, _W.FAILED, _W.CANCELLED, _W.MISSED}),
+    _W.FINISHED: frozenset(),
+    _W.FAILED: frozenset(),
+    _W.CANCELLED: frozenset(),
+    _W.MISSED: frozenset(),
+}
+
+_RULES: dict[type[enum.StrEnum], dict] = {
+    TaskStatus: TASK_TRANSITIONS,
+    JobStatus: JOB_TRANSITIONS,
+    WorkerStatus: WORKER_TRANSITIONS,
+}
+
+
+def allowed(current: enum.StrEnum, new: enum.StrEnum) -> bool:
+    """Whether ``current → new`` is a declared transition."""
+    if type(current) is not type(new):
+        return False
+    return new in _RULES[type(current)][current]
+
+
+def check_transition(current: enum.StrEnum, new: enum.StrEnum) -> None:
+    """Raise :class:`IllegalTransition` unless ``current → new`` is declared."""
+    if not allowed(current, new):
+        kind = type(current).__name__.removesuffix("Status").lower()
+        raise IllegalTransition(f"{kind} cannot go from {current.value!r} to {new.value!r}")

@@ -1,0 +1,1 @@
+"""The hpcaf harvester: REST API, agents, providers, images and the client CLIs."""

@@ -1,0 +1,1 @@
+"""Harvester agents: each does one job on a cycle (split, broker, submit, monitor, sweep, watch)."""

@@ -1,0 +1,121 @@
+"""Brokerage: send each defined job to a queue whose slots fit it.
+
+A queue fits when it is online (or in test and named by the task's site),
+not excluded, offers enough cores, memory and walltime, and has a GPU exactly
+when the job asks for one. Among the fitting queues the least loaded one
+(activated jobs per allowed worker) wins. A job no queue fits is activated
+without a queue and keeps a visible reason; it is brokered again every cycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import or_, select
+
+from db.models import Job, QueueStatus, Task
+from db.queue import transition
+from db.states import JobStatus
+from harvester.agents.base import Agent
+from harvester.architecture import parse_architecture
+from harvester.config import QueueConfig
+from harvester.errors import InvalidRequest
+from harvester.services.queues import activated_counts, list_queues
+
+
+@dataclass(frozen=True)
+class JobNeeds:
+    """What brokerage compares against queues."""
+
+    cores: int
+    memory_mb: int
+    walltime_s: int
+    gpu: bool
+    site: str | None
+    excluded: frozenset[str]
+
+
+def rejection(queue: QueueConfig, status: QueueStatus, needs: JobNeeds) -> str | None:
+    """Why ``queue`` cannot take the job, or ``None`` when it can."""
+    if needs.site is not None and queue.name != needs.site:
+        return "not the requested site"
+    if queue.name in needs.excluded:
+        return "excluded"
+    if status is QueueStatus.OFFLINE:
+        return "offline"
+    if status is QueueStatus.TEST and needs.site != queue.name:
+        return "in test (only for tasks that name it)"
+    if needs.cores > queue.cores:
+        return f"{queue.cores} cores per slot < {needs.cores}"
+    if needs.memory_mb > queue.memory_mb:
+        return f"{queue.memory_mb} MiB per slot < {needs.memory_mb}"
+    if needs.walltime_s > queue.walltime_s:
+        return f"max walltime {queue.walltime_s}s < {needs.walltime_s}s"
+    if needs.gpu and queue.gpus < 1:
+        return "no GPU"
+    if not needs.gpu and queue.gpus > 0 and not queue.provider_options.get("allow_cpu_jobs"):
+        return "GPU queue (CPU jobs not allowed)"
+    return None
+
+
+def choose_queue(
+    queues: list[tuple[QueueConfig, QueueStatus]], needs: JobNeeds, load: dict[str, int]
+) -> tuple[str | None, str]:
+    """The best queue and a message; ``None`` and the reasons when nothing fits."""
+    fitting = []
+    reasons = []
+    for queue, status in queues:
+        why = rejection(queue, status, needs)
+        if why is None:
+            fitting.append(queue)
+        else:
+            reasons.append(f"{queue.name}: {why}")
+    if not fitting:
+        return None, "no queue can run this job (" + "; ".join(reasons or ["no queues"]) + ")"
+    best = min(fitting, key=lambda q: (load.get(q.name, 0) / max(q.max_workers, 1), q.name))
+    return best.name, f"brokered to {best.name}"
+
+
+class Brokerage(Agent):
+    name = "brokerage"
+    batch = 2000
+
+    def run_once(self) -> None:
+        with self.ctx.sessions.begin() as session:
+            jobs = session.scalars(
+                select(Job)
+                .where(
+                    or_(
+                        Job.status == JobStatus.DEFINED,
+                        (Job.status == JobStatus.ACTIVATED) & Job.queue.is_(None),
+                    )
+                )
+                .order_by(Job.priority.desc(), Job.id)
+                .limit(self.batch)
+            ).all()
+            if not jobs:
+                return
+            rows = {q.name: q.status for q in list_queues(session)}
+            queues = [(q, rows.get(q.name, q.status)) for q in self.ctx.queues.values()]
+            load = activated_counts(session)
+            tasks = {
+                t.id: t
+                for t in session.scalars(select(Task).where(Task.id.in_({j.task_id for j in jobs})))
+            }
+            for job in jobs:
+                task = tasks[job.task_id]
+                try:
+                    gpu = parse_architecture(task.architecture).gpu
+                except InvalidRequest:
+                    gpu = False
+                needs = JobNeeds(
+                    cores=job.cores, memory_mb=job.memory_mb, walltime_s=job.walltime_s, gpu=gpu,
+                    site=task.site, excluded=frozenset(task.params.get("excludedSite", [])),
+                )
+                name, message = choose_queue(queues, needs, load)
+                job.queue = name
+                job.brokerage_message = message
+                if name is not None:
+                    load[name] = load.get(name, 0) + 1
+                if job.status is JobStatus.DEFINED:
+                    transition(session, job, JobStatus.ACTIVATED, reason=message)

@@ -1,0 +1,103 @@
+"""Monitor: follows workers in their batch systems and fails the jobs of workers that ended.
+
+A worker that ends (or vanishes) while its pilot still holds jobs takes those
+jobs down with it: they fail with ``worker_vanished`` and are retried when
+attempts remain, without waiting for the heartbeat timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+
+from db.models import Job, Task, Worker, utcnow
+from db.queue import transition
+from db.states import JOB_ACTIVE, WORKER_ACTIVE, WORKER_TERMINAL, WorkerStatus
+from harvester.agents.base import Agent
+from harvester.context import HarvesterContext
+from harvester.errors import HarvesterError
+from harvester.providers.base import Provider
+from harvester.providers.local import LocalProvider
+from harvester.services.lifecycle import fail_job
+from pilot.errors import PilotErrorCode
+
+log = logging.getLogger(__name__)
+
+
+def fail_held_jobs(session, worker: Worker, why: str) -> int:  # type: ignore[no-untyped-def]
+    """Fail (and retry) every job the worker's pilot still holds."""
+    jobs = session.scalars(
+        select(Job).where(Job.worker_id == worker.id, Job.status.in_(list(JOB_ACTIVE)))
+    ).all()
+    for job in jobs:
+        task = session.get(Task, job.task_id)
+        fail_job(
+            session, job, task, error_code=PilotErrorCode.WORKER_VANISHED,
+            diagnostics=f"worker {worker.id} (batch id {worker.batch_id}) {why}",
+            actor="monitor",
+        )
+    return len(jobs)
+
+
+class Monitor(Agent):
+    name = "monitor"
+
+    def __init__(self, ctx: HarvesterContext, providers: dict[str, Provider]) -> None:
+        super().__init__(ctx)
+        self.providers = providers
+
+    def run_once(self) -> None:
+        for queue_name, provider in self.providers.items():
+            self._check_queue(queue_name, provider)
+
+    def _check_queue(self, queue_name: str, provider: Provider) -> None:
+        with self.ctx.sessions() as session:
+            workers = session.scalars(
+                select(Worker).where(
+                    Worker.queue == queue_name, Worker.status.in_(list(WORKER_ACTIVE)),
+                    Worker.batch_id.is_not(None),
+                )
+            ).all()
+        if not workers:
+            return
+        if isinstance(provider, LocalProvider):
+            for w in workers:
+                if w.workdir:
+                    provider.track(w.batch_id or "", Path(w.workdir))
+        try:
+            statuses = provider.status([w.batch_id for w in workers if w.batch_id])
+        except HarvesterError as exc:
+            log.error("queue %s: status query failed: %s", queue_name, exc)
+            return
+        timeout = timedelta(seconds=self.ctx.settings.worker_queue_timeout_s)
+        now = utcnow()
+        for snapshot in workers:
+            batch = statuses.get(snapshot.batch_id or "")
+            with self.ctx.sessions.begin() as session:
+                worker = session.get(Worker, snapshot.id)
+                if worker is None or worker.status in WORKER_TERMINAL:
+                    continue
+                if batch is None or batch.status is None:
+                    continue
+                if batch.status is WorkerStatus.RUNNING and worker.status is WorkerStatus.SUBMITTED:
+                    worker.started_at = now
+                    transition(session, worker, WorkerStatus.RUNNING, reason=f"batch: {batch.native}")
+                elif batch.status is WorkerStatus.SUBMITTED and (
+                    now - worker.submitted_at > timeout
+                ):
+                    provider.cancel([worker.batch_id or ""])
+                    worker.diagnostics = f"queued longer than {timeout}"
+                    transition(session, worker, WorkerStatus.CANCELLED,
+                               reason=f"queued longer than {timeout}")
+                elif batch.status in WORKER_TERMINAL:
+                    worker.exit_code = batch.exit_code
+                    worker.diagnostics = batch.message or worker.diagnostics
+                    transition(session, worker, batch.status,
+                               reason=batch.message or f"batch: {batch.native}")
+                    n = fail_held_jobs(session, worker, f"ended {batch.status.value}")
+                    if n:
+                        log.warning("worker %d ended %s holding %d jobs; they were failed",
+                                    worker.id, batch.status.value, n)

@@ -1,0 +1,42 @@
+"""Splitter: a registered task becomes its jobs (one per jobParameters entry, or nJobs)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from db.models import Job, Task
+from db.queue import record_creation, transition
+from db.states import JobStatus, TaskStatus
+from harvester.agents.base import Agent
+
+
+class Splitter(Agent):
+    name = "splitter"
+    batch = 50
+
+    def run_once(self) -> None:
+        with self.ctx.sessions.begin() as session:
+            tasks = session.scalars(
+                select(Task).where(Task.status == TaskStatus.REGISTERED).order_by(Task.id)
+                .limit(self.batch)
+            ).all()
+            for task in tasks:
+                params = task.params
+                per_job = params.get("jobParameters") or [None] * task.n_jobs
+                for index, parameters in enumerate(per_job):
+                    job = Job(
+                        task_id=task.id,
+                        job_index=index,
+                        attempt_nr=1,
+                        status=JobStatus.DEFINED,
+                        spec={"parameters": parameters} if parameters is not None else {},
+                        cores=int(params.get("coreCount", 1)),
+                        memory_mb=int(params.get("ramCount", 2000)),
+                        walltime_s=int(params.get("maxWalltime", 3600)),
+                        priority=task.priority,
+                    )
+                    session.add(job)
+                session.flush()
+                for job in session.scalars(select(Job).where(Job.task_id == task.id)):
+                    record_creation(session, job, reason="split from task")
+                transition(session, task, TaskStatus.READY, reason=f"split into {len(per_job)} jobs")

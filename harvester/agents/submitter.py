@@ -1,0 +1,136 @@
+"""Submitter: starts the workers the adjuster asks for, through each queue's provider.
+
+A refused submission marks the worker failed with the batch system's own
+message, and the queue backs off (doubling, capped) before the next try.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from db.models import Job, QueueStatus, Worker
+from db.queue import record_creation, transition
+from db.states import JobStatus, WorkerStatus
+from harvester.agents.adjuster import QueueLoad, new_workers
+from harvester.agents.base import Agent
+from harvester.config import QueueConfig
+from harvester.context import HarvesterContext
+from harvester.errors import HarvesterError
+from harvester.providers.base import Provider, WorkerResources
+from harvester.services.queues import list_queues
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 600.0
+
+
+def pilot_command(ctx: HarvesterContext, queue: QueueConfig, worker_id: int) -> str:
+    """The shell command a slot runs: the pilot, told its server, queue and worker id."""
+    token_file = ctx.settings.home / "pilot.token"
+    args = [
+        sys.executable, "-m", "pilot.main",
+        "--server", ctx.settings.resolved_public_url,
+        "--queue", queue.name,
+        "--worker-id", str(worker_id),
+        "--token-file", str(token_file),
+        "--walltime", str(queue.walltime_s),
+        "--max-idle", str(ctx.settings.pilot_max_idle_s),
+        "--cores", str(queue.cores),
+    ]
+    if queue.jobs_per_pilot:
+        args += ["--max-jobs", str(queue.jobs_per_pilot)]
+    return shlex.join(args)
+
+
+class Submitter(Agent):
+    name = "submitter"
+
+    def __init__(self, ctx: HarvesterContext, providers: dict[str, Provider]) -> None:
+        super().__init__(ctx)
+        self.providers = providers
+        self._backoff: dict[str, tuple[float, float]] = {}  # queue → (retry at, delay)
+
+    def run_once(self) -> None:
+        for queue in self.ctx.queues.values():
+            retry_at, _ = self._backoff.get(queue.name, (0.0, 0.0))
+            if time.monotonic() < retry_at:
+                continue
+            self._cycle(queue)
+
+    def _cycle(self, queue: QueueConfig) -> None:
+        with self.ctx.sessions.begin() as session:
+            status = {q.name: q.status for q in list_queues(session)}.get(queue.name, queue.status)
+            if status is QueueStatus.OFFLINE:
+                return
+            activated = session.scalar(
+                select(func.count()).select_from(Job)
+                .where(Job.status == JobStatus.ACTIVATED, Job.queue == queue.name)
+            ) or 0
+            if activated == 0:
+                return
+            counts = dict(
+                session.execute(
+                    select(Worker.status, func.count())
+                    .where(Worker.queue == queue.name,
+                           Worker.status.in_([WorkerStatus.SUBMITTED, WorkerStatus.RUNNING]))
+                    .group_by(Worker.status)
+                ).all()
+            )
+            load = QueueLoad(
+                activated_jobs=activated,
+                queued_workers=counts.get(WorkerStatus.SUBMITTED, 0),
+                running_workers=counts.get(WorkerStatus.RUNNING, 0),
+            )
+            n_new = new_workers(queue, status, load)
+        for _ in range(n_new):
+            if not self._submit_one(queue):
+                break
+
+    def _submit_one(self, queue: QueueConfig) -> bool:
+        provider = self.providers[queue.name]
+        with self.ctx.sessions.begin() as session:
+            worker = Worker(queue=queue.name, provider=queue.provider,
+                            status=WorkerStatus.SUBMITTED)
+            session.add(worker)
+            session.flush()
+            worker.workdir = str(self.ctx.settings.workers_dir / f"{worker.id:08d}")
+            record_creation(session, worker, reason="submitting")
+            worker_id = worker.id
+            workdir = worker.workdir
+        resources = WorkerResources(
+            cores=queue.cores, memory_mb=queue.memory_mb, walltime_s=queue.walltime_s,
+            gpus=queue.gpus,
+        )
+        try:
+            batch_id = provider.submit(
+                pilot_command(self.ctx, queue, worker_id), resources,
+                f"hpcaf-{queue.name}-{worker_id}", Path(workdir),
+            )
+        except HarvesterError as exc:
+            self._fail(worker_id, str(exc), queue)
+            return False
+        with self.ctx.sessions.begin() as session:
+            worker = session.get(Worker, worker_id)
+            assert worker is not None
+            worker.batch_id = batch_id
+        self._backoff.pop(queue.name, None)
+        log.info("queue %s: worker %d submitted as batch job %s", queue.name, worker_id, batch_id)
+        return True
+
+    def _fail(self, worker_id: int, message: str, queue: QueueConfig) -> None:
+        _, delay = self._backoff.get(queue.name, (0.0, 0.0))
+        delay = min(MAX_BACKOFF_S, max(self.ctx.settings.submit_retry_backoff_s, delay * 2))
+        self._backoff[queue.name] = (time.monotonic() + delay, delay)
+        log.error("queue %s: worker %d submission failed (next try in %.0fs): %s",
+                  queue.name, worker_id, delay, message)
+        with self.ctx.sessions.begin() as session:
+            worker = session.get(Worker, worker_id)
+            assert worker is not None
+            worker.diagnostics = message
+            transition(session, worker, WorkerStatus.FAILED, reason=f"submission failed: {message}")

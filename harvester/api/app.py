@@ -1,0 +1,65 @@
+"""The FastAPI application: routers, error replies, and the agents' life cycle."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from db.errors import IllegalTransition
+from harvester.agents.base import AgentRunner
+from harvester.api.routes import files, jobs, pilot, queues, tasks, workers
+from harvester.context import HarvesterContext
+from harvester.errors import HarvesterError
+
+log = logging.getLogger(__name__)
+
+
+def create_app(ctx: HarvesterContext, runner: AgentRunner | None = None) -> FastAPI:
+    """The REST API over ``ctx``; ``runner`` (the agents) starts and stops with it."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if runner is not None:
+            runner.start()
+        try:
+            yield
+        finally:
+            if runner is not None:
+                runner.stop()
+
+    app = FastAPI(
+        title="hpcaf harvester",
+        version="0.1.0",
+        description="PanDA-style workload management: tasks, jobs, queues, workers, pilots.",
+        lifespan=lifespan,
+    )
+    app.state.context = ctx
+    for router in (tasks.router, jobs.router, files.router, queues.router, workers.router,
+                   pilot.router):
+        app.include_router(router)
+
+    @app.exception_handler(HarvesterError)
+    async def _harvester_error(_request: Request, exc: HarvesterError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+
+    @app.exception_handler(IllegalTransition)
+    async def _illegal(_request: Request, exc: IllegalTransition) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error; see the harvester log"}, status_code=500)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> str:
+        return (
+            "<!doctype html><title>hpcaf</title><h1>hpcaf harvester</h1>"
+            '<p>REST API under <code>/api/v1</code>; <a href="/docs">OpenAPI docs</a>.</p>'
+        )
+
+    return app

@@ -1,0 +1,80 @@
+"""File endpoints: upload (streamed, content-addressed) and download by sha256."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+
+from db.models import File, FileKind, Role
+from harvester.api.auth import Context, CurrentPrincipal
+from harvester.api.schemas import FilePublic
+from harvester.errors import Forbidden, InvalidRequest, NotFoundError
+from harvester.services.files import check_file_name, check_sha256
+
+router = APIRouter(prefix="/api/v1/files", tags=["files"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def upload(
+    request: Request,
+    ctx: Context,
+    principal: CurrentPrincipal,
+    name: Annotated[str, Query(max_length=255)],
+    sha256: Annotated[str | None, Query()] = None,
+) -> dict[str, object]:
+    """Upload a file as the raw request body.
+
+    Users upload inputs (registered as theirs); pilots upload job outputs and
+    logs, which are registered only when the job's final update names them.
+    The body is refused before it is stored when it is over the size limit.
+    """
+    check_file_name(name)
+    if sha256 is not None:
+        check_sha256(sha256)
+    declared = request.headers.get("content-length")
+    try:
+        declared_size = int(declared) if declared is not None else None
+    except ValueError as exc:
+        raise InvalidRequest("invalid Content-Length header") from exc
+    digest, size = await ctx.files.put_stream(
+        request.stream(), expected_sha256=sha256, declared_size=declared_size
+    )
+    if principal.role is Role.PILOT:
+        return {"name": name, "sha256": digest, "size": size}
+    return await run_in_threadpool(_register_input, ctx, principal.user, name, digest, size)
+
+
+def _register_input(ctx, owner: str, name: str, digest: str, size: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    with ctx.sessions.begin() as session:
+        row = session.scalar(
+            select(File).where(
+                File.owner == owner, File.sha256 == digest, File.kind == FileKind.INPUT,
+                File.name == name,
+            )
+        )
+        if row is None:
+            row = File(sha256=digest, size=size, name=name, owner=owner, kind=FileKind.INPUT)
+            session.add(row)
+            session.flush()
+        return FilePublic.model_validate(row, from_attributes=True).model_dump(mode="json")
+
+
+@router.get("/{sha256}")
+def download(sha256: str, ctx: Context, principal: CurrentPrincipal) -> FileResponse:
+    """Download a file by checksum: pilots and admins any, users files of their own."""
+    check_sha256(sha256)
+    with ctx.sessions() as session:
+        rows = session.scalars(select(File).where(File.sha256 == sha256)).all()
+        if not rows and principal.role is not Role.PILOT:
+            raise NotFoundError(f"no file with sha256 {sha256}")
+        if principal.role is Role.USER and all(r.owner != principal.user for r in rows):
+            raise Forbidden("this file belongs to another user")
+        name = rows[0].name if rows else sha256
+    path = ctx.files.path(sha256)
+    if not path.is_file():
+        raise NotFoundError(f"no file with sha256 {sha256}")
+    return FileResponse(path, filename=name, media_type="application/octet-stream")

@@ -1,0 +1,48 @@
+"""Pilot endpoints: acquire_jobs, heartbeat, update_job, worker-node report."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from harvester.api.auth import Context, CurrentPrincipal
+from harvester.api.schemas import (
+    AcquireReply,
+    AcquireRequest,
+    HeartbeatReply,
+    HeartbeatRequest,
+    UpdateJobReply,
+    UpdateJobRequest,
+    WorkerReport,
+)
+from harvester.services import dispatch
+
+router = APIRouter(prefix="/api/v1/pilot", tags=["pilot"])
+
+
+@router.post("/acquire_jobs", response_model=AcquireReply)
+def acquire_jobs(req: AcquireRequest, ctx: Context, principal: CurrentPrincipal) -> AcquireReply:
+    """Claim up to ``n_jobs`` activated jobs of a queue (atomic; each job to one pilot)."""
+    with ctx.sessions.begin() as session:
+        return AcquireReply(jobs=dispatch.acquire_jobs(session, ctx, principal, req))
+
+
+@router.post("/heartbeat", response_model=HeartbeatReply)
+def heartbeat(req: HeartbeatRequest, ctx: Context, principal: CurrentPrincipal) -> HeartbeatReply:
+    """Keep held jobs alive; the reply names jobs the pilot must kill."""
+    with ctx.sessions.begin() as session:
+        commands = dispatch.heartbeat(session, principal, req)
+        return HeartbeatReply(commands=commands)  # type: ignore[arg-type]
+
+
+@router.post("/update_job", response_model=UpdateJobReply)
+def update_job(req: UpdateJobRequest, ctx: Context, principal: CurrentPrincipal) -> UpdateJobReply:
+    """Report a job's new state (forward only; a repeated final report changes nothing)."""
+    with ctx.sessions.begin() as session:
+        return dispatch.update_job(session, ctx, principal, req)
+
+
+@router.post("/worker_node", status_code=204)
+def worker_node(req: WorkerReport, ctx: Context, principal: CurrentPrincipal) -> None:
+    """What the pilot found on its node (cores, memory, GPUs)."""
+    with ctx.sessions.begin() as session:
+        dispatch.worker_report(session, principal, req)

@@ -1,0 +1,145 @@
+"""Task endpoints: submit, list, show, kill, retry, jobs, files, results, history."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, status
+from sqlalchemy import select
+
+from db.models import EntityKind, FileKind, Job, StateHistory
+from db.states import JobStatus, TaskStatus
+from harvester.api.auth import Context, CurrentPrincipal
+from harvester.api.schemas import (
+    FilePublic,
+    HistoryEntry,
+    JobPublic,
+    Page,
+    TaskCreate,
+    TaskPublic,
+    TaskSubmitted,
+)
+from harvester.api.views import job_public, task_public
+from harvester.errors import Forbidden
+from harvester.services import results as results_service
+from harvester.services import tasks as task_service
+
+router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
+
+MAX_PAGE = 1000
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=TaskSubmitted)
+def submit(params: TaskCreate, ctx: Context, principal: CurrentPrincipal) -> TaskSubmitted:
+    """Submit a task (panda-client task parameters); answers its ``jediTaskID``."""
+    with ctx.sessions.begin() as session:
+        task = task_service.submit_task(session, ctx, principal, params)
+        return TaskSubmitted(jediTaskID=task.id, status=task.status)
+
+
+@router.get("", response_model=Page[TaskPublic])
+def list_tasks(
+    ctx: Context,
+    principal: CurrentPrincipal,
+    owner: str | None = None,
+    status: TaskStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[TaskPublic]:
+    """Tasks newest first; your own unless ``owner`` names another user."""
+    with ctx.sessions() as session:
+        total, rows = task_service.list_tasks(
+            session, principal, owner=owner, status=status, limit=limit, offset=offset
+        )
+        counts = task_service.job_counts(session, [t.id for t in rows])
+        items = [task_public(t, counts.get(t.id, {})) for t in rows]
+        return Page[TaskPublic](total=total, limit=limit, offset=offset, items=items)
+
+
+@router.get("/{task_id}", response_model=TaskPublic)
+def show(task_id: int, ctx: Context, principal: CurrentPrincipal) -> TaskPublic:
+    """One task with its parameters and job counts by status."""
+    with ctx.sessions() as session:
+        if principal.role.value == "pilot":
+            raise Forbidden("a pilot token cannot read tasks")
+        task = task_service.get_task(session, task_id)
+        counts = task_service.job_counts(session, [task_id]).get(task_id, {})
+        return task_public(task, counts, with_params=True)
+
+
+@router.post("/{task_id}/kill", response_model=TaskPublic)
+def kill(task_id: int, ctx: Context, principal: CurrentPrincipal) -> TaskPublic:
+    """Abort the task: pending jobs cancelled, running ones killed by their pilots."""
+    with ctx.sessions.begin() as session:
+        task = task_service.kill_task(session, principal, task_id)
+        counts = task_service.job_counts(session, [task_id]).get(task_id, {})
+        return task_public(task, counts)
+
+
+@router.post("/{task_id}/retry", response_model=TaskPublic)
+def retry(task_id: int, ctx: Context, principal: CurrentPrincipal) -> TaskPublic:
+    """New attempts for the jobs that failed or were cancelled."""
+    with ctx.sessions.begin() as session:
+        task, _ = task_service.retry_task(session, principal, task_id)
+        counts = task_service.job_counts(session, [task_id]).get(task_id, {})
+        return task_public(task, counts)
+
+
+@router.get("/{task_id}/jobs", response_model=list[JobPublic])
+def jobs(
+    task_id: int,
+    ctx: Context,
+    principal: CurrentPrincipal,
+    status: JobStatus | None = None,
+    all_attempts: bool = True,
+) -> list[JobPublic]:
+    """Every attempt of every job of the task (or only the newest attempts)."""
+    with ctx.sessions() as session:
+        if principal.role.value == "pilot":
+            raise Forbidden("a pilot token cannot read tasks")
+        task_service.get_task(session, task_id)
+        if all_attempts:
+            query = select(Job).where(Job.task_id == task_id)
+            if status is not None:
+                query = query.where(Job.status == status)
+            rows = list(session.scalars(query.order_by(Job.job_index, Job.attempt_nr)))
+        else:
+            rows = [
+                j for j in task_service.current_attempts(session, task_id)
+                if status is None or j.status is status
+            ]
+        return [job_public(session, j) for j in rows]
+
+
+@router.get("/{task_id}/files", response_model=list[FilePublic])
+def files(
+    task_id: int, ctx: Context, principal: CurrentPrincipal, kind: FileKind | None = None
+) -> list[FilePublic]:
+    """Registered outputs and logs of the task (owner or admin)."""
+    with ctx.sessions() as session:
+        task = task_service.get_task(session, task_id)
+        task_service.check_owner(principal, task, action="read its files")
+        return [FilePublic.model_validate(f, from_attributes=True)
+                for f in task_service.task_files(session, task_id, kind)]
+
+
+@router.get("/{task_id}/results")
+def results(task_id: int, ctx: Context, principal: CurrentPrincipal) -> dict[str, Any]:
+    """The task's results: output files, and merged fit results for fit tasks."""
+    with ctx.sessions() as session:
+        task = task_service.get_task(session, task_id)
+        task_service.check_owner(principal, task, action="read its results")
+        return results_service.task_results(session, ctx, task)
+
+
+@router.get("/{task_id}/history", response_model=list[HistoryEntry])
+def history(task_id: int, ctx: Context, principal: CurrentPrincipal) -> list[HistoryEntry]:
+    """Every state change of the task, oldest first."""
+    with ctx.sessions() as session:
+        task_service.get_task(session, task_id)
+        rows = session.scalars(
+            select(StateHistory)
+            .where(StateHistory.entity == EntityKind.TASK, StateHistory.entity_id == task_id)
+            .order_by(StateHistory.id)
+        )
+        return [HistoryEntry.model_validate(r, from_attributes=True) for r in rows]

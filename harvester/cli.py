@@ -1,0 +1,290 @@
+"""``harvester``: run the service and administer it (tokens, images, queues)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from harvester.errors import HarvesterError
+
+app = typer.Typer(help="The hpcaf harvester service and its admin commands.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+image_app = typer.Typer(help="Container images in the image cache.", no_args_is_help=True)
+queue_app = typer.Typer(help="PanDA queues.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+app.add_typer(image_app, name="image")
+app.add_typer(queue_app, name="queue")
+
+console = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="settings file (default $HPCAF_HOME/harvester.toml)"),
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(2)
+
+
+def _context(config: Path | None):  # type: ignore[no-untyped-def]
+    from harvester.config import ensure_settings_file
+    from harvester.service import build_context
+    from harvester.settings import load_settings
+
+    if config is None:
+        from harvester.settings import SETTINGS_FILE_NAME, default_home
+
+        path = default_home() / SETTINGS_FILE_NAME
+        if ensure_settings_file(path):
+            err.print(f"created default settings file {path}", highlight=False)
+    elif not config.exists():
+        raise _fail(f"settings file {config} does not exist")
+    try:
+        settings, document = load_settings(config)
+        return build_context(settings, document)
+    except HarvesterError as exc:
+        raise _fail(str(exc)) from exc
+
+
+class Mode(StrEnum):
+    all = "all"
+    api = "api"
+    agents = "agents"
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="listen address")] = None,
+    port: Annotated[int | None, typer.Option(help="listen port")] = None,
+    only: Annotated[Mode, typer.Option("--only", help="run only the API or only the agents")] = (
+        Mode.all
+    ),
+    log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
+) -> None:
+    """Run the REST API and the agents (splitter, brokerage, submitter, monitor, …)."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    ctx = _context(config)
+    if host is not None:
+        ctx.settings.host = host
+    if port is not None:
+        ctx.settings.port = port
+    s = ctx.settings
+    err.print(
+        f"hpcaf harvester\n  home:        {s.home}\n  settings:    {config or s.settings_file}\n"
+        f"  database:    {ctx.engine.url.render_as_string(hide_password=True)}\n"
+        f"  image cache: {s.resolved_image_cache}\n"
+        f"  queues:      {', '.join(ctx.queues) or 'none'}\n"
+        f"  listening:   http://{s.host}:{s.port} ({only.value})",
+        highlight=False,
+    )
+    from harvester.service import build_agents, build_app, ensure_pilot_token
+
+    if only is Mode.agents:
+        ensure_pilot_token(ctx)
+        runner = build_agents(ctx)
+        runner.start()
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        stop.wait()
+        runner.stop()
+        return
+    import uvicorn
+
+    application = build_app(ctx, with_agents=only is Mode.all)
+    uvicorn.run(application, host=s.host, port=s.port, log_level=log_level.lower(),
+                access_log=False)
+
+
+class RoleChoice(StrEnum):
+    user = "user"
+    pilot = "pilot"
+    admin = "admin"
+
+
+@token_app.command("create")
+def token_create(
+    user: str,
+    role: Annotated[RoleChoice, typer.Option(help="what the token may do")] = RoleChoice.user,
+    config: ConfigOption = None,
+) -> None:
+    """Create a token and print it once (only its hash is stored)."""
+    from db.models import Role
+    from harvester.services.tokens import create_token
+
+    ctx = _context(config)
+    try:
+        with ctx.sessions.begin() as session:
+            token = create_token(session, user, Role(role.value))
+    except HarvesterError as exc:
+        raise _fail(str(exc)) from exc
+    print(token)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    user: str,
+    token_id: Annotated[int | None, typer.Option("--id", help="only this token")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Revoke a user's tokens (all of them, or one by id)."""
+    from harvester.services.tokens import revoke_tokens
+
+    ctx = _context(config)
+    try:
+        with ctx.sessions.begin() as session:
+            n = revoke_tokens(session, user, token_id)
+    except HarvesterError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"revoked {n} token(s) of {user}")
+
+
+@token_app.command("list")
+def token_list(config: ConfigOption = None) -> None:
+    """List tokens (id, user, role, created, revoked); never the secrets."""
+    from sqlalchemy import select
+
+    from db.models import Token
+
+    ctx = _context(config)
+    table = Table("id", "user", "role", "created", "revoked")
+    with ctx.sessions() as session:
+        for t in session.scalars(select(Token).order_by(Token.id)):
+            table.add_row(str(t.id), t.user, t.role.value, f"{t.created_at:%Y-%m-%d %H:%M}",
+                          f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "")
+    console.print(table)
+
+
+@image_app.command("build")
+def image_build(
+    definition: Annotated[Path, typer.Argument(help="an Apptainer definition file")],
+    name: Annotated[str, typer.Option(help="image name in the cache")],
+    mirror: Annotated[str | None, typer.Option(help="Debian mirror (default: the host's)")] = None,
+    ca_bundle: Annotated[
+        Path | None, typer.Option(help="CA bundle for pip inside the build (default: the host's)")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="rebuild if it exists")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Build an image into the cache (apptainer build, or debootstrap + the .def sections)."""
+    from harvester.images.build import build_image
+
+    ctx = _context(config)
+    try:
+        image = build_image(
+            definition, name, ctx.images, mirror=mirror, ca_bundle=ca_bundle, force=force,
+            log=lambda line: err.print(line, highlight=False),
+        )
+    except HarvesterError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"image {image.name}: {image.rootfs}")
+
+
+@image_app.command("import")
+def image_import(
+    tarball: Annotated[Path, typer.Argument(help="a root-filesystem tarball")],
+    name: Annotated[str, typer.Option(help="image name in the cache")],
+    config: ConfigOption = None,
+) -> None:
+    """Import a root-filesystem tarball (e.g. from ``docker export``) as an image."""
+    from harvester.images.build import import_image
+
+    ctx = _context(config)
+    try:
+        image = import_image(tarball, name, ctx.images)
+    except HarvesterError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"image {image.name}: {image.rootfs}")
+
+
+@image_app.command("list")
+def image_list(config: ConfigOption = None) -> None:
+    """Images in the cache."""
+    ctx = _context(config)
+    table = Table("name", "source", "created", "path")
+    for image in ctx.images.list():
+        meta = image.metadata
+        table.add_row(image.name, str(meta.get("source", "")), str(meta.get("created", "")),
+                      str(image.rootfs))
+    console.print(table)
+
+
+@queue_app.command("list")
+def queue_list(config: ConfigOption = None) -> None:
+    """Queues with their provider, status, slot size and workers."""
+    from harvester.services.queues import activated_counts, list_queues, worker_counts
+
+    ctx = _context(config)
+    table = Table("queue", "provider", "status", "cores", "memory", "gpus", "maxWorkers",
+                  "workers", "activated")
+    with ctx.sessions() as session:
+        workers = worker_counts(session)
+        activated = activated_counts(session)
+        for q in list_queues(session):
+            c = q.config
+            w = ", ".join(f"{k}={v}" for k, v in sorted(workers.get(q.name, {}).items()))
+            table.add_row(q.name, q.provider, q.status.value, str(c.get("cores")),
+                          f"{c.get('memory_mb')} MiB", str(c.get("gpus")),
+                          str(c.get("maxWorkers")), w, str(activated.get(q.name, 0)))
+    console.print(table)
+
+
+@queue_app.command("show")
+def queue_show(name: str, config: ConfigOption = None) -> None:
+    """One queue's full configuration."""
+    import json
+
+    ctx = _context(config)
+    if name not in ctx.queues:
+        raise _fail(f"unknown queue {name!r}")
+    from harvester.services.queues import queue_status
+
+    with ctx.sessions() as session:
+        status = queue_status(session, name)
+    document = ctx.queues[name].model_dump(mode="json", by_alias=True)
+    document["status"] = status.value
+    console.print_json(json.dumps(document))
+
+
+class QueueStatusChoice(StrEnum):
+    online = "online"
+    offline = "offline"
+    test = "test"
+
+
+@queue_app.command("set-status")
+def queue_set_status(name: str, status: QueueStatusChoice, config: ConfigOption = None) -> None:
+    """Set a queue online, offline (no new workers) or test."""
+    from db.models import QueueStatus
+    from harvester.services.queues import set_queue_status
+
+    ctx = _context(config)
+    try:
+        with ctx.sessions.begin() as session:
+            set_queue_status(session, name, QueueStatus(status.value))
+    except HarvesterError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"queue {name}: {status.value}")
+
+
+def main() -> None:
+    try:
+        app()
+    except HarvesterError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""The user CLIs (pcontainer, pbook, pfit, phpo) and their one HTTP client."""

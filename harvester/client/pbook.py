@@ -1,0 +1,193 @@
+"""``pbook``: show, wait for, kill, retry tasks; read job logs; fetch results."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from harvester.client.common import client, err, fail, out
+from harvester.client.http import HarvesterClient
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Manage hpcaf tasks (as PanDA's pbook).")
+
+TERMINAL = {"done", "finished", "failed", "aborted", "broken"}
+STATE_ORDER = ["defined", "activated", "sent", "starting", "running", "finished", "failed",
+               "cancelled", "closed"]
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return " ".join(f"{s}={counts[s]}" for s in STATE_ORDER if counts.get(s))
+
+
+@app.command()
+def show(
+    task_id: Annotated[int | None, typer.Argument(help="a task; omit to list your tasks")] = None,
+    status: Annotated[str | None, typer.Option(help="filter the list by status")] = None,
+    limit: Annotated[int, typer.Option(help="how many tasks to list")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Show one task, or list your tasks newest first."""
+    with client() as c:
+        if task_id is not None:
+            task = c.task(task_id)
+            if as_json:
+                print(json.dumps(task, indent=2))
+                return
+            _print_task(c, task)
+            return
+        page = c.get("/api/v1/tasks", status=status, limit=limit)
+    if as_json:
+        print(json.dumps(page, indent=2))
+        return
+    table = Table("jediTaskID", "status", "name", "jobs", "created")
+    for t in page["items"]:
+        table.add_row(str(t["id"]), t["status"], t["name"], _counts_text(t["job_counts"]),
+                      t["created_at"][:19])
+    out.print(table)
+    out.print(f"{len(page['items'])} of {page['total']} tasks")
+
+
+def _print_task(c: HarvesterClient, task: dict[str, Any]) -> None:
+    table = Table(show_header=False)
+    for key in ("id", "name", "owner", "status", "image", "out_ds", "n_jobs", "site",
+                "architecture", "max_attempt", "created_at", "ended_at"):
+        table.add_row(key, str(task.get(key)))
+    table.add_row("jobs", _counts_text(task.get("job_counts", {})))
+    out.print(table)
+    waiting = [j for j in c.jobs(task["id"], all_attempts=False)
+               if j["status"] in ("defined", "activated") and j.get("brokerage_message")
+               and not j.get("queue")]
+    if waiting:
+        out.print(f"[yellow]{len(waiting)} jobs wait for a queue:[/yellow] "
+                  f"{waiting[0]['brokerage_message']}")
+
+
+@app.command()
+def jobs(
+    task_id: int,
+    status: Annotated[str | None, typer.Option(help="only jobs in this status")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Every attempt of every job of a task."""
+    with client() as c:
+        rows = c.jobs(task_id, status=status)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("PandaID", "job", "attempt", "status", "queue", "worker", "batch id", "exit",
+                  "error")
+    for j in rows:
+        error = ""
+        if j.get("pilot_error_code"):
+            error = f"{j['pilot_error_code']}: {j.get('pilot_error_diag') or ''}"
+        table.add_row(str(j["id"]), str(j["job_index"]), str(j["attempt_nr"]), j["status"],
+                      j.get("queue") or "-", str(j.get("worker_id") or "-"),
+                      j.get("batch_id") or "-",
+                      "" if j.get("exit_code") is None else str(j["exit_code"]), error[:80])
+    out.print(table)
+
+
+@app.command()
+def wait(
+    task_id: int,
+    timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 3600.0,
+    interval: Annotated[float, typer.Option(help="seconds between polls")] = 2.0,
+) -> None:
+    """Wait for a task to end, with a progress bar; exit 0 only if it ends ``done``."""
+    deadline = time.monotonic() + timeout
+    with client() as c:
+        task = c.task(task_id)
+        progress = Progress(
+            TextColumn("task {task.fields[tid]} [bold]{task.fields[state]}[/bold]"),
+            BarColumn(), TextColumn("{task.completed}/{task.total} jobs"),
+            TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), console=err,
+            transient=False,
+        )
+        with progress:
+            bar = progress.add_task("wait", total=task["n_jobs"], tid=task_id,
+                                    state=task["status"], counts="")
+            while True:
+                task = c.task(task_id)
+                counts = task.get("job_counts", {})
+                ended = sum(counts.get(s, 0) for s in ("finished", "failed", "cancelled"))
+                progress.update(bar, completed=ended, total=task["n_jobs"], state=task["status"],
+                                counts=_counts_text(counts))
+                if task["status"] in TERMINAL:
+                    break
+                if time.monotonic() > deadline:
+                    progress.stop()
+                    raise fail(f"task {task_id} still {task['status']} after {timeout:.0f}s", 1)
+                time.sleep(interval)
+        failed = [j for j in c.jobs(task_id, all_attempts=False) if j["status"] == "failed"]
+    for j in failed[:20]:
+        err.print(f"job {j['id']} (#{j['job_index']}) failed: {j.get('pilot_error_code')} "
+                  f"{j.get('pilot_error_diag') or ''}")
+    out.print(f"task {task_id} {task['status']}")
+    if task["status"] != "done":
+        raise typer.Exit(1)
+
+
+@app.command()
+def kill(task_id: int) -> None:
+    """Kill a task: pending jobs are cancelled and running payloads stopped."""
+    with client() as c:
+        task = c.post(f"/api/v1/tasks/{task_id}/kill")
+    out.print(f"task {task_id} {task['status']}")
+
+
+@app.command()
+def retry(task_id: int) -> None:
+    """Retry the failed and cancelled jobs of an ended task."""
+    with client() as c:
+        task = c.post(f"/api/v1/tasks/{task_id}/retry")
+    out.print(f"task {task_id} {task['status']}")
+
+
+@app.command()
+def logs(job_id: int) -> None:
+    """Print the payload log of one job attempt (PandaID)."""
+    with client() as c:
+        text = c.request("GET", f"/api/v1/jobs/{job_id}/log").text
+    print(text, end="" if text.endswith("\n") else "\n")
+
+
+@app.command()
+def results(
+    task_id: int,
+    outdir: Annotated[Path | None, typer.Option("-o", "--outdir",
+                      help="download the output files here")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
+) -> None:
+    """The task's results; with -o, download its output files."""
+    with client() as c:
+        document = c.get(f"/api/v1/tasks/{task_id}/results")
+        if outdir is not None:
+            outdir.mkdir(parents=True, exist_ok=True)
+            for f in document["files"]:
+                c.download(f["sha256"], outdir / f["name"])
+    if as_json:
+        print(json.dumps(document, indent=2))
+        return
+    table = Table("file", "size", "sha256")
+    for f in document["files"]:
+        table.add_row(f["name"], str(f["size"]), f["sha256"][:16])
+    out.print(table)
+    if outdir is not None:
+        out.print(f"{len(document['files'])} files downloaded to {outdir}")
+    if not document["files"]:
+        err.print(f"task {task_id} ({document['status']}) has no output files yet")
+
+
+def run() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,94 @@
+"""``pcontainer``: submit a containerized task, with panda-client's option names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from harvester.client.common import client, err, fail, split_list
+
+app = typer.Typer(add_completion=False, help="Submit a containerized task to hpcaf.")
+
+
+def build_params(options: dict[str, Any], loaded: dict[str, Any]) -> dict[str, Any]:
+    """Task parameters: the --loadJson dict, overridden by options given on the command line."""
+    params = dict(loaded)
+    for key, value in options.items():
+        if value is not None:
+            params[key] = value
+    return params
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text())
+    except OSError as exc:
+        raise fail(f"--loadJson {path}: {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise fail(f"--loadJson {path}: not valid JSON ({exc})") from exc
+    if not isinstance(document, dict):
+        raise fail(f"--loadJson {path}: expected a JSON object of task parameters")
+    return document
+
+
+@app.command()
+def main(
+    containerImage: Annotated[str | None, typer.Option("--containerImage",
+                              help="image name in the image cache (or docker://…)")] = None,
+    exec_: Annotated[str | None, typer.Option("--exec", help="command to run in the container")] = None,
+    outDS: Annotated[str | None, typer.Option("--outDS", help="output dataset user.NAME.X")] = None,
+    outputs: Annotated[str | None, typer.Option("--outputs", help="comma list of output files")] = None,
+    site: Annotated[str | None, typer.Option("--site", help="queue to run on (default AUTO)")] = None,
+    excludedSite: Annotated[str | None, typer.Option("--excludedSite", help="comma list of queues to avoid")] = None,
+    architecture: Annotated[str | None, typer.Option("--architecture", help="e.g. nvidia-gpu or '#&nvidia'")] = None,
+    nJobs: Annotated[int | None, typer.Option("--nJobs", help="number of jobs")] = None,
+    nCore: Annotated[int | None, typer.Option("--nCore", help="cores per job")] = None,
+    memory: Annotated[int | None, typer.Option("--memory", help="MiB per job")] = None,
+    maxWalltime: Annotated[int | None, typer.Option("--maxWalltime", help="seconds per job")] = None,
+    priority: Annotated[int | None, typer.Option("--priority", help="900-1100, default 1000")] = None,
+    maxAttempt: Annotated[int | None, typer.Option("--maxAttempt", help="attempts per job")] = None,
+    taskName: Annotated[str | None, typer.Option("--taskName")] = None,
+    loadJson: Annotated[Path | None, typer.Option("--loadJson", help="read task parameters from JSON")] = None,
+    dumpJson: Annotated[Path | None, typer.Option("--dumpJson", help="write the task parameters to JSON")] = None,
+    noSubmit: Annotated[bool, typer.Option("--noSubmit", help="do not submit")] = False,
+) -> None:
+    """Submit a task whose jobs run ``--exec`` in ``--containerImage``; prints jediTaskID=<id>."""
+    loaded = load_json(loadJson) if loadJson else {}
+    params = build_params(
+        {
+            "containerImage": containerImage, "exec": exec_, "outDS": outDS,
+            "outputs": split_list(outputs) if outputs is not None else None,
+            "site": site,
+            "excludedSite": split_list(excludedSite) if excludedSite is not None else None,
+            "architecture": architecture, "nJobs": nJobs, "coreCount": nCore,
+            "ramCount": memory, "maxWalltime": maxWalltime, "priority": priority,
+            "maxAttempt": maxAttempt, "taskName": taskName,
+        },
+        loaded,
+    )
+    for required in ("containerImage", "outDS"):
+        if not params.get(required):
+            raise fail(f"--{required} is required")
+    if not str(params.get("exec", "")).strip():
+        raise fail("--exec is required and must not be empty")
+    if params.get("nJobs") is not None and int(params["nJobs"]) < 1:
+        raise fail("--nJobs must be at least 1")
+    if dumpJson:
+        dumpJson.write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+        err.print(f"task parameters written to {dumpJson}")
+    if noSubmit:
+        return
+    with client() as c:
+        reply = c.submit_task(params)
+    print(f"jediTaskID={reply['jediTaskID']}")
+
+
+def run() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,26 @@
+"""What the API routes and the agents share: settings, database, queues, stores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from harvester.config import QueueConfig
+from harvester.images.cache import ImageCache
+from harvester.services.files import FileStore
+from harvester.settings import HarvesterSettings
+
+
+@dataclass
+class HarvesterContext:
+    """One per harvester process; built by :func:`harvester.app_factory.build_context`."""
+
+    settings: HarvesterSettings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    queues: dict[str, QueueConfig]
+    images: ImageCache
+    files: FileStore
+    pilot_token: str | None = field(default=None, repr=False)

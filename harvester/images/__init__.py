@@ -1,0 +1,1 @@
+"""Container images: definition files, builds, and the image cache."""

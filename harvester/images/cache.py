@@ -1,0 +1,89 @@
+"""The image cache: unpacked root filesystems, one folder per image.
+
+Layout, as a site would serve from a cvmfs-style unpacked repository::
+
+    <cache>/<name>/rootfs/      the image's root filesystem (read-only at run time)
+    <cache>/<name>/image.json   labels, environment, runscript, how it was made
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harvester.errors import ImageError
+
+IMAGE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+
+
+def cache_key(reference: str) -> str:
+    """The cache folder name of an image reference (``docker://a/b:t`` → ``a_b_t``)."""
+    ref = reference.strip()
+    for prefix in ("docker://", "oras://", "library://"):
+        if ref.startswith(prefix):
+            ref = ref[len(prefix):]
+    key = re.sub(r"[/:@]", "_", ref)
+    if not IMAGE_NAME_PATTERN.match(key):
+        raise ImageError(
+            f"invalid image name {reference!r}: use letters, digits, '.', '_' or '-'"
+        )
+    return key
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """One image of the cache."""
+
+    name: str
+    rootfs: Path
+    metadata: dict[str, Any]
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return dict(self.metadata.get("environment", {}))
+
+
+class ImageCache:
+    """Looks images up by name in one cache folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def folder(self, reference: str) -> Path:
+        return self.root / cache_key(reference)
+
+    def get(self, reference: str) -> ImageInfo | None:
+        """The image, or ``None`` when it is not in the cache."""
+        try:
+            folder = self.folder(reference)
+        except ImageError:
+            return None
+        meta_file = folder / "image.json"
+        if not (folder / "rootfs").is_dir() or not meta_file.is_file():
+            return None
+        return ImageInfo(
+            name=folder.name, rootfs=folder / "rootfs", metadata=json.loads(meta_file.read_text())
+        )
+
+    def require(self, reference: str) -> ImageInfo:
+        image = self.get(reference)
+        if image is None:
+            known = ", ".join(i.name for i in self.list()) or "none"
+            raise ImageError(
+                f"image {reference!r} is not in the image cache {self.root} (available: {known}); "
+                "build it with 'harvester image build' or import it with 'harvester image import'"
+            )
+        return image
+
+    def list(self) -> list[ImageInfo]:
+        if not self.root.is_dir():
+            return []
+        images = []
+        for folder in sorted(self.root.iterdir()):
+            image = self.get(folder.name)
+            if image is not None:
+                images.append(image)
+        return images

@@ -1,0 +1,1 @@
+"""Batch providers: where workers (pilots) run. One interface, one module each."""

@@ -1,0 +1,86 @@
+"""Assembling a harvester process: context, providers, agents, application."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from db.engine import make_engine, make_sessionmaker
+from db.migrate import upgrade
+from db.models import Role
+from harvester.agents.base import AgentRunner
+from harvester.agents.brokerage import Brokerage
+from harvester.agents.monitor import Monitor
+from harvester.agents.splitter import Splitter
+from harvester.agents.submitter import Submitter
+from harvester.agents.sweeper import Sweeper
+from harvester.agents.watchdog import HeartbeatWatchdog
+from harvester.api.app import create_app
+from harvester.config import parse_queues
+from harvester.context import HarvesterContext
+from harvester.images.cache import ImageCache
+from harvester.providers.base import Provider
+from harvester.providers.registry import make_provider
+from harvester.services.files import FileStore
+from harvester.services.queues import sync_queues
+from harvester.services.tokens import create_token
+from harvester.settings import HarvesterSettings
+
+log = logging.getLogger(__name__)
+
+PILOT_TOKEN_FILE = "pilot.token"
+PILOT_USER = "harvester"
+
+
+def build_context(settings: HarvesterSettings, document: dict) -> HarvesterContext:  # type: ignore[type-arg]
+    """Open the database (migrated), load the queues, and set up the stores."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    queues = parse_queues(document, node_cores=os.cpu_count())
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as session:
+        sync_queues(session, queues)
+    return HarvesterContext(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        queues={q.name: q for q in queues},
+        images=ImageCache(settings.resolved_image_cache),
+        files=FileStore(settings.file_store, settings.max_upload_bytes),
+    )
+
+
+def ensure_pilot_token(ctx: HarvesterContext) -> Path:
+    """The token the harvester hands its pilots, kept in a 0600 file under HPCAF_HOME."""
+    path = ctx.settings.home / PILOT_TOKEN_FILE
+    if not path.exists():
+        with ctx.sessions.begin() as session:
+            token = create_token(session, PILOT_USER, Role.PILOT)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+    return path
+
+
+def build_agents(ctx: HarvesterContext) -> AgentRunner:
+    providers: dict[str, Provider] = {q.name: make_provider(q) for q in ctx.queues.values()}
+    return AgentRunner([
+        Splitter(ctx),
+        Brokerage(ctx),
+        Submitter(ctx, providers),
+        Monitor(ctx, providers),
+        HeartbeatWatchdog(ctx),
+        Sweeper(ctx, providers, ),
+    ])
+
+
+def build_app(ctx: HarvesterContext, *, with_agents: bool = True) -> FastAPI:
+    runner = None
+    if with_agents:
+        ensure_pilot_token(ctx)
+        runner = build_agents(ctx)
+    return create_app(ctx, runner)

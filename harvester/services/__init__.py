@@ -1,0 +1,1 @@
+"""Service functions: what the API routes and the agents do, on an ORM session."""

@@ -1,0 +1,284 @@
+"""The dispatcher: what pilots call to acquire jobs, heartbeat and report.
+
+A pilot may only move a job forward, only while it holds it, and a repeated
+final report changes nothing: a job is never finished twice, and outputs are
+registered only for the attempt that finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.models import File, FileKind, Job, Role, Task, Worker, utcnow
+from db.queue import claim_jobs, transition
+from db.states import JOB_ACTIVE, JOB_TERMINAL, JobStatus, WorkerStatus
+from harvester.api.schemas import (
+    AcquireRequest,
+    HeartbeatRequest,
+    InputFile,
+    JobSpec,
+    OutputFile,
+    UpdateJobReply,
+    UpdateJobRequest,
+    WorkerReport,
+)
+from harvester.context import HarvesterContext
+from harvester.errors import Conflict, Forbidden, InvalidRequest, NotFoundError
+from harvester.services.files import check_file_name
+from harvester.services.lifecycle import fail_job, refresh_task
+from harvester.services.tokens import Principal
+from pilot.errors import PilotErrorCode
+
+
+def _require_pilot(principal: Principal) -> None:
+    if principal.role is not Role.PILOT and not principal.is_admin:
+        raise Forbidden("only pilot tokens may call the pilot endpoints")
+
+
+def acquire_jobs(
+    session: Session, ctx: HarvesterContext, principal: Principal, req: AcquireRequest
+) -> list[JobSpec]:
+    """Claim up to ``n_jobs`` activated jobs of the pilot's queue."""
+    _require_pilot(principal)
+    queue = ctx.queues.get(req.queue)
+    if queue is None:
+        raise NotFoundError(f"unknown queue {req.queue!r}")
+    worker = _pilot_worker(session, req.worker_id, req.queue)
+    if worker is not None:
+        if worker.status is WorkerStatus.SUBMITTED:
+            worker.started_at = utcnow()
+            transition(session, worker, WorkerStatus.RUNNING, reason="pilot asked for jobs")
+        worker.node = req.node or worker.node
+    jobs = claim_jobs(
+        session,
+        queue=req.queue,
+        limit=req.n_jobs,
+        pilot_id=req.pilot_id,
+        worker_id=req.worker_id,
+        node=req.node,
+        max_cores=req.cores,
+        max_memory_mb=req.memory_mb,
+    )
+    if not jobs:
+        return []
+    tasks = {
+        t.id: t
+        for t in session.scalars(select(Task).where(Task.id.in_({j.task_id for j in jobs})))
+    }
+    for task in tasks.values():
+        refresh_task(session, task)
+    return [_job_spec(ctx, job, tasks[job.task_id]) for job in jobs]
+
+
+def _pilot_worker(session: Session, worker_id: int | None, queue: str) -> Worker | None:
+    if worker_id is None:
+        return None
+    worker = session.get(Worker, worker_id)
+    if worker is None or worker.queue != queue:
+        raise InvalidRequest(f"worker {worker_id} is not a worker of queue {queue!r}")
+    return worker
+
+
+def _job_spec(ctx: HarvesterContext, job: Job, task: Task) -> JobSpec:
+    params = task.params
+    queue = ctx.queues[job.queue] if job.queue else None
+    image = ctx.images.get(task.image)
+    env = {
+        "PANDAID": str(job.id),
+        "JEDITASKID": str(task.id),
+        "HPCAF_JOB_INDEX": str(job.job_index),
+        "HPCAF_ATTEMPT_NR": str(job.attempt_nr),
+        **params.get("env", {}),
+    }
+    return JobSpec(
+        job_id=job.id,
+        task_id=task.id,
+        job_index=job.job_index,
+        attempt_nr=job.attempt_nr,
+        owner=task.owner,
+        out_ds=task.out_ds,
+        image=task.image,
+        image_path=str(image.rootfs) if image else None,
+        image_environment=image.environment if image else {},
+        transform=params.get("transform", "runcontainer"),
+        exec=params.get("exec", ""),
+        transform_args=params.get("transformArgs", {}),
+        job_parameters=job.spec.get("parameters"),
+        env=env,
+        outputs=list(params.get("outputs", [])),
+        inputs=[InputFile(**i) for i in params.get("inputs", [])],
+        cores=job.cores,
+        memory_mb=job.memory_mb,
+        walltime_s=job.walltime_s,
+        container={
+            "runtime": queue.container_runtime if queue else "auto",
+            "allow_network": queue.allow_network if queue else False,
+            "binds": list(queue.binds) if queue else [],
+            "options": list(queue.container_options) if queue else [],
+        },
+        heartbeat_interval_s=ctx.settings.heartbeat_interval_s,
+    )
+
+
+def heartbeat(session: Session, principal: Principal, req: HeartbeatRequest) -> dict[int, str]:
+    """Refresh the heartbeat of held jobs; jobs no longer held are to be killed."""
+    _require_pilot(principal)
+    if not req.job_ids:
+        return {}
+    now = utcnow()
+    session.execute(
+        update(Job)
+        .where(
+            Job.id.in_(req.job_ids),
+            Job.pilot_id == req.pilot_id,
+            Job.status.in_(list(JOB_ACTIVE)),
+        )
+        .values(heartbeat_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    held = set(
+        session.scalars(
+            select(Job.id).where(
+                Job.id.in_(req.job_ids),
+                Job.pilot_id == req.pilot_id,
+                Job.status.in_(list(JOB_ACTIVE)),
+            )
+        )
+    )
+    return {job_id: "tobekilled" for job_id in req.job_ids if job_id not in held}
+
+
+def update_job(
+    session: Session,
+    ctx: HarvesterContext,
+    principal: Principal,
+    req: UpdateJobRequest,
+) -> UpdateJobReply:
+    """Apply a pilot's report: forward moves only, idempotent final states."""
+    _require_pilot(principal)
+    job_id = req.job_id
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFoundError(f"job {job_id} not found")
+    if job.pilot_id != req.pilot_id:
+        raise Conflict(f"job {job_id} is not held by pilot {req.pilot_id}")
+    task = session.get(Task, job.task_id)
+    assert task is not None
+    wanted = JobStatus(req.state)
+    if job.status in JOB_TERMINAL:
+        if job.status is wanted or (wanted is JobStatus.FAILED and job.status is JobStatus.CLOSED):
+            return UpdateJobReply(job_id=job.id, status=job.status, changed=False)
+        command = "tobekilled" if job.status is JobStatus.CANCELLED else None
+        if command:
+            return UpdateJobReply(job_id=job.id, status=job.status, changed=False, command=command)
+        raise Conflict(f"job {job_id} already ended {job.status.value}; cannot report {req.state}")
+    now = utcnow()
+    job.heartbeat_at = now
+    if req.metrics is not None:
+        job.metrics = req.metrics
+    if wanted in (JobStatus.STARTING, JobStatus.RUNNING):
+        if job.status is wanted:
+            return UpdateJobReply(job_id=job.id, status=job.status, changed=False)
+        if wanted is JobStatus.RUNNING:
+            job.started_at = job.started_at or now
+        transition(session, job, wanted, reason="reported by pilot", actor=req.pilot_id)
+        refresh_task(session, task)
+        return UpdateJobReply(job_id=job.id, status=job.status, changed=True)
+
+    if req.log is not None:
+        _register(session, ctx, task, job, req.log, FileKind.LOG, log=True)
+    if wanted is JobStatus.FINISHED:
+        registered = _register_outputs(session, ctx, task, job, req.outputs)
+        job.exit_code = req.exit_code if req.exit_code is not None else 0
+        transition(
+            session, job, JobStatus.FINISHED,
+            reason=f"finished with {registered} outputs", actor=req.pilot_id,
+        )
+        refresh_task(session, task)
+    else:
+        code = req.pilot_error_code or PilotErrorCode.PAYLOAD_FAILED.value
+        fail_job(
+            session, job, task,
+            error_code=code,
+            diagnostics=req.pilot_error_diag or "no diagnostics from the pilot",
+            exit_code=req.exit_code,
+            actor=req.pilot_id,
+        )
+    return UpdateJobReply(job_id=job.id, status=job.status, changed=True)
+
+
+def _register_outputs(
+    session: Session, ctx: HarvesterContext, task: Task, job: Job, outputs: Sequence[OutputFile]
+) -> int:
+    declared = set(task.params.get("outputs", []))
+    reported = {o.name for o in outputs}
+    missing = declared - reported
+    if missing:
+        raise InvalidRequest(
+            f"job {job.id} reported finished without its outputs: {', '.join(sorted(missing))}"
+        )
+    for output in outputs:
+        if output.name not in declared:
+            raise InvalidRequest(f"job {job.id}: output {output.name!r} was not declared")
+        _register(session, ctx, task, job, output, FileKind.OUTPUT)
+    return len(outputs)
+
+
+def output_lfn(task: Task, job: Job, name: str) -> str:
+    """PanDA-style logical file name: ``<outDS>.<taskID>._<serial>.<name>``."""
+    return f"{task.out_ds}.{task.id}._{job.job_index + 1:06d}.{name}"
+
+
+def _register(
+    session: Session,
+    ctx: HarvesterContext,
+    task: Task,
+    job: Job,
+    item: OutputFile,
+    kind: FileKind,
+    *,
+    log: bool = False,
+) -> None:
+    """Register a blob that the pilot uploaded, after checking it is there and whole."""
+    check_file_name(item.name, what="output name")
+    if not ctx.files.exists(item.sha256):
+        raise InvalidRequest(f"{item.name}: no uploaded file with sha256 {item.sha256}")
+    size = ctx.files.size(item.sha256)
+    if size != item.size:
+        raise InvalidRequest(f"{item.name}: reported size {item.size}, stored size {size}")
+    if log:
+        name = f"{task.out_ds}.{task.id}._{job.job_index + 1:06d}.attempt{job.attempt_nr}.log.txt"
+        dataset = f"{task.out_ds}.log"
+    else:
+        name = output_lfn(task, job, item.name)
+        dataset = task.out_ds
+    existing = session.scalar(select(File).where(File.dataset == dataset, File.name == name))
+    if existing is not None:
+        if existing.sha256 == item.sha256:
+            return
+        raise Conflict(f"{name} is already registered in {dataset} with other content")
+    session.add(
+        File(
+            sha256=item.sha256, size=size, name=name, dataset=dataset, owner=task.owner,
+            kind=kind, task_id=task.id, job_id=job.id,
+        )
+    )
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        raise Conflict(f"{name} is already registered in {dataset}") from exc
+
+
+def worker_report(session: Session, principal: Principal, req: WorkerReport) -> None:
+    """Record the node a worker runs on (GPU details are kept by the GPU brokerage)."""
+    _require_pilot(principal)
+    if req.worker_id is None:
+        return
+    worker = session.get(Worker, req.worker_id)
+    if worker is None:
+        raise NotFoundError(f"worker {req.worker_id} not found")
+    worker.node = req.node

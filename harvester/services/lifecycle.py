@@ -1,0 +1,110 @@
+"""How jobs end and how a task's state follows from its jobs.
+
+Every path that ends a job (pilot report, lost heartbeat, vanished worker,
+kill) goes through here, so retries and the task roll-up behave the same
+whoever noticed the failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import Job, Task, utcnow
+from db.queue import record_creation, transition
+from db.states import JOB_ACTIVE, JOB_TERMINAL, TASK_TERMINAL, JobStatus, TaskStatus
+from pilot.errors import PilotErrorCode
+
+
+def fail_job(
+    session: Session,
+    job: Job,
+    task: Task,
+    *,
+    error_code: int,
+    diagnostics: str,
+    exit_code: int | None = None,
+    actor: str | None = None,
+) -> Job | None:
+    """End a failed attempt; retry it as a new attempt when attempts remain.
+
+    Returns the new attempt, or ``None`` when the job failed for good.
+    """
+    job.pilot_error_code = error_code
+    job.pilot_error_diag = diagnostics
+    if exit_code is not None:
+        job.exit_code = exit_code
+    reason = f"{_describe_code(error_code)}: {diagnostics}"
+    retryable = error_code != PilotErrorCode.IMAGE_NOT_FOUND
+    if retryable and job.attempt_nr < task.max_attempt and task.status not in TASK_TERMINAL:
+        transition(session, job, JobStatus.CLOSED, reason=f"{reason}; retried", actor=actor)
+        retry = new_attempt(session, job, reason=f"retry of job {job.id}")
+        refresh_task(session, task)
+        return retry
+    transition(session, job, JobStatus.FAILED, reason=reason, actor=actor)
+    refresh_task(session, task)
+    return None
+
+
+def new_attempt(session: Session, previous: Job, *, reason: str) -> Job:
+    """A fresh ``defined`` row for the same unit of work, attempt number + 1."""
+    job = Job(
+        task_id=previous.task_id,
+        job_index=previous.job_index,
+        attempt_nr=previous.attempt_nr + 1,
+        status=JobStatus.DEFINED,
+        spec=previous.spec,
+        cores=previous.cores,
+        memory_mb=previous.memory_mb,
+        walltime_s=previous.walltime_s,
+        priority=previous.priority,
+    )
+    session.add(job)
+    session.flush()
+    record_creation(session, job, reason=reason)
+    return job
+
+
+def _describe_code(code: int) -> str:
+    try:
+        return PilotErrorCode(code).describe()
+    except ValueError:
+        return str(code)
+
+
+def current_attempts(session: Session, task_id: int) -> list[Job]:
+    """The newest attempt of each unit of work of a task."""
+    rows = session.scalars(
+        select(Job).where(Job.task_id == task_id).order_by(Job.job_index, Job.attempt_nr)
+    ).all()
+    latest: dict[int, Job] = {}
+    for job in rows:
+        latest[job.job_index] = job
+    return list(latest.values())
+
+
+def refresh_task(session: Session, task: Task, *, jobs: Iterable[Job] | None = None) -> None:
+    """Derive the task's state from its current attempts (running, or how it ended)."""
+    if task.status in (TaskStatus.REGISTERED, TaskStatus.ABORTED, TaskStatus.BROKEN):
+        return
+    session.flush()
+    current = list(jobs) if jobs is not None else current_attempts(session, task.id)
+    if not current:
+        return
+    statuses = [j.status for j in current]
+    if all(s in JOB_TERMINAL for s in statuses):
+        n_finished = sum(s is JobStatus.FINISHED for s in statuses)
+        if n_finished == len(statuses):
+            final = TaskStatus.DONE
+        elif n_finished:
+            final = TaskStatus.FINISHED
+        else:
+            final = TaskStatus.FAILED
+        if task.status is not final and task.status not in TASK_TERMINAL:
+            transition(session, task, final, reason=f"{n_finished}/{len(statuses)} jobs finished")
+        return
+    if task.status is TaskStatus.READY and any(s in JOB_ACTIVE for s in statuses):
+        task.started_at = task.started_at or utcnow()
+        transition(session, task, TaskStatus.RUNNING, reason="first job dispatched")

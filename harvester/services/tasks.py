@@ -1,0 +1,223 @@
+"""Task submission and management: validate, store, kill, retry, list."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.models import File, FileKind, Job, Role, Task
+from db.queue import record_creation, transition
+from db.states import JOB_TERMINAL, TASK_TERMINAL, JobStatus, TaskStatus
+from harvester.api.schemas import TaskCreate
+from harvester.architecture import parse_architecture
+from harvester.context import HarvesterContext
+from harvester.errors import Conflict, Forbidden, ImageError, InvalidRequest, NotFoundError
+from harvester.services.files import check_file_name, check_sha256
+from harvester.services.lifecycle import current_attempts, new_attempt
+from harvester.services.tokens import Principal
+
+DATASET_SUFFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,200}$")
+
+
+def validate_out_ds(out_ds: str, owner: str) -> str:
+    """outDS must be ``user.<owner>.<name>`` (PanDA's rule for user datasets)."""
+    prefix = f"user.{owner}."
+    if not out_ds.startswith(prefix) or not DATASET_SUFFIX.match(out_ds[len(prefix):]) or (
+        ".." in out_ds
+    ):
+        raise InvalidRequest(
+            f"invalid outDS {out_ds!r}: must be '{prefix}<name>' with letters, digits, "
+            "'.', '_' or '-'"
+        )
+    return out_ds
+
+
+def submit_task(
+    session: Session, ctx: HarvesterContext, principal: Principal, params: TaskCreate
+) -> Task:
+    """Validate the parameters completely, then store the task ``registered``."""
+    principal.require(Role.USER)
+    owner = principal.user
+    validate_out_ds(params.outDS, owner)
+    try:
+        image = ctx.images.require(params.containerImage)
+    except ImageError as exc:
+        raise InvalidRequest(str(exc)) from exc
+    if params.transform == "runcontainer" and not params.exec.strip():
+        raise InvalidRequest("exec is empty: give the command to run with --exec")
+    n_jobs = len(params.jobParameters) if params.jobParameters is not None else params.nJobs
+    limit = ctx.settings.max_jobs_per_task
+    if n_jobs < 1:
+        raise InvalidRequest("a task needs at least one job")
+    if n_jobs > limit:
+        raise InvalidRequest(f"nJobs={n_jobs} is over the limit of {limit} jobs per task")
+    site = params.site if params.site and params.site.upper() != "AUTO" else None
+    if site is not None and site not in ctx.queues:
+        raise InvalidRequest(
+            f"unknown site {site!r}; known queues: {', '.join(sorted(ctx.queues)) or 'none'}"
+        )
+    for name in params.excludedSite:
+        if name not in ctx.queues:
+            raise InvalidRequest(f"unknown site {name!r} in excludedSite")
+    seen: set[str] = set()
+    for name in params.outputs:
+        check_file_name(name, what="output name")
+        if name in seen:
+            raise InvalidRequest(f"output {name!r} is listed twice")
+        seen.add(name)
+    for item in params.inputs:
+        check_file_name(item.name, what="input name")
+        check_sha256(item.sha256)
+        if not ctx.files.exists(item.sha256):
+            raise InvalidRequest(f"input {item.name!r}: no uploaded file with sha256 {item.sha256}")
+    parse_architecture(params.architecture)
+
+    stored = params.model_dump()
+    stored["nJobs"] = n_jobs
+    stored["site"] = site
+    task = Task(
+        name=params.taskName or params.outDS,
+        owner=owner,
+        status=TaskStatus.REGISTERED,
+        kind=params.transform,
+        params=stored,
+        image=image.name,
+        architecture=params.architecture,
+        site=site,
+        out_ds=params.outDS,
+        n_jobs=n_jobs,
+        priority=params.priority,
+        max_attempt=params.maxAttempt,
+    )
+    session.add(task)
+    session.flush()
+    record_creation(session, task, reason="submitted", actor=owner)
+    return task
+
+
+def get_task(session: Session, task_id: int) -> Task:
+    task = session.get(Task, task_id)
+    if task is None:
+        raise NotFoundError(f"task {task_id} not found")
+    return task
+
+
+def check_owner(principal: Principal, task: Task, *, action: str) -> None:
+    """Only the owner (or an admin) may change a task or read its logs and outputs."""
+    if principal.role is Role.PILOT:
+        raise Forbidden(f"a pilot token cannot {action}")
+    if task.owner != principal.user and not principal.is_admin:
+        raise Forbidden(f"task {task.id} belongs to {task.owner}; you cannot {action}")
+
+
+def kill_task(session: Session, principal: Principal, task_id: int) -> Task:
+    """Abort a task: its pending jobs are cancelled, running ones told to stop."""
+    task = get_task(session, task_id)
+    check_owner(principal, task, action="kill it")
+    if task.status in TASK_TERMINAL:
+        raise Conflict(f"task {task_id} already ended {task.status.value}; nothing to kill")
+    jobs = session.scalars(select(Job).where(Job.task_id == task_id)).all()
+    for job in jobs:
+        if job.status not in JOB_TERMINAL:
+            transition(
+                session, job, JobStatus.CANCELLED, reason=f"task killed by {principal.user}",
+                actor=principal.user,
+            )
+    transition(
+        session, task, TaskStatus.ABORTED, reason=f"killed by {principal.user}",
+        actor=principal.user,
+    )
+    return task
+
+
+def retry_task(session: Session, principal: Principal, task_id: int) -> tuple[Task, int]:
+    """New attempts for every job whose last attempt failed or was cancelled."""
+    task = get_task(session, task_id)
+    check_owner(principal, task, action="retry it")
+    if task.status not in (TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.ABORTED):
+        raise Conflict(
+            f"task {task_id} is {task.status.value}; only finished, failed or aborted tasks "
+            "can be retried"
+        )
+    if task.params.get("nJobs") and not session.scalar(
+        select(func.count()).select_from(Job).where(Job.task_id == task_id)
+    ):
+        raise Conflict(f"task {task_id} has no jobs to retry")
+    retried = 0
+    extra_budget = int(task.params.get("maxAttempt", task.max_attempt))
+    for job in current_attempts(session, task_id):
+        if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            new_attempt(session, job, reason=f"task retried by {principal.user}")
+            retried += 1
+    if retried == 0:
+        raise Conflict(f"task {task_id} has no failed or cancelled jobs to retry")
+    task.max_attempt += extra_budget
+    transition(
+        session, task, TaskStatus.READY, reason=f"retried {retried} jobs", actor=principal.user
+    )
+    return task, retried
+
+
+def list_tasks(
+    session: Session,
+    principal: Principal,
+    *,
+    owner: str | None,
+    status: TaskStatus | None,
+    limit: int,
+    offset: int,
+) -> tuple[int, list[Task]]:
+    """Tasks newest first; users see their own unless they name another owner."""
+    if principal.role is Role.PILOT:
+        raise Forbidden("a pilot token cannot list tasks")
+    query = select(Task)
+    if owner is None and not principal.is_admin:
+        owner = principal.user
+    if owner is not None:
+        query = query.where(Task.owner == owner)
+    if status is not None:
+        query = query.where(Task.status == status)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Task.id.desc()).limit(limit).offset(offset)).all()
+    return total, list(rows)
+
+
+def job_counts(session: Session, task_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Counts of the current attempts by status, per task."""
+    counts: dict[int, dict[str, int]] = defaultdict(dict)
+    if not task_ids:
+        return counts
+    latest = (
+        select(Job.task_id, Job.job_index, func.max(Job.attempt_nr).label("attempt"))
+        .where(Job.task_id.in_(task_ids))
+        .group_by(Job.task_id, Job.job_index)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Job.task_id, Job.status, func.count())
+        .join(
+            latest,
+            (Job.task_id == latest.c.task_id)
+            & (Job.job_index == latest.c.job_index)
+            & (Job.attempt_nr == latest.c.attempt),
+        )
+        .group_by(Job.task_id, Job.status)
+    ).all()
+    for task_id, status, n in rows:
+        counts[task_id][JobStatus(status).value] = n
+    return counts
+
+
+def task_files(session: Session, task_id: int, kind: FileKind | None = None) -> list[File]:
+    query = select(File).where(File.task_id == task_id)
+    if kind is not None:
+        query = query.where(File.kind == kind)
+    return list(session.scalars(query.order_by(File.job_id, File.name)).all())
+
+
+def public_params(task: Task) -> dict[str, Any]:
+    return dict(task.params)

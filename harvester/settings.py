@@ -1,0 +1,115 @@
+"""Typed settings of the harvester service.
+
+Read once, explicitly, by the command that starts the service (never at
+import time). Precedence: ``HPCAF_*`` environment variables, then the
+``[harvester]`` table of the settings file, then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from harvester.errors import ConfigError
+
+SETTINGS_FILE_NAME = "harvester.toml"
+
+
+def default_home() -> Path:
+    """``$HPCAF_HOME`` or ``~/.hpcaf``."""
+    return Path(os.environ.get("HPCAF_HOME") or Path.home() / ".hpcaf")
+
+
+class HarvesterSettings(BaseSettings):
+    """Everything the service needs to know that is not a queue."""
+
+    model_config = SettingsConfigDict(env_prefix="HPCAF_", extra="forbid")
+
+    home: Path = Field(default_factory=default_home)
+    database_url: str | None = None
+    """SQLAlchemy URL; default a SQLite file in ``home``."""
+    image_cache: Path | None = None
+    """Unpacked images; default ``home/images``."""
+    pallets: Path | None = None
+    """Where local pyhf pallets live (tests and benchmarks)."""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = None
+    """URL pilots use to reach this service; default ``http://host:port``."""
+
+    agent_interval_s: float = Field(2.0, gt=0)
+    heartbeat_interval_s: float = Field(30.0, gt=0)
+    """How often pilots heartbeat (sent to them at acquire time)."""
+    heartbeat_timeout_s: float = Field(600.0, gt=0)
+    """A held job without a heartbeat for this long is failed "lost heartbeat"."""
+    worker_queue_timeout_s: float = Field(48 * 3600.0, gt=0)
+    """A worker queued in the batch system longer than this is cancelled."""
+    sweep_after_s: float = Field(24 * 3600.0, ge=0)
+    """Batch leftovers (scripts, logs) of ended workers are removed after this."""
+    submit_retry_backoff_s: float = Field(30.0, ge=0)
+    """After a failed worker submission, wait this long before the next try on that queue."""
+    max_upload_bytes: int = Field(1 << 30, gt=0)
+    max_jobs_per_task: int = Field(10_000, gt=0)
+    pilot_max_idle_s: float = Field(10.0, ge=0)
+    """Pilots started by the harvester exit after this long without a job."""
+
+    @property
+    def settings_file(self) -> Path:
+        return self.home / SETTINGS_FILE_NAME
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'harvester.db'}"
+
+    @property
+    def resolved_image_cache(self) -> Path:
+        return self.image_cache or self.home / "images"
+
+    @property
+    def file_store(self) -> Path:
+        return self.home / "files"
+
+    @property
+    def workers_dir(self) -> Path:
+        return self.home / "workers"
+
+    @property
+    def resolved_public_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """Parse a settings file; a syntax error names the file and the line."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def load_settings(config_file: Path | None = None) -> tuple[HarvesterSettings, dict[str, Any]]:
+    """Build the settings from the environment and the settings file.
+
+    Returns the settings and the whole parsed file (queues are read from it by
+    :func:`harvester.config.load_queues`).
+    """
+    home = default_home()
+    path = config_file or home / SETTINGS_FILE_NAME
+    document = read_settings_file(path) if path.exists() else {}
+    file_values = dict(document.get("harvester", {}))
+    for key in list(file_values):
+        if f"HPCAF_{key.upper()}" in os.environ:
+            del file_values[key]  # the environment wins over the file
+    try:
+        settings = HarvesterSettings(**file_values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path} [harvester]: {problems}") from exc
+    return settings, document

@@ -1,0 +1,1 @@
+"""The hpcaf pilot: pulls jobs from the harvester and runs them in containers."""

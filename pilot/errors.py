@@ -1,0 +1,50 @@
+"""Pilot error codes: each a number with a short name and a documented meaning.
+
+Numbers follow the spirit of PanDA's pilot codes (1xxx pilot side). The
+harvester uses the same codes for failures it detects itself (a lost
+heartbeat, a vanished worker), so a job always says why it failed.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class PilotErrorCode(enum.IntEnum):
+    """Why a job failed, from the pilot's (or the harvester's) point of view."""
+
+    PAYLOAD_FAILED = 1305
+    """The payload ran and exited non-zero (its exit code is kept separately)."""
+    IMAGE_NOT_FOUND = 1301
+    """The container image is not in the image cache the pilot sees."""
+    CONTAINER_FAILED = 1302
+    """The container runtime could not start the payload."""
+    RUNTIME_MISSING = 1303
+    """No usable container runtime (apptainer, singularity or bwrap) on the node."""
+    GPU_NOT_VISIBLE = 1304
+    """A GPU job whose container could not see the GPU."""
+    STAGEIN_FAILED = 1099
+    """An input file could not be downloaded or failed its checksum."""
+    STAGEOUT_FAILED = 1137
+    """A declared output was missing or could not be uploaded."""
+    KILLED = 1144
+    """The pilot was told to kill the job (task killed) or got a signal."""
+    PILOT_SIGNALLED = 1145
+    """The pilot received SIGTERM/SIGINT (batch eviction) and stopped the payload."""
+    WALLTIME_EXCEEDED = 1213
+    """The payload ran past the job's walltime and was killed."""
+    LOST_HEARTBEAT = 1100
+    """The harvester heard nothing from the pilot for longer than the timeout."""
+    WORKER_VANISHED = 1101
+    """The batch slot of the pilot ended (or vanished) while it held the job."""
+    UNKNOWN = 1000
+    """Anything the pilot did not anticipate; the diagnostics say more."""
+
+    @property
+    def retryable(self) -> bool:
+        """Whether a new attempt may succeed (all but a missing image)."""
+        return self is not PilotErrorCode.IMAGE_NOT_FOUND
+
+    def describe(self) -> str:
+        """``1100 lost_heartbeat``: number and short name, as shown to users."""
+        return f"{self.value} {self.name.lower()}"

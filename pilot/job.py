@@ -1,0 +1,230 @@
+"""Running one job: stage-in, container, stage-out, final report.
+
+Every way a job can end produces exactly one final ``update_job``: finished
+with its outputs, or failed with a pilot error code and diagnostics. The
+payload's output is kept as the job log and uploaded in both cases.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import transforms
+from pilot.errors import PilotErrorCode
+from pilot.runtimes.base import Bind, ContainerRequest
+from pilot.runtimes.select import RuntimeUnavailable, select_runtime
+from pilot.server import PilotServer, ServerError
+from pilot.stage import StageError, stage_in, stage_out
+
+log = logging.getLogger(__name__)
+
+LOG_NAME = "payload.log"
+KILL_GRACE_S = 10.0
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS", "XLA_FLAGS_CPU_THREADS",
+)
+
+
+def transforms_dir() -> Path:
+    return Path(transforms.__file__).parent
+
+
+def transform_argv(spec: dict[str, Any]) -> list[str]:
+    """The command that runs inside the image for the job's transform."""
+    name = spec["transform"]
+    script = f"/srv/transforms/{name}.py"
+    if name == "runcontainer":
+        return ["python3", script, "--exec", spec["exec"]]
+    return ["python3", script, "--job", "job.json"]
+
+
+@dataclass
+class Outcome:
+    state: str
+    exit_code: int | None = None
+    error_code: PilotErrorCode | None = None
+    diagnostics: str | None = None
+    outputs: list[dict[str, Any]] | None = None
+
+
+class JobRunner:
+    """Runs jobs one at a time; can be told to kill the current one."""
+
+    def __init__(self, server: PilotServer, pilot_id: str, base_dir: Path, cores: int) -> None:
+        self.server = server
+        self.pilot_id = pilot_id
+        self.base_dir = base_dir
+        self.cores = cores
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._current: int | None = None
+        self._kill_reason: tuple[PilotErrorCode, str] | None = None
+        self._lock = threading.Lock()
+
+    # -- control from other threads ------------------------------------------------
+
+    def kill(self, job_id: int | None, code: PilotErrorCode, reason: str) -> None:
+        """Stop the payload of ``job_id`` (or whatever runs, when ``None``)."""
+        with self._lock:
+            if self._current is None or (job_id is not None and job_id != self._current):
+                return
+            self._kill_reason = (code, reason)
+            proc = self._proc
+        if proc is not None:
+            _terminate(proc)
+
+    # -- one job -------------------------------------------------------------------
+
+    def run(self, spec: dict[str, Any]) -> Outcome:
+        job_id = spec["job_id"]
+        workdir = self.base_dir / f"job_{job_id}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._current, self._kill_reason = job_id, None
+        outcome = Outcome(state="failed")
+        try:
+            outcome = self._run(spec, workdir)
+        except StageError as exc:
+            outcome = Outcome("failed", error_code=exc.code, diagnostics=str(exc))
+        except RuntimeUnavailable as exc:
+            outcome = Outcome("failed", error_code=PilotErrorCode.RUNTIME_MISSING,
+                              diagnostics=str(exc))
+        except Exception as exc:  # report anything else rather than lose the job
+            log.exception("job %s: unexpected pilot error", job_id)
+            outcome = Outcome("failed", error_code=PilotErrorCode.UNKNOWN,
+                              diagnostics=f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                self._current, self._proc = None, None
+        self._report(spec, workdir, outcome)
+        shutil.rmtree(workdir, ignore_errors=True)
+        return outcome
+
+    def _run(self, spec: dict[str, Any], workdir: Path) -> Outcome:
+        job_id = spec["job_id"]
+        self._update(job_id, {"state": "starting"})
+        image = spec.get("image_path")
+        if not image or not Path(image).is_dir():
+            return Outcome("failed", error_code=PilotErrorCode.IMAGE_NOT_FOUND,
+                           diagnostics=f"image {spec['image']} not found at {image}")
+        stage_in(self.server, spec.get("inputs", []), workdir)
+        if spec["transform"] != "runcontainer":
+            (workdir / "job.json").write_text(json.dumps(spec))
+        container = spec.get("container", {})
+        runtime = select_runtime(container.get("runtime", "auto"))
+        cores = max(1, int(spec.get("cores", 1)))
+        env = {**spec.get("image_environment", {}), **spec.get("env", {})}
+        env.update({name: str(cores) for name in THREAD_VARIABLES})
+        request = ContainerRequest(
+            image=Path(image),
+            argv=transform_argv(spec),
+            workdir=workdir,
+            transforms_dir=transforms_dir(),
+            env=env,
+            binds=[Bind.parse(b) for b in container.get("binds", [])],
+            allow_network=bool(container.get("allow_network", False)),
+            extra_options=list(container.get("options", [])),
+        )
+        command = runtime.command(request)
+        log.info("job %s: %s", job_id, " ".join(command))
+        walltime = float(spec.get("walltime_s", 3600))
+        with (workdir / LOG_NAME).open("wb") as log_file:
+            log_file.write(f"=== hpcaf pilot {self.pilot_id}: job {job_id} attempt "
+                           f"{spec['attempt_nr']} with {runtime.name}\n".encode())
+            log_file.flush()
+            try:
+                proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+            except OSError as exc:
+                return Outcome("failed", error_code=PilotErrorCode.CONTAINER_FAILED,
+                               diagnostics=f"cannot start {runtime.name}: {exc}")
+            with self._lock:
+                self._proc = proc
+                pending_kill = self._kill_reason
+            if pending_kill:
+                _terminate(proc)
+            self._update(job_id, {"state": "running"})
+            started = time.monotonic()
+            try:
+                code = proc.wait(timeout=walltime)
+            except subprocess.TimeoutExpired:
+                _terminate(proc)
+                code = proc.wait()
+                return Outcome("failed", exit_code=code,
+                               error_code=PilotErrorCode.WALLTIME_EXCEEDED,
+                               diagnostics=f"payload ran past its walltime of {walltime:.0f}s")
+            elapsed = time.monotonic() - started
+        with self._lock:
+            kill_reason = self._kill_reason
+        if kill_reason is not None:
+            return Outcome("failed", exit_code=code, error_code=kill_reason[0],
+                           diagnostics=kill_reason[1])
+        if code != 0:
+            return Outcome("failed", exit_code=code, error_code=_classify(code, workdir),
+                           diagnostics=f"payload exited with code {code} after {elapsed:.1f}s")
+        outputs = stage_out(self.server, list(spec.get("outputs", [])), workdir)
+        return Outcome("finished", exit_code=0, outputs=outputs)
+
+    def _report(self, spec: dict[str, Any], workdir: Path, outcome: Outcome) -> None:
+        job_id = spec["job_id"]
+        body: dict[str, Any] = {"state": outcome.state, "exit_code": outcome.exit_code}
+        log_path = workdir / LOG_NAME
+        if log_path.is_file() and not log_path.is_symlink():
+            try:
+                reply = self.server.upload(log_path, LOG_NAME)
+                body["log"] = {"name": LOG_NAME, "sha256": reply["sha256"], "size": reply["size"]}
+            except ServerError as exc:
+                log.warning("job %s: log upload failed: %s", job_id, exc)
+        if outcome.state == "finished":
+            body["outputs"] = outcome.outputs or []
+        else:
+            body["pilot_error_code"] = int(outcome.error_code or PilotErrorCode.UNKNOWN)
+            body["pilot_error_diag"] = outcome.diagnostics
+        try:
+            reply = self._update(job_id, body)
+            log.info("job %s: reported %s (server: %s)", job_id, outcome.state,
+                     reply.get("status"))
+        except ServerError as exc:
+            log.error("job %s: final update refused: %s", job_id, exc)
+
+    def _update(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        reply = self.server.update_job({"job_id": job_id, "pilot_id": self.pilot_id, **body})
+        if reply.get("command") == "tobekilled":
+            self.kill(job_id, PilotErrorCode.KILLED, "killed on the server's command")
+        return reply
+
+
+def _classify(code: int, workdir: Path) -> PilotErrorCode:
+    """A bubblewrap/apptainer failure before the payload ran is a container error."""
+    try:
+        text = (workdir / LOG_NAME).read_text(errors="replace")
+    except OSError:
+        return PilotErrorCode.PAYLOAD_FAILED
+    if "=== runcontainer:" not in text and ("bwrap:" in text or "FATAL:" in text):
+        return PilotErrorCode.CONTAINER_FAILED
+    return PilotErrorCode.PAYLOAD_FAILED
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the payload's process group, SIGKILL after a grace period."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=KILL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,172 @@
+"""``pilot``: the daemon in each batch slot — acquire jobs, run them, report, repeat.
+
+It keeps taking jobs while walltime remains (a multi-job pilot), exits after
+``--max-idle`` seconds without work, and on SIGTERM/SIGINT stops the payload,
+reports the job failed (so it is retried) and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from pilot.errors import PilotErrorCode
+from pilot.heartbeat import Heartbeat
+from pilot.job import JobRunner
+from pilot.node import discover
+from pilot.server import PilotServer, ServerError
+
+log = logging.getLogger("pilot")
+
+EXIT_OK = 0
+EXIT_SIGNALLED = 143
+EXIT_CONFIG = 2
+EXIT_SERVER = 3
+WALLTIME_MARGIN_S = 30.0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="pilot", description=__doc__.splitlines()[0])
+    parser.add_argument("--server", default=os.environ.get("HPCAF_URL", "http://127.0.0.1:8080"))
+    parser.add_argument("--queue", required=True, help="the PanDA queue this slot serves")
+    parser.add_argument("--token", default=None, help="pilot token (default $HPCAF_TOKEN)")
+    parser.add_argument("--token-file", type=Path, default=None, help="file holding the token")
+    parser.add_argument("--worker-id", type=int,
+                        default=int(os.environ["HPCAF_WORKER_ID"])
+                        if os.environ.get("HPCAF_WORKER_ID") else None)
+    parser.add_argument("--max-jobs", type=int, default=0, help="0: no limit")
+    parser.add_argument("--walltime", type=float, default=3600.0, help="seconds this slot lives")
+    parser.add_argument("--max-idle", type=float, default=10.0,
+                        help="exit after this many seconds without a job")
+    parser.add_argument("--poll", type=float, default=1.0, help="seconds between empty acquires")
+    parser.add_argument("--heartbeat", type=float, default=None,
+                        help="heartbeat interval (default: what the server says)")
+    parser.add_argument("--cores", type=int, default=None, help="cores of this slot")
+    parser.add_argument("--workdir", type=Path, default=None, help="where job dirs are made")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def read_token(args: argparse.Namespace) -> str | None:
+    if args.token:
+        return str(args.token)
+    if args.token_file is not None:
+        return args.token_file.read_text().strip()
+    if os.environ.get("HPCAF_TOKEN_FILE"):
+        return Path(os.environ["HPCAF_TOKEN_FILE"]).read_text().strip()
+    return os.environ.get("HPCAF_TOKEN")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s pilot %(levelname)s: %(message)s")
+    try:
+        token = read_token(args)
+    except OSError as exc:
+        log.error("cannot read the token: %s", exc)
+        return EXIT_CONFIG
+    if not token:
+        log.error("no token: give --token, --token-file, or set HPCAF_TOKEN")
+        return EXIT_CONFIG
+    node = discover(args.cores)
+    pilot_id = f"{node.hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    base_dir = args.workdir or Path(tempfile.mkdtemp(prefix="hpcaf-pilot-"))
+    base_dir.mkdir(parents=True, exist_ok=True)
+    server = PilotServer(args.server, token)
+    runner = JobRunner(server, pilot_id, base_dir, node.cores)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        log.warning("got %s: stopping the payload and exiting", name)
+        stopping.set()
+        runner.kill(None, PilotErrorCode.PILOT_SIGNALLED, f"pilot received {name}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("pilot %s on queue %s, server %s, worker %s, %d cores", pilot_id, args.queue,
+             args.server, args.worker_id, node.cores)
+    try:
+        server.worker_node({"pilot_id": pilot_id, "worker_id": args.worker_id,
+                            "node": node.hostname, "cores": node.cores,
+                            "memory_mb": node.memory_mb})
+    except ServerError as exc:
+        log.error("cannot register with %s: %s", args.server, exc)
+        return EXIT_SERVER
+    heartbeat = Heartbeat(server, pilot_id, args.worker_id, args.heartbeat or 30.0,
+                          on_kill=lambda job_id: runner.kill(
+                              job_id, PilotErrorCode.KILLED, "killed on the server's command"))
+    heartbeat.start()
+    try:
+        done = loop(args, server, runner, heartbeat, pilot_id, node.hostname, stopping)
+    finally:
+        heartbeat.stop()
+        server.close()
+    log.info("pilot %s exits after %d jobs", pilot_id, done)
+    return EXIT_SIGNALLED if stopping.is_set() else EXIT_OK
+
+
+def loop(
+    args: argparse.Namespace,
+    server: PilotServer,
+    runner: JobRunner,
+    heartbeat: Heartbeat,
+    pilot_id: str,
+    hostname: str,
+    stopping: threading.Event,
+) -> int:
+    """Acquire and run jobs until walltime, max-jobs, idleness or a signal ends the pilot."""
+    started = time.monotonic()
+    idle_since = time.monotonic()
+    done = 0
+    while not stopping.is_set():
+        if args.max_jobs and done >= args.max_jobs:
+            break
+        left = args.walltime - (time.monotonic() - started)
+        if left < WALLTIME_MARGIN_S:
+            log.info("%.0fs of walltime left: no new job", left)
+            break
+        try:
+            jobs = server.acquire_jobs({
+                "queue": args.queue, "pilot_id": pilot_id, "n_jobs": 1,
+                "worker_id": args.worker_id, "node": hostname, "cores": runner.cores,
+            })
+        except ServerError as exc:
+            if exc.status_code is not None:
+                log.error("acquire refused: %s", exc)
+                break
+            log.warning("acquire failed: %s", exc)
+            jobs = []
+        if not jobs:
+            if time.monotonic() - idle_since > args.max_idle:
+                log.info("no job for %.0fs: exiting", args.max_idle)
+                break
+            stopping.wait(args.poll)
+            continue
+        for spec in jobs:
+            if spec["walltime_s"] > left:
+                spec["walltime_s"] = int(left)
+            if args.heartbeat is None:
+                heartbeat.interval_s = float(spec.get("heartbeat_interval_s", 30.0))
+            heartbeat.watch([spec["job_id"]])
+            log.info("job %s (task %s, attempt %s) starting", spec["job_id"], spec["task_id"],
+                     spec["attempt_nr"])
+            outcome = runner.run(spec)
+            heartbeat.watch([])
+            log.info("job %s ended %s", spec["job_id"], outcome.state)
+            done += 1
+        idle_since = time.monotonic()
+    return done
+
+
+if __name__ == "__main__":
+    sys.exit(main())

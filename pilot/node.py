@@ -1,0 +1,41 @@
+"""What the pilot's node offers: host name, cores (the slot's allocation), memory."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    hostname: str
+    cores: int
+    memory_mb: int
+
+
+def slot_cores(default: int | None = None) -> int:
+    """Cores this slot may use: the batch allocation when known, else the affinity mask."""
+    for var in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE", "_CONDOR_NPROCS"):
+        value = os.environ.get(var)
+        if value and value.isdigit():
+            return int(value)
+    if default is not None:
+        return default
+    return len(os.sched_getaffinity(0))
+
+
+def total_memory_mb() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0
+
+
+def discover(cores: int | None = None) -> NodeInfo:
+    return NodeInfo(hostname=socket.getfqdn(), cores=slot_cores(cores),
+                    memory_mb=total_memory_mb())

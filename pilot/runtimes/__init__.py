@@ -1,0 +1,1 @@
+"""Container runtimes: Apptainer/Singularity where the site has them, bubblewrap otherwise."""

@@ -1,0 +1,124 @@
+"""The pilot's HTTP client for the harvester's pilot endpoints.
+
+Transient trouble (connection refused while the service restarts, 5xx) is
+retried with back-off for a bounded time; a 4xx is final and raised with the
+server's message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+
+class ServerError(Exception):
+    """The harvester answered with an error, or could not be reached in time."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class PilotServer:
+    """Calls the harvester's REST API with the pilot's token."""
+
+    def __init__(self, url: str, token: str, *, timeout_s: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self._client = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _call(self, method: str, path: str, *, retry_for_s: float, **kwargs: Any) -> httpx.Response:
+        deadline = time.monotonic() + retry_for_s
+        delay = 0.5
+        while True:
+            try:
+                response = self._client.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                problem = f"cannot reach {self.url}: {exc}"
+            else:
+                if response.status_code < 400:
+                    return response
+                if response.status_code < 500:
+                    raise ServerError(_detail(response), response.status_code)
+                problem = f"server error {response.status_code}: {_detail(response)}"
+            if time.monotonic() + delay > deadline:
+                raise ServerError(problem)
+            log.warning("%s %s: %s; retrying in %.1fs", method, path, problem, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+    def acquire_jobs(self, body: dict[str, Any], *, retry_for_s: float = 120.0) -> list[dict[str, Any]]:
+        response = self._call("POST", "/api/v1/pilot/acquire_jobs", json=body,
+                              retry_for_s=retry_for_s)
+        jobs: list[dict[str, Any]] = response.json()["jobs"]
+        return jobs
+
+    def heartbeat(self, body: dict[str, Any]) -> dict[str, str]:
+        response = self._call("POST", "/api/v1/pilot/heartbeat", json=body, retry_for_s=0)
+        commands: dict[str, str] = response.json().get("commands", {})
+        return commands
+
+    def update_job(self, body: dict[str, Any], *, retry_for_s: float = 600.0) -> dict[str, Any]:
+        response = self._call("POST", "/api/v1/pilot/update_job", json=body,
+                              retry_for_s=retry_for_s)
+        reply: dict[str, Any] = response.json()
+        return reply
+
+    def worker_node(self, body: dict[str, Any]) -> None:
+        self._call("POST", "/api/v1/pilot/worker_node", json=body, retry_for_s=30.0)
+
+    def upload(self, path: Path, name: str, *, retry_for_s: float = 300.0) -> dict[str, Any]:
+        """Upload a file; the server checks the sha256 computed here."""
+        sha = sha256_of(path)
+        deadline = time.monotonic() + retry_for_s
+        while True:
+            with path.open("rb") as fh:
+                try:
+                    response = self._call(
+                        "POST", "/api/v1/files", params={"name": name, "sha256": sha},
+                        content=fh, retry_for_s=0,
+                        headers={"Content-Length": str(path.stat().st_size)},
+                    )
+                    reply: dict[str, Any] = response.json()
+                    return reply
+                except ServerError as exc:
+                    if exc.status_code is not None or time.monotonic() > deadline:
+                        raise
+                    time.sleep(2.0)
+
+    def download(self, sha256: str, target: Path, *, retry_for_s: float = 300.0) -> None:
+        """Download a file by checksum into ``target`` and verify it."""
+        response = self._call("GET", f"/api/v1/files/{sha256}", retry_for_s=retry_for_s)
+        target.write_bytes(response.content)
+        got = sha256_of(target)
+        if got != sha256:
+            target.unlink(missing_ok=True)
+            raise ServerError(f"{target.name}: checksum mismatch (expected {sha256}, got {got})")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    return str(detail)

@@ -1,0 +1,1 @@
+"""Payload-side programs that run inside the containers (standard library only)."""
