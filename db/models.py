@@ -177,7 +177,8 @@ class Job(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     cores: Mapped[int] = mapped_column(Integer, default=1)
     memory_mb: Mapped[int] = mapped_column(Integer, default=2000)
-    walltime_s: Mapped[int] = mapped_column(Integer, default=3600)
+    walltime_s: Mapped[int] = mapped_column(Integer, default=0)
+    """Seconds; 0 means up to the queue's maximum walltime."""
     priority: Mapped[int] = mapped_column(Integer, default=1000)
     pilot_id: Mapped[str | None] = mapped_column(String(256), default=None)
     worker_id: Mapped[int | None] = mapped_column(ForeignKey("workers.id"), default=None)

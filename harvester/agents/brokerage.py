@@ -3,7 +3,8 @@
 A queue fits when it is online (or in test and named by the task's site),
 not excluded, offers enough cores, memory and walltime, and has a GPU exactly
 when the job asks for one. Among the fitting queues the least loaded one
-(activated jobs per allowed worker) wins. A job no queue fits is activated
+(activated jobs per allowed worker) wins; queues the harvester
+starts no workers for (``maxWorkers = 0``) only when nothing else fits. A job no queue fits is activated
 without a queue and keeps a visible reason; it is brokered again every cycle.
 """
 
@@ -49,7 +50,7 @@ def rejection(queue: QueueConfig, status: QueueStatus, needs: JobNeeds) -> str |
         return f"{queue.cores} cores per slot < {needs.cores}"
     if needs.memory_mb > queue.memory_mb:
         return f"{queue.memory_mb} MiB per slot < {needs.memory_mb}"
-    if needs.walltime_s > queue.walltime_s:
+    if needs.walltime_s and needs.walltime_s > queue.walltime_s:
         return f"max walltime {queue.walltime_s}s < {needs.walltime_s}s"
     if needs.gpu and queue.gpus < 1:
         return "no GPU"
@@ -72,7 +73,10 @@ def choose_queue(
             reasons.append(f"{queue.name}: {why}")
     if not fitting:
         return None, "no queue can run this job (" + "; ".join(reasons or ["no queues"]) + ")"
-    best = min(fitting, key=lambda q: (load.get(q.name, 0) / max(q.max_workers, 1), q.name))
+    # queues whose workers the harvester does not start (maxWorkers = 0: pilots come from
+    # elsewhere) are chosen only when no provisioned queue fits
+    best = min(fitting, key=lambda q: (q.max_workers == 0,
+                                       load.get(q.name, 0) / max(q.max_workers, 1), q.name))
     return best.name, f"brokered to {best.name}"
 
 

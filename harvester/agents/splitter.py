@@ -32,7 +32,7 @@ class Splitter(Agent):
                         spec={"parameters": parameters} if parameters is not None else {},
                         cores=int(params.get("coreCount", 1)),
                         memory_mb=int(params.get("ramCount", 2000)),
-                        walltime_s=int(params.get("maxWalltime", 3600)),
+                        walltime_s=int(params.get("maxWalltime") or 0),
                         priority=task.priority,
                     )
                     session.add(job)

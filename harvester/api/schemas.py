@@ -47,7 +47,9 @@ class TaskCreate(BaseModel):
     maxAttempt: int = Field(3, ge=1, le=20)
     coreCount: int = Field(1, ge=1, le=1024)
     ramCount: int = Field(2000, ge=1, le=4_194_304, description="MiB per job")
-    maxWalltime: int = Field(3600, ge=60, le=30 * 86400, description="seconds per job")
+    maxWalltime: int | None = Field(
+        None, ge=60, le=30 * 86400, description="seconds per job (default: the queue's maximum)"
+    )
     env: dict[str, str] = Field(default_factory=dict)
     transform: Literal["runcontainer", "pyhf_fit", "hpo_eval"] = "runcontainer"
     transformArgs: dict[str, Any] = Field(default_factory=dict)

@@ -123,6 +123,9 @@ def wait(
                     break
                 if time.monotonic() > deadline:
                     progress.stop()
+                    for why in {j["brokerage_message"] for j in c.jobs(task_id, all_attempts=False)
+                                if j["status"] == "activated" and not j.get("queue")}:
+                        err.print(f"jobs wait: {why}")
                     raise fail(f"task {task_id} still {task['status']} after {timeout:.0f}s", 1)
                 time.sleep(interval)
         failed = [j for j in c.jobs(task_id, all_attempts=False) if j["status"] == "failed"]

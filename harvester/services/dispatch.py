@@ -113,7 +113,7 @@ def _job_spec(ctx: HarvesterContext, job: Job, task: Task) -> JobSpec:
         inputs=[InputFile(**i) for i in params.get("inputs", [])],
         cores=job.cores,
         memory_mb=job.memory_mb,
-        walltime_s=job.walltime_s,
+        walltime_s=job.walltime_s or (queue.walltime_s if queue else 3600),
         container={
             "runtime": queue.container_runtime if queue else "auto",
             "allow_network": queue.allow_network if queue else False,

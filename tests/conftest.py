@@ -1,0 +1,53 @@
+"""Shared fixtures: the base image (built once), and real harvester processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, Harvester, harvester_settings, make_harvester
+
+
+@pytest.fixture(scope="session")
+def image_cache() -> Path:
+    """The image cache with ``base`` built from containers/base.def (reused between runs)."""
+    cache = Path(os.environ.get("HPCAF_TEST_IMAGE_CACHE") or REPO / ".cache" / "images")
+    if not (cache / "base" / "rootfs").is_dir():
+        if shutil.which("debootstrap") is None and shutil.which("apptainer") is None:
+            pytest.fail("building the base image needs debootstrap (make test installs it)")
+        env = {**os.environ, "HPCAF_IMAGE_CACHE": str(cache), "HPCAF_HOME": str(cache.parent)}
+        subprocess.run(
+            [sys.executable, "-m", "harvester.cli", "image", "build",
+             str(REPO / "containers" / "base.def"), "--name", "base"],
+            env=env, check=True, cwd=REPO,
+        )
+    return cache
+
+
+@pytest.fixture
+def harvester_factory(
+    tmp_path: Path, image_cache: Path
+) -> Iterator[Callable[..., Harvester]]:
+    started: list[Harvester] = []
+
+    def start(config_text: str | None = None, **env: str) -> Harvester:
+        h = make_harvester(tmp_path / f"h{len(started)}", image_cache,
+                           config_text or harvester_settings(), env)
+        started.append(h)
+        return h
+
+    yield start
+    for h in started:
+        h.cleanup()
+
+
+@pytest.fixture
+def harvester(harvester_factory: Callable[..., Harvester]) -> Harvester:
+    """A harvester with ANALY_LOCAL (2 local workers) and ANALY_MANUAL (no workers)."""
+    return harvester_factory()

@@ -1,0 +1,251 @@
+"""Starting real harvester and pilot processes for the tests, and talking to them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import create_engine, text
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll until ``predicate`` returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+@dataclass
+class Harvester:
+    """A running ``harvester serve`` with its home, tokens and helpers."""
+
+    home: Path
+    url: str
+    env: dict[str, str]
+    tokens: dict[str, str]
+    config_file: Path
+    proc: subprocess.Popen[bytes] | None = None
+    pilots: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    # -- processes ---------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> None:
+        log = (self.home / "serve.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "harvester.cli", "serve", "--config", str(self.config_file)],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.home,
+        )
+
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError("harvester exited:\n" + self.log_text()[-3000:])
+            try:
+                return httpx.get(self.url + "/docs", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, timeout, "the harvester to answer")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def log_text(self) -> str:
+        path = self.home / "serve.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start_pilot(self, queue: str, *extra: str) -> subprocess.Popen[bytes]:
+        """A pilot started by hand (not by a provider), as a site admin would test one."""
+        log = (self.home / f"pilot-{len(self.pilots)}.log").open("ab")
+        env = {**self.env, "HPCAF_TOKEN": self.tokens["pilot"]}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pilot.main", "--server", self.url, "--queue", queue,
+             "--max-idle", "3", "--poll", "0.3", "--heartbeat", "1", *extra],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.pilots.append(proc)
+        return proc
+
+    def cleanup(self) -> None:
+        self.stop()
+        for proc in self.pilots:
+            _kill_group(proc.pid)
+        for batch_id in self.query("SELECT batch_id FROM workers WHERE batch_id IS NOT NULL"):
+            if batch_id[0] and str(batch_id[0]).isdigit():
+                _kill_group(int(batch_id[0]))
+
+    # -- clients -----------------------------------------------------------------
+
+    def cli(self, module: str, *args: str, user: str = "alice", timeout: float = 120) -> CliResult:
+        env = {**self.env, "HPCAF_URL": self.url, "HPCAF_TOKEN": self.tokens.get(user, user)}
+        proc = subprocess.run(
+            [sys.executable, "-m", module, *args], env=env, capture_output=True, text=True,
+            timeout=timeout, cwd=self.home,
+        )
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+    def pcontainer(self, *args: str, user: str = "alice") -> CliResult:
+        return self.cli("harvester.client.pcontainer", *args, user=user)
+
+    def pbook(self, *args: str, user: str = "alice", timeout: float = 180) -> CliResult:
+        return self.cli("harvester.client.pbook", *args, user=user, timeout=timeout)
+
+    def submit(self, *args: str, user: str = "alice") -> int:
+        result = self.pcontainer(*args, user=user)
+        assert result.returncode == 0, result.output
+        line = [ln for ln in result.stdout.splitlines() if ln.startswith("jediTaskID=")]
+        assert line, result.output
+        return int(line[0].split("=", 1)[1])
+
+    def api(self, user: str = "alice") -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.tokens[user]}"} if user in self.tokens else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def task(self, task_id: int) -> dict[str, Any]:
+        with self.api("admin") as c:
+            response = c.get(f"/api/v1/tasks/{task_id}")
+            response.raise_for_status()
+            result: dict[str, Any] = response.json()
+            return result
+
+    def jobs(self, task_id: int) -> list[dict[str, Any]]:
+        with self.api("admin") as c:
+            result: list[dict[str, Any]] = c.get(f"/api/v1/tasks/{task_id}/jobs").json()
+            return result
+
+    def wait_task(self, task_id: int, timeout: float = 120.0) -> dict[str, Any]:
+        terminal = {"done", "finished", "failed", "aborted", "broken"}
+        task: dict[str, Any] = wait_for(
+            lambda: (t := self.task(task_id))["status"] in terminal and t,
+            timeout, f"task {task_id} to end",
+        )
+        return task
+
+    def wait_activated(self, task_id: int, n: int, timeout: float = 60.0) -> None:
+        wait_for(lambda: self.task(task_id)["job_counts"].get("activated") == n, timeout,
+                 f"{n} activated jobs of task {task_id}")
+
+    def job_status(self, task_id: int, index: int = 0) -> str | None:
+        jobs = [j for j in self.jobs(task_id) if j["job_index"] == index]
+        return jobs[-1]["status"] if jobs else None
+
+    def query(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+        """Read the harvester's database directly (the tests' view of the truth)."""
+        engine = create_engine(self.env.get("HPCAF_DATABASE_URL")
+                               or f"sqlite:///{self.home / 'harvester.db'}")
+        try:
+            with engine.connect() as conn:
+                return [tuple(r) for r in conn.execute(text(sql), params)]
+        finally:
+            engine.dispose()
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+QUEUE_LOCAL = """
+[queues.ANALY_LOCAL]
+provider = "local"
+cores = 1
+memory_mb = 2000
+maxWalltime = 600
+maxWorkers = {max_workers}
+nQueueLimitWorker = {max_workers}
+maxNewWorkersPerCycle = {max_workers}
+"""
+
+QUEUE_MANUAL = """
+[queues.ANALY_MANUAL]
+provider = "local"
+cores = 1
+memory_mb = 2000
+maxWalltime = 600
+maxWorkers = 0
+"""
+
+
+def harvester_settings(extra_queues: str = "", *, max_workers: int = 2) -> str:
+    return QUEUE_LOCAL.format(max_workers=max_workers) + QUEUE_MANUAL + extra_queues
+
+
+def make_harvester(tmp: Path, image_cache: Path, config_text: str,
+                   env_overrides: dict[str, str] | None = None) -> Harvester:
+    """Write the config, create the tokens (through the real CLI) and start the service."""
+    home = tmp / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config_file = home / "harvester.toml"
+    config_file.write_text(config_text)
+    env = {
+        key: value for key, value in os.environ.items()
+        if not key.startswith("HPCAF_")
+    }
+    env.update({
+        "HPCAF_HOME": str(home),
+        "HPCAF_IMAGE_CACHE": str(image_cache),
+        "HPCAF_PORT": str(port),
+        "HPCAF_AGENT_INTERVAL_S": "0.3",
+        "HPCAF_HEARTBEAT_INTERVAL_S": "1",
+        "HPCAF_HEARTBEAT_TIMEOUT_S": "6",
+        "HPCAF_PILOT_MAX_IDLE_S": "3",
+        "HPCAF_SUBMIT_RETRY_BACKOFF_S": "2",
+        "PYTHONPATH": str(REPO),
+        **(env_overrides or {}),
+    })
+    tokens = {}
+    for user, role in (("alice", "user"), ("bob", "user"), ("admin", "admin"),
+                       ("pilot", "pilot")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "harvester.cli", "token", "create", user, "--role", role,
+             "--config", str(config_file)],
+            env=env, capture_output=True, text=True, check=False, cwd=home,
+        )
+        assert proc.returncode == 0, proc.stderr
+        tokens[user] = proc.stdout.strip().splitlines()[-1]
+    harvester = Harvester(home=home, url=f"http://127.0.0.1:{port}", env=env, tokens=tokens,
+                          config_file=config_file)
+    harvester.start()
+    return harvester

@@ -1,0 +1,181 @@
+"""End to end on the embedded defaults: real harvester, real pilots, real bubblewrap.
+
+Every test drives pcontainer/pbook (or pilots) as separate processes over HTTP.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Harvester, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def test_hello_world_with_output(harvester: Harvester, tmp_path: Path) -> None:
+    task_id = harvester.submit(
+        "--containerImage", "base", "--exec", "echo Hello World > hello.txt",
+        "--outputs", "hello.txt", "--outDS", "user.alice.test",
+    )
+    waited = harvester.pbook("wait", str(task_id), "--timeout", "120")
+    assert waited.returncode == 0, waited.output
+    assert f"task {task_id} done" in waited.stdout
+
+    outdir = tmp_path / "out"
+    results = harvester.pbook("results", str(task_id), "-o", str(outdir))
+    assert results.returncode == 0, results.output
+    files = list(outdir.iterdir())
+    assert [f.name for f in files] == [f"user.alice.test.{task_id}._000001.hello.txt"]
+    assert files[0].read_text() == "Hello World\n"
+
+    job = harvester.jobs(task_id)[0]
+    assert job["status"] == "finished" and job["exit_code"] == 0
+    assert job["worker_id"] is not None and job["batch_id"], "the job says which worker ran it"
+    log = harvester.pbook("logs", str(job["id"]))
+    assert "echo Hello World > hello.txt" in log.stdout
+    assert "exit code 0" in log.stdout
+    history = [r[0] for r in harvester.query(
+        "SELECT to_status FROM state_history WHERE entity='job' AND entity_id=:i ORDER BY id",
+        i=job["id"])]
+    assert history == ["defined", "activated", "sent", "starting", "running", "finished"]
+
+
+def test_four_jobs_on_two_workers(harvester: Harvester) -> None:
+    task_id = harvester.submit(
+        "--containerImage", "base", "--exec", "sleep 1; echo $HPCAF_JOB_INDEX > idx.txt",
+        "--outputs", "idx.txt", "--outDS", "user.alice.four", "--nJobs", "4",
+    )
+    peak = 0
+    deadline = time.monotonic() + 120
+    while harvester.task(task_id)["status"] not in ("done", "finished", "failed"):
+        running = harvester.query(
+            "SELECT count(*) FROM workers WHERE status IN ('submitted','running')")[0][0]
+        peak = max(peak, running)
+        assert time.monotonic() < deadline, "task did not end"
+        time.sleep(0.2)
+    task = harvester.task(task_id)
+    assert task["status"] == "done"
+    jobs = harvester.jobs(task_id)
+    assert sorted(j["job_index"] for j in jobs) == [0, 1, 2, 3]
+    assert {j["status"] for j in jobs} == {"finished"}
+    assert peak <= 2, f"maxWorkers=2 but {peak} workers were active at once"
+    assert len({j["worker_id"] for j in jobs}) >= 2, "both worker slots were used"
+    results = harvester.pbook("results", str(task_id), "--json")
+    names = sorted(f["name"] for f in __import__("json").loads(results.stdout)["files"])
+    assert names == [f"user.alice.four.{task_id}._00000{i}.idx.txt" for i in range(1, 5)]
+
+
+def test_failing_exec_is_retried_then_failed(harvester: Harvester) -> None:
+    task_id = harvester.submit(
+        "--containerImage", "base", "--exec", "echo broken >&2; exit 7",
+        "--outDS", "user.alice.fail", "--maxAttempt", "3",
+    )
+    waited = harvester.pbook("wait", str(task_id), "--timeout", "120")
+    assert waited.returncode == 1
+    assert "failed" in waited.stdout
+    jobs = harvester.jobs(task_id)
+    assert [(j["attempt_nr"], j["status"]) for j in jobs] == [
+        (1, "closed"), (2, "closed"), (3, "failed")]
+    assert all(j["exit_code"] == 7 and j["pilot_error_code"] == 1305 for j in jobs)
+    log = harvester.pbook("logs", str(jobs[-1]["id"]))
+    assert "broken" in log.stdout, "stderr of the payload is kept in the log"
+
+
+def test_kill_running_task(harvester: Harvester) -> None:
+    task_id = harvester.submit(
+        "--containerImage", "base", "--exec", "sleep 300", "--outDS", "user.alice.kill",
+    )
+    wait_for(lambda: harvester.job_status(task_id) == "running", 60, "the job to run")
+    other = harvester.pbook("kill", str(task_id), user="bob")
+    assert other.returncode != 0 and "belongs to alice" in other.output
+    killed = harvester.pbook("kill", str(task_id))
+    assert killed.returncode == 0, killed.output
+    assert harvester.task(task_id)["status"] == "aborted"
+    job = harvester.jobs(task_id)[0]
+    assert job["status"] == "cancelled"
+    # the pilot hears "tobekilled" on its next heartbeat and stops the payload;
+    # its worker then ends long before the 300 s sleep would have
+    wait_for(
+        lambda: harvester.query("SELECT status FROM workers WHERE id=:w",
+                                w=job["worker_id"])[0][0] in ("finished", "failed"),
+        60, "the pilot to stop the payload and exit",
+    )
+    assert harvester.jobs(task_id)[0]["status"] == "cancelled", "a killed job stays cancelled"
+    again = harvester.pbook("kill", str(task_id))
+    assert again.returncode != 0 and "already ended" in again.output
+
+
+def test_payload_isolation(harvester: Harvester, tmp_path: Path) -> None:
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text("do not read me")
+    port = harvester.url.rsplit(":", 1)[1]
+    probe = (
+        "python3 - <<'EOF'\n"
+        "import socket, os\n"
+        "r = {}\n"
+        "try:\n"
+        f"    socket.create_connection(('127.0.0.1', {port}), timeout=2); r['net'] = 'open'\n"
+        "except OSError as e:\n"
+        "    r['net'] = 'blocked'\n"
+        f"r['host_file'] = os.path.exists({str(secret)!r})\n"
+        "try:\n"
+        "    open('/usr/bin/hpcaf-probe', 'w'); r['image'] = 'writable'\n"
+        "except OSError:\n"
+        "    r['image'] = 'read-only'\n"
+        "open('probe.txt', 'w').write(repr(sorted(r.items())))\n"
+        "EOF"
+    )
+    task_id = harvester.submit("--containerImage", "base", "--exec", probe,
+                               "--outputs", "probe.txt", "--outDS", "user.alice.probe")
+    assert harvester.wait_task(task_id)["status"] == "done"
+    outdir = tmp_path / "o"
+    harvester.pbook("results", str(task_id), "-o", str(outdir))
+    report = next(outdir.iterdir()).read_text()
+    assert report == repr(sorted({"net": "blocked", "host_file": False,
+                                  "image": "read-only"}.items()))
+
+
+def test_killed_pilot_job_retried_after_heartbeat_timeout(harvester: Harvester) -> None:
+    task_id = harvester.submit(
+        "--containerImage", "base", "--exec", "sleep 4; echo ok > ok.txt", "--outputs", "ok.txt",
+        "--outDS", "user.alice.sigkill", "--site", "ANALY_MANUAL",
+    )
+    harvester.wait_activated(task_id, 1)
+    first = harvester.start_pilot("ANALY_MANUAL")
+    wait_for(lambda: harvester.job_status(task_id) == "running", 60, "the job to run")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    # no pilot heartbeats any more: the watchdog (timeout 6 s in tests) fails the attempt
+    wait_for(lambda: len(harvester.jobs(task_id)) == 2, 60, "a second attempt")
+    lost = harvester.jobs(task_id)[0]
+    assert lost["status"] == "closed"
+    assert lost["pilot_error_code"] == 1100 and "no heartbeat" in lost["pilot_error_diag"]
+    harvester.start_pilot("ANALY_MANUAL")
+    assert harvester.wait_task(task_id, 90)["status"] == "done"
+    attempts = harvester.jobs(task_id)
+    assert [(j["attempt_nr"], j["status"]) for j in attempts] == [(1, "closed"), (2, "finished")]
+
+
+def test_two_pilots_racing_never_share_a_job(harvester: Harvester) -> None:
+    task_id = harvester.submit(
+        "--containerImage", "base", "--exec", "echo $PANDAID > id.txt", "--outputs", "id.txt",
+        "--outDS", "user.alice.race", "--site", "ANALY_MANUAL", "--nJobs", "24",
+    )
+    harvester.wait_activated(task_id, 24)
+    pilots = [harvester.start_pilot("ANALY_MANUAL") for _ in range(2)]
+    assert harvester.wait_task(task_id, 180)["status"] == "done"
+    for p in pilots:
+        p.wait(timeout=30)
+    sent = Counter(
+        r[0] for r in harvester.query(
+            "SELECT entity_id FROM state_history WHERE entity='job' AND to_status='sent'")
+    )
+    assert len(sent) == 24 and set(sent.values()) == {1}, "each job dispatched exactly once"
+    jobs = harvester.jobs(task_id)
+    assert len(jobs) == 24 and {j["status"] for j in jobs} == {"finished"}
+    assert len({j["pilot_id"] for j in jobs}) == 2, "both pilots got work"
