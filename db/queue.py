@@ -140,7 +140,8 @@ def claim_jobs(
         ],
     )
     jobs = session.scalars(
-        select(Job).where(Job.id.in_(claimed_ids)).order_by(Job.id).execution_options(
+        select(Job).where(Job.id.in_(claimed_ids)).order_by(Job.priority.desc(), Job.id)
+        .execution_options(
             populate_existing=True
         )
     ).all()

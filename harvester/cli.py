@@ -25,7 +25,7 @@ app.add_typer(image_app, name="image")
 app.add_typer(queue_app, name="queue")
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path | None,

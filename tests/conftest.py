@@ -51,3 +51,21 @@ def harvester_factory(
 def harvester(harvester_factory: Callable[..., Harvester]) -> Harvester:
     """A harvester with ANALY_LOCAL (2 local workers) and ANALY_MANUAL (no workers)."""
     return harvester_factory()
+
+
+@pytest.fixture
+def session_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A migrated SQLite database file and its session maker."""
+    from db.engine import make_engine, make_sessionmaker
+    from db.migrate import upgrade
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'unit.db'}")
+    upgrade(engine)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def session(session_factory):  # type: ignore[no-untyped-def]
+    with session_factory() as s:
+        yield s

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from harvester.client.http import ClientError, HarvesterClient
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False)
 
 T = TypeVar("T")

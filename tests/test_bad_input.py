@@ -1,0 +1,229 @@
+"""Bad input gets a clear message and a 4xx (or a non-zero exit), and creates nothing.
+
+One real harvester serves the whole module; after each refusal the test
+checks that the database holds no new task and the file store no new blob.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Harvester, harvester_settings, make_harvester
+
+MAX_UPLOAD = 4096
+
+
+@pytest.fixture(scope="module")
+def hv(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterator[Harvester]:
+    h = make_harvester(tmp_path_factory.mktemp("bad"), image_cache,
+                       harvester_settings(max_workers=0),
+                       {"HPCAF_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+                        "HPCAF_MAX_JOBS_PER_TASK": "500"})
+    yield h
+    h.cleanup()
+
+
+def n_tasks(h: Harvester) -> int:
+    return int(h.query("SELECT count(*) FROM tasks")[0][0])
+
+
+def n_blobs(h: Harvester) -> int:
+    store = h.home / "files"
+    return sum(1 for p in store.rglob("*") if p.is_file()) if store.exists() else 0
+
+
+GOOD = {"containerImage": "base", "exec": "true", "outDS": "user.alice.ok"}
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "message"),
+    [
+        ({"outDS": "user.bob.x"}, 400, "must be 'user.alice.<name>'"),
+        ({"outDS": "mc23.alice.x"}, 400, "invalid outDS"),
+        ({"outDS": "user.alice.../etc"}, 400, "invalid outDS"),
+        ({"containerImage": "nosuchimage"}, 400, "not in the image cache"),
+        ({"exec": "   "}, 400, "exec is empty"),
+        ({"nJobs": 0}, 422, "nJobs"),
+        ({"nJobs": 501}, 400, "over the limit of 500"),
+        ({"nJobs": 10**9}, 400, "over the limit"),
+        ({"site": "ANALY_NOWHERE"}, 400, "unknown site 'ANALY_NOWHERE'"),
+        ({"excludedSite": ["NOPE"]}, 400, "unknown site 'NOPE'"),
+        ({"outputs": ["../escape.txt"]}, 400, "invalid output name"),
+        ({"outputs": ["a/b.txt"]}, 400, "invalid output name"),
+        ({"outputs": ["/etc/passwd"]}, 400, "invalid output name"),
+        ({"outputs": ["x.txt", "x.txt"]}, 400, "listed twice"),
+        ({"maxAttempt": 0}, 422, "maxAttempt"),
+        ({"architecture": "#&voodoo"}, 400, "GPU vendor 'voodoo'"),
+        ({"architecture": "{not json"}, 400, "invalid architecture JSON"),
+        ({"env": {"BAD NAME": "x"}}, 422, "invalid environment variable name"),
+        ({"unknownOption": 1}, 422, "unknownOption"),
+    ],
+)
+def test_submit_refused(hv: Harvester, change: dict[str, object], status: int,
+                        message: str) -> None:
+    before = n_tasks(hv)
+    with hv.api("alice") as c:
+        response = c.post("/api/v1/tasks", json={**GOOD, **change})
+    assert response.status_code == status, response.text
+    assert message in json.dumps(response.json()["detail"])
+    assert n_tasks(hv) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--outDS", "user.bob.x", "--exec", "true"], "must be 'user.alice.<name>'"),
+        (["--outDS", "user.alice.x", "--exec", ""], "--exec is required"),
+        (["--outDS", "user.alice.x", "--exec", "true", "--nJobs", "0"], "--nJobs must be"),
+        (["--outDS", "user.alice.x", "--exec", "true", "--site", "NOPE"], "unknown site"),
+        (["--outDS", "user.alice.x", "--exec", "true", "--outputs", "../x"], "invalid output"),
+        (["--outDS", "user.alice.x", "--exec", "true", "--containerImage", "nope"],
+         "not in the image cache"),
+    ],
+)
+def test_pcontainer_refused(hv: Harvester, args: list[str], message: str) -> None:
+    before = n_tasks(hv)
+    if "--containerImage" not in args:
+        args = ["--containerImage", "base", *args]
+    result = hv.pcontainer(*args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    assert n_tasks(hv) == before
+
+
+def test_malformed_load_json(hv: Harvester, tmp_path: Path) -> None:
+    broken = tmp_path / "params.json"
+    broken.write_text("{'containerImage': base")
+    result = hv.pcontainer("--loadJson", str(broken))
+    assert result.returncode == 2 and "not valid JSON" in result.stderr
+    listing = tmp_path / "list.json"
+    listing.write_text("[1, 2]")
+    result = hv.pcontainer("--loadJson", str(listing))
+    assert result.returncode == 2 and "expected a JSON object" in result.stderr
+
+
+def test_dump_and_load_json_round_trip(hv: Harvester, tmp_path: Path) -> None:
+    dumped = tmp_path / "task.json"
+    result = hv.pcontainer("--containerImage", "base", "--exec", "echo hi", "--outDS",
+                           "user.alice.dump", "--nJobs", "2", "--dumpJson", str(dumped),
+                           "--noSubmit")
+    assert result.returncode == 0 and "jediTaskID" not in result.stdout
+    params = json.loads(dumped.read_text())
+    assert params["exec"] == "echo hi" and params["nJobs"] == 2
+    task_id = hv.submit("--loadJson", str(dumped), "--nJobs", "3")
+    task = hv.task(task_id)
+    assert task["n_jobs"] == 3 and task["params"]["exec"] == "echo hi"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer hpcaf_wrong"},
+                                     {"Authorization": "Basic abc"}])
+def test_missing_or_wrong_token(hv: Harvester, headers: dict[str, str]) -> None:
+    import httpx
+
+    for method, path in (("GET", "/api/v1/tasks"), ("POST", "/api/v1/tasks"),
+                         ("GET", "/api/v1/queues"), ("POST", "/api/v1/pilot/acquire_jobs")):
+        response = httpx.request(method, hv.url + path, headers=headers, json=GOOD)
+        assert response.status_code == 401, (path, response.text)
+        assert "token" in response.json()["detail"]
+
+
+def test_cli_without_token(hv: Harvester) -> None:
+    result = hv.cli("harvester.client.pbook", "show", user="")
+    assert result.returncode == 2 and "no token" in result.stderr
+
+
+def test_roles(hv: Harvester) -> None:
+    with hv.api("pilot") as c:
+        response = c.post("/api/v1/tasks", json=GOOD)
+        assert response.status_code == 403 and "pilot token" in response.json()["detail"]
+    with hv.api("alice") as c:
+        response = c.post("/api/v1/pilot/acquire_jobs",
+                          json={"queue": "ANALY_MANUAL", "pilot_id": "x"})
+        assert response.status_code == 403
+        response = c.patch("/api/v1/queues/ANALY_LOCAL", json={"status": "offline"})
+        assert response.status_code == 403 and "only admins" in response.json()["detail"]
+    with hv.api("admin") as c:
+        response = c.patch("/api/v1/queues/ANALY_MANUAL", json={"status": "test"})
+        assert response.status_code == 200 and response.json()["status"] == "test"
+        response = c.patch("/api/v1/queues/ANALY_MANUAL", json={"status": "online"})
+        assert response.json()["status"] == "online"
+        response = c.patch("/api/v1/queues/NOPE", json={"status": "online"})
+        assert response.status_code == 404
+
+
+def test_upload_over_limit_stores_nothing(hv: Harvester) -> None:
+    before = n_blobs(hv)
+    with hv.api("alice") as c:
+        response = c.post("/api/v1/files", params={"name": "big.bin"},
+                          content=b"x" * (MAX_UPLOAD + 1))
+        assert response.status_code == 413
+        assert "over the limit" in response.json()["detail"]
+
+        def chunks():  # no Content-Length: refused while streaming
+            for _ in range(4):
+                yield b"y" * 2048
+
+        response = c.post("/api/v1/files", params={"name": "big2.bin"}, content=chunks())
+        assert response.status_code == 413
+        response = c.post("/api/v1/files", params={"name": "ok.txt", "sha256": "0" * 64},
+                          content=b"hello")
+        assert response.status_code == 400 and "checksum mismatch" in response.json()["detail"]
+        response = c.post("/api/v1/files", params={"name": "../x"}, content=b"hello")
+        assert response.status_code == 400
+    assert n_blobs(hv) == before
+    leftovers = [p for p in (hv.home / "files").glob(".upload-*")] if (
+        hv.home / "files").exists() else []
+    assert leftovers == []
+
+
+def test_other_users_task(hv: Harvester) -> None:
+    task_id = hv.submit("--containerImage", "base", "--exec", "true", "--outDS",
+                        "user.alice.mine", "--site", "ANALY_MANUAL")
+    with hv.api("bob") as c:
+        for path in (f"/api/v1/tasks/{task_id}/kill", f"/api/v1/tasks/{task_id}/retry"):
+            response = c.post(path)
+            assert response.status_code == 403, response.text
+        assert c.get(f"/api/v1/tasks/{task_id}/results").status_code == 403
+    assert hv.task(task_id)["status"] != "aborted"
+    with hv.api("alice") as c:
+        assert c.post(f"/api/v1/tasks/{task_id}/retry").status_code == 409
+        assert c.get("/api/v1/tasks/999999").status_code == 404
+        assert c.get("/api/v1/jobs/999999").status_code == 404
+        assert c.get("/api/v1/tasks", params={"limit": 100000}).status_code == 422
+        assert c.get("/api/v1/tasks", params={"status": "bogus"}).status_code == 422
+
+
+def test_pilot_updates_checked(hv: Harvester) -> None:
+    """Only the holder moves a job, only forward; a repeated final update is a no-op."""
+    task_id = hv.submit("--containerImage", "base", "--exec", "true", "--outDS",
+                        "user.alice.upd", "--site", "ANALY_MANUAL")
+    hv.wait_activated(task_id, 1)
+    with hv.api("pilot") as c:
+        jobs = c.post("/api/v1/pilot/acquire_jobs",
+                      json={"queue": "ANALY_MANUAL", "pilot_id": "p1", "n_jobs": 5}).json()["jobs"]
+        mine = [j for j in jobs if j["task_id"] == task_id]
+        assert len(mine) == 1
+        job_id = mine[0]["job_id"]
+        other = c.post("/api/v1/pilot/update_job",
+                       json={"job_id": job_id, "pilot_id": "p2", "state": "running"})
+        assert other.status_code == 409 and "not held by pilot p2" in other.json()["detail"]
+        done = {"job_id": job_id, "pilot_id": "p1", "state": "finished", "exit_code": 0}
+        first = c.post("/api/v1/pilot/update_job", json=done)
+        assert first.status_code == 200 and first.json()["changed"] is True
+        again = c.post("/api/v1/pilot/update_job", json=done)
+        assert again.status_code == 200 and again.json()["changed"] is False
+        back = c.post("/api/v1/pilot/update_job",
+                      json={"job_id": job_id, "pilot_id": "p1", "state": "running"})
+        assert back.status_code == 409
+        bogus = c.post("/api/v1/pilot/update_job",
+                       json={"job_id": job_id, "pilot_id": "p1", "state": "activated"})
+        assert bogus.status_code == 422
+    finished = hv.query("SELECT count(*) FROM state_history WHERE entity='job' AND "
+                        "entity_id=:j AND to_status='finished'", j=job_id)[0][0]
+    assert finished == 1
+    assert hv.task(task_id)["status"] == "done"

@@ -1,0 +1,64 @@
+"""Queue configuration: validated, and every error names the queue and the field."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from harvester.config import default_settings_text, ensure_settings_file, parse_queues
+from harvester.errors import ConfigError
+from harvester.settings import load_settings
+
+
+def queues(text: str, cores: int | None = 4):  # type: ignore[no-untyped-def]
+    return parse_queues(tomllib.loads(text), node_cores=cores)
+
+
+def test_camel_case_caps_and_defaults() -> None:
+    [q] = queues("""
+[queues.ANALY_X]
+provider = "local"
+maxWorkers = 3
+maxNewWorkersPerCycle = 1
+""")
+    assert q.max_workers == 3 and q.queue_limit == 3 and q.max_new_workers_per_cycle == 1
+    assert q.allow_network is False and q.container_runtime == "auto"
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('provider = "pbs"', "queue ANALY_X: field provider"),
+    ('provider = "local"\nmaxWorkers = -1', "queue ANALY_X: field maxWorkers"),
+    ('provider = "local"\ncores = 64', "queue ANALY_X: field cores: 64 cores per slot"),
+    ('provider = "local"\nmaxWalltime = 10', "queue ANALY_X: field maxWalltime"),
+    ('provider = "local"\ncolour = "red"', "queue ANALY_X: field colour"),
+])
+def test_errors_name_queue_and_field(table: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        queues(f"[queues.ANALY_X]\n{table}\n")
+
+
+def test_default_settings_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "harvester.toml"
+    assert ensure_settings_file(path) is True
+    assert ensure_settings_file(path) is False
+    [q] = parse_queues(tomllib.loads(path.read_text()))
+    assert q.name == "ANALY_LOCAL" and q.provider == "local"
+    assert "maxWorkers = 7" in default_settings_text(cores=7)
+
+
+def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "h.toml"
+    path.write_text("[harvester]\nport = 9000\nheartbeat_timeout_s = 50\n")
+    monkeypatch.setenv("HPCAF_HOME", str(tmp_path))
+    monkeypatch.setenv("HPCAF_PORT", "9100")
+    settings, _ = load_settings(path)
+    assert settings.port == 9100 and settings.heartbeat_timeout_s == 50
+    assert settings.resolved_database_url == f"sqlite:///{tmp_path / 'harvester.db'}"
+    path.write_text("[harvester]\nheartbeat_timeout_s = -1\n")
+    with pytest.raises(ConfigError, match="heartbeat_timeout_s"):
+        load_settings(path)
+    path.write_text("[harvester\n")
+    with pytest.raises(ConfigError, match="h.toml"):
+        load_settings(path)
