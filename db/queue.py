@@ -34,7 +34,7 @@ def transition(
     current = obj.status
     check_transition(current, new)
     now = now or utcnow()
-    obj.status = new
+    obj.status = new  # type: ignore[assignment]  # kind checked by check_transition
     if isinstance(obj, Task):
         if new in TASK_TERMINAL:
             obj.ended_at = now
@@ -140,10 +140,9 @@ def claim_jobs(
         ],
     )
     jobs = session.scalars(
-        select(Job).where(Job.id.in_(claimed_ids)).order_by(Job.priority.desc(), Job.id)
-        .execution_options(
-            populate_existing=True
-        )
+        select(Job)
+        .where(Job.id.in_(claimed_ids))
+        .order_by(Job.priority.desc(), Job.id)
+        .execution_options(populate_existing=True)
     ).all()
     return jobs
-

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from harvester.context import HarvesterContext
 from harvester.errors import HarvesterError
 
 app = typer.Typer(help="The hpcaf harvester service and its admin commands.", no_args_is_help=True)
@@ -38,7 +39,7 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _context(config: Path | None):  # type: ignore[no-untyped-def]
+def _context(config: Path | None) -> HarvesterContext:
     from harvester.config import ensure_settings_file
     from harvester.service import build_context
     from harvester.settings import load_settings
@@ -107,8 +108,9 @@ def serve(
     import uvicorn
 
     application = build_app(ctx, with_agents=only is Mode.all)
-    uvicorn.run(application, host=s.host, port=s.port, log_level=log_level.lower(),
-                access_log=False)
+    uvicorn.run(
+        application, host=s.host, port=s.port, log_level=log_level.lower(), access_log=False
+    )
 
 
 class RoleChoice(StrEnum):
@@ -165,8 +167,13 @@ def token_list(config: ConfigOption = None) -> None:
     table = Table("id", "user", "role", "created", "revoked")
     with ctx.sessions() as session:
         for t in session.scalars(select(Token).order_by(Token.id)):
-            table.add_row(str(t.id), t.user, t.role.value, f"{t.created_at:%Y-%m-%d %H:%M}",
-                          f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "")
+            table.add_row(
+                str(t.id),
+                t.user,
+                t.role.value,
+                f"{t.created_at:%Y-%m-%d %H:%M}",
+                f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "",
+            )
     console.print(table)
 
 
@@ -187,7 +194,12 @@ def image_build(
     ctx = _context(config)
     try:
         image = build_image(
-            definition, name, ctx.images, mirror=mirror, ca_bundle=ca_bundle, force=force,
+            definition,
+            name,
+            ctx.images,
+            mirror=mirror,
+            ca_bundle=ca_bundle,
+            force=force,
             log=lambda line: err.print(line, highlight=False),
         )
     except HarvesterError as exc:
@@ -219,8 +231,9 @@ def image_list(config: ConfigOption = None) -> None:
     table = Table("name", "source", "created", "path")
     for image in ctx.images.list():
         meta = image.metadata
-        table.add_row(image.name, str(meta.get("source", "")), str(meta.get("created", "")),
-                      str(image.rootfs))
+        table.add_row(
+            image.name, str(meta.get("source", "")), str(meta.get("created", "")), str(image.rootfs)
+        )
     console.print(table)
 
 
@@ -230,17 +243,34 @@ def queue_list(config: ConfigOption = None) -> None:
     from harvester.services.queues import activated_counts, list_queues, worker_counts
 
     ctx = _context(config)
-    table = Table("queue", "provider", "status", "cores", "memory", "gpus", "maxWorkers",
-                  "workers", "activated")
+    table = Table(
+        "queue",
+        "provider",
+        "status",
+        "cores",
+        "memory",
+        "gpus",
+        "maxWorkers",
+        "workers",
+        "activated",
+    )
     with ctx.sessions() as session:
         workers = worker_counts(session)
         activated = activated_counts(session)
         for q in list_queues(session):
             c = q.config
             w = ", ".join(f"{k}={v}" for k, v in sorted(workers.get(q.name, {}).items()))
-            table.add_row(q.name, q.provider, q.status.value, str(c.get("cores")),
-                          f"{c.get('memory_mb')} MiB", str(c.get("gpus")),
-                          str(c.get("maxWorkers")), w, str(activated.get(q.name, 0)))
+            table.add_row(
+                q.name,
+                q.provider,
+                q.status.value,
+                str(c.get("cores")),
+                f"{c.get('memory_mb')} MiB",
+                str(c.get("gpus")),
+                str(c.get("maxWorkers")),
+                w,
+                str(activated.get(q.name, 0)),
+            )
     console.print(table)
 
 

@@ -13,7 +13,11 @@ class CommandError(ProviderError):
     """An external command failed, timed out, or could not be started."""
 
     def __init__(
-        self, command: Sequence[str], exit_code: int | None, stdout: str, stderr: str,
+        self,
+        command: Sequence[str],
+        exit_code: int | None,
+        stdout: str,
+        stderr: str,
         reason: str,
     ) -> None:
         self.command = list(command)
@@ -21,9 +25,7 @@ class CommandError(ProviderError):
         self.stdout = stdout
         self.stderr = stderr
         detail = (stderr.strip() or stdout.strip())[-2000:]
-        super().__init__(
-            f"{' '.join(self.command)}: {reason}" + (f": {detail}" if detail else "")
-        )
+        super().__init__(f"{' '.join(self.command)}: {reason}" + (f": {detail}" if detail else ""))
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,13 @@ def run_command(
     """Run ``command``; raise :class:`CommandError` on a non-zero exit or a timeout."""
     try:
         proc = subprocess.run(
-            list(command), input=input_text, capture_output=True, text=True,
-            timeout=timeout_s, env=dict(env) if env is not None else None, cwd=cwd,
+            list(command),
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
             check=False,
         )
     except subprocess.TimeoutExpired as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -35,7 +36,7 @@ PILOT_TOKEN_FILE = "pilot.token"
 PILOT_USER = "harvester"
 
 
-def build_context(settings: HarvesterSettings, document: dict) -> HarvesterContext:  # type: ignore[type-arg]
+def build_context(settings: HarvesterSettings, document: dict[str, Any]) -> HarvesterContext:
     """Open the database (migrated), load the queues, and set up the stores."""
     settings.home.mkdir(parents=True, exist_ok=True)
     queues = parse_queues(document, node_cores=os.cpu_count())
@@ -68,14 +69,19 @@ def ensure_pilot_token(ctx: HarvesterContext) -> Path:
 
 def build_agents(ctx: HarvesterContext) -> AgentRunner:
     providers: dict[str, Provider] = {q.name: make_provider(q) for q in ctx.queues.values()}
-    return AgentRunner([
-        Splitter(ctx),
-        Brokerage(ctx),
-        Submitter(ctx, providers),
-        Monitor(ctx, providers),
-        HeartbeatWatchdog(ctx),
-        Sweeper(ctx, providers, ),
-    ])
+    return AgentRunner(
+        [
+            Splitter(ctx),
+            Brokerage(ctx),
+            Submitter(ctx, providers),
+            Monitor(ctx, providers),
+            HeartbeatWatchdog(ctx),
+            Sweeper(
+                ctx,
+                providers,
+            ),
+        ]
+    )
 
 
 def build_app(ctx: HarvesterContext, *, with_agents: bool = True) -> FastAPI:

@@ -7,6 +7,7 @@ payload's output is kept as the job log and uploaded in both cases.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,8 +32,12 @@ log = logging.getLogger(__name__)
 LOG_NAME = "payload.log"
 KILL_GRACE_S = 10.0
 THREAD_VARIABLES = (
-    "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS", "XLA_FLAGS_CPU_THREADS",
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "XLA_FLAGS_CPU_THREADS",
 )
 
 
@@ -97,12 +102,16 @@ class JobRunner:
         except StageError as exc:
             outcome = Outcome("failed", error_code=exc.code, diagnostics=str(exc))
         except RuntimeUnavailable as exc:
-            outcome = Outcome("failed", error_code=PilotErrorCode.RUNTIME_MISSING,
-                              diagnostics=str(exc))
+            outcome = Outcome(
+                "failed", error_code=PilotErrorCode.RUNTIME_MISSING, diagnostics=str(exc)
+            )
         except Exception as exc:  # report anything else rather than lose the job
             log.exception("job %s: unexpected pilot error", job_id)
-            outcome = Outcome("failed", error_code=PilotErrorCode.UNKNOWN,
-                              diagnostics=f"{type(exc).__name__}: {exc}")
+            outcome = Outcome(
+                "failed",
+                error_code=PilotErrorCode.UNKNOWN,
+                diagnostics=f"{type(exc).__name__}: {exc}",
+            )
         finally:
             with self._lock:
                 self._current, self._proc = None, None
@@ -115,8 +124,11 @@ class JobRunner:
         self._update(job_id, {"state": "starting"})
         image = spec.get("image_path")
         if not image or not Path(image).is_dir():
-            return Outcome("failed", error_code=PilotErrorCode.IMAGE_NOT_FOUND,
-                           diagnostics=f"image {spec['image']} not found at {image}")
+            return Outcome(
+                "failed",
+                error_code=PilotErrorCode.IMAGE_NOT_FOUND,
+                diagnostics=f"image {spec['image']} not found at {image}",
+            )
         stage_in(self.server, spec.get("inputs", []), workdir)
         if spec["transform"] != "runcontainer":
             (workdir / "job.json").write_text(json.dumps(spec))
@@ -139,15 +151,25 @@ class JobRunner:
         log.info("job %s: %s", job_id, " ".join(command))
         walltime = float(spec.get("walltime_s", 3600))
         with (workdir / LOG_NAME).open("wb") as log_file:
-            log_file.write(f"=== hpcaf pilot {self.pilot_id}: job {job_id} attempt "
-                           f"{spec['attempt_nr']} with {runtime.name}\n".encode())
+            log_file.write(
+                f"=== hpcaf pilot {self.pilot_id}: job {job_id} attempt "
+                f"{spec['attempt_nr']} with {runtime.name}\n".encode()
+            )
             log_file.flush()
             try:
-                proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                proc = subprocess.Popen(
+                    command,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
             except OSError as exc:
-                return Outcome("failed", error_code=PilotErrorCode.CONTAINER_FAILED,
-                               diagnostics=f"cannot start {runtime.name}: {exc}")
+                return Outcome(
+                    "failed",
+                    error_code=PilotErrorCode.CONTAINER_FAILED,
+                    diagnostics=f"cannot start {runtime.name}: {exc}",
+                )
             with self._lock:
                 self._proc = proc
                 pending_kill = self._kill_reason
@@ -160,18 +182,26 @@ class JobRunner:
             except subprocess.TimeoutExpired:
                 _terminate(proc)
                 code = proc.wait()
-                return Outcome("failed", exit_code=code,
-                               error_code=PilotErrorCode.WALLTIME_EXCEEDED,
-                               diagnostics=f"payload ran past its walltime of {walltime:.0f}s")
+                return Outcome(
+                    "failed",
+                    exit_code=code,
+                    error_code=PilotErrorCode.WALLTIME_EXCEEDED,
+                    diagnostics=f"payload ran past its walltime of {walltime:.0f}s",
+                )
             elapsed = time.monotonic() - started
         with self._lock:
             kill_reason = self._kill_reason
         if kill_reason is not None:
-            return Outcome("failed", exit_code=code, error_code=kill_reason[0],
-                           diagnostics=kill_reason[1])
+            return Outcome(
+                "failed", exit_code=code, error_code=kill_reason[0], diagnostics=kill_reason[1]
+            )
         if code != 0:
-            return Outcome("failed", exit_code=code, error_code=_classify(code, workdir),
-                           diagnostics=f"payload exited with code {code} after {elapsed:.1f}s")
+            return Outcome(
+                "failed",
+                exit_code=code,
+                error_code=_classify(code, workdir),
+                diagnostics=f"payload exited with code {code} after {elapsed:.1f}s",
+            )
         outputs = stage_out(self.server, list(spec.get("outputs", [])), workdir)
         return Outcome("finished", exit_code=0, outputs=outputs)
 
@@ -192,8 +222,7 @@ class JobRunner:
             body["pilot_error_diag"] = outcome.diagnostics
         try:
             reply = self._update(job_id, body)
-            log.info("job %s: reported %s (server: %s)", job_id, outcome.state,
-                     reply.get("status"))
+            log.info("job %s: reported %s (server: %s)", job_id, outcome.state, reply.get("status"))
         except ServerError as exc:
             log.error("job %s: final update refused: %s", job_id, exc)
 
@@ -224,7 +253,5 @@ def _terminate(proc: subprocess.Popen[bytes]) -> None:
     try:
         proc.wait(timeout=KILL_GRACE_S)
     except subprocess.TimeoutExpired:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass

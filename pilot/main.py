@@ -39,16 +39,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--queue", required=True, help="the PanDA queue this slot serves")
     parser.add_argument("--token", default=None, help="pilot token (default $HPCAF_TOKEN)")
     parser.add_argument("--token-file", type=Path, default=None, help="file holding the token")
-    parser.add_argument("--worker-id", type=int,
-                        default=int(os.environ["HPCAF_WORKER_ID"])
-                        if os.environ.get("HPCAF_WORKER_ID") else None)
+    parser.add_argument(
+        "--worker-id",
+        type=int,
+        default=int(os.environ["HPCAF_WORKER_ID"]) if os.environ.get("HPCAF_WORKER_ID") else None,
+    )
     parser.add_argument("--max-jobs", type=int, default=0, help="0: no limit")
     parser.add_argument("--walltime", type=float, default=3600.0, help="seconds this slot lives")
-    parser.add_argument("--max-idle", type=float, default=10.0,
-                        help="exit after this many seconds without a job")
+    parser.add_argument(
+        "--max-idle", type=float, default=10.0, help="exit after this many seconds without a job"
+    )
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between empty acquires")
-    parser.add_argument("--heartbeat", type=float, default=None,
-                        help="heartbeat interval (default: what the server says)")
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=None,
+        help="heartbeat interval (default: what the server says)",
+    )
     parser.add_argument("--cores", type=int, default=None, help="cores of this slot")
     parser.add_argument("--workdir", type=Path, default=None, help="where job dirs are made")
     parser.add_argument("--log-level", default="INFO")
@@ -67,8 +74,9 @@ def read_token(args: argparse.Namespace) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s pilot %(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s pilot %(levelname)s: %(message)s"
+    )
     try:
         token = read_token(args)
     except OSError as exc:
@@ -93,18 +101,36 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("pilot %s on queue %s, server %s, worker %s, %d cores", pilot_id, args.queue,
-             args.server, args.worker_id, node.cores)
+    log.info(
+        "pilot %s on queue %s, server %s, worker %s, %d cores",
+        pilot_id,
+        args.queue,
+        args.server,
+        args.worker_id,
+        node.cores,
+    )
     try:
-        server.worker_node({"pilot_id": pilot_id, "worker_id": args.worker_id,
-                            "node": node.hostname, "cores": node.cores,
-                            "memory_mb": node.memory_mb})
+        server.worker_node(
+            {
+                "pilot_id": pilot_id,
+                "worker_id": args.worker_id,
+                "node": node.hostname,
+                "cores": node.cores,
+                "memory_mb": node.memory_mb,
+            }
+        )
     except ServerError as exc:
         log.error("cannot register with %s: %s", args.server, exc)
         return EXIT_SERVER
-    heartbeat = Heartbeat(server, pilot_id, args.worker_id, args.heartbeat or 30.0,
-                          on_kill=lambda job_id: runner.kill(
-                              job_id, PilotErrorCode.KILLED, "killed on the server's command"))
+    heartbeat = Heartbeat(
+        server,
+        pilot_id,
+        args.worker_id,
+        args.heartbeat or 30.0,
+        on_kill=lambda job_id: runner.kill(
+            job_id, PilotErrorCode.KILLED, "killed on the server's command"
+        ),
+    )
     heartbeat.start()
     try:
         done = loop(args, server, runner, heartbeat, pilot_id, node.hostname, stopping)
@@ -136,10 +162,16 @@ def loop(
             log.info("%.0fs of walltime left: no new job", left)
             break
         try:
-            jobs = server.acquire_jobs({
-                "queue": args.queue, "pilot_id": pilot_id, "n_jobs": 1,
-                "worker_id": args.worker_id, "node": hostname, "cores": runner.cores,
-            })
+            jobs = server.acquire_jobs(
+                {
+                    "queue": args.queue,
+                    "pilot_id": pilot_id,
+                    "n_jobs": 1,
+                    "worker_id": args.worker_id,
+                    "node": hostname,
+                    "cores": runner.cores,
+                }
+            )
         except ServerError as exc:
             if exc.status_code is not None:
                 log.error("acquire refused: %s", exc)
@@ -158,8 +190,12 @@ def loop(
             if args.heartbeat is None:
                 heartbeat.interval_s = float(spec.get("heartbeat_interval_s", 30.0))
             heartbeat.watch([spec["job_id"]])
-            log.info("job %s (task %s, attempt %s) starting", spec["job_id"], spec["task_id"],
-                     spec["attempt_nr"])
+            log.info(
+                "job %s (task %s, attempt %s) starting",
+                spec["job_id"],
+                spec["task_id"],
+                spec["attempt_nr"],
+            )
             outcome = runner.run(spec)
             heartbeat.watch([])
             log.info("job %s ended %s", spec["job_id"], outcome.state)

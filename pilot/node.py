@@ -37,5 +37,4 @@ def total_memory_mb() -> int:
 
 
 def discover(cores: int | None = None) -> NodeInfo:
-    return NodeInfo(hostname=socket.getfqdn(), cores=slot_cores(cores),
-                    memory_mb=total_memory_mb())
+    return NodeInfo(hostname=socket.getfqdn(), cores=slot_cores(cores), memory_mb=total_memory_mb())

@@ -58,9 +58,12 @@ class PilotServer:
             time.sleep(delay)
             delay = min(delay * 2, 15.0)
 
-    def acquire_jobs(self, body: dict[str, Any], *, retry_for_s: float = 120.0) -> list[dict[str, Any]]:
-        response = self._call("POST", "/api/v1/pilot/acquire_jobs", json=body,
-                              retry_for_s=retry_for_s)
+    def acquire_jobs(
+        self, body: dict[str, Any], *, retry_for_s: float = 120.0
+    ) -> list[dict[str, Any]]:
+        response = self._call(
+            "POST", "/api/v1/pilot/acquire_jobs", json=body, retry_for_s=retry_for_s
+        )
         jobs: list[dict[str, Any]] = response.json()["jobs"]
         return jobs
 
@@ -70,8 +73,9 @@ class PilotServer:
         return commands
 
     def update_job(self, body: dict[str, Any], *, retry_for_s: float = 600.0) -> dict[str, Any]:
-        response = self._call("POST", "/api/v1/pilot/update_job", json=body,
-                              retry_for_s=retry_for_s)
+        response = self._call(
+            "POST", "/api/v1/pilot/update_job", json=body, retry_for_s=retry_for_s
+        )
         reply: dict[str, Any] = response.json()
         return reply
 
@@ -86,8 +90,11 @@ class PilotServer:
             with path.open("rb") as fh:
                 try:
                     response = self._call(
-                        "POST", "/api/v1/files", params={"name": name, "sha256": sha},
-                        content=fh, retry_for_s=0,
+                        "POST",
+                        "/api/v1/files",
+                        params={"name": name, "sha256": sha},
+                        content=fh,
+                        retry_for_s=0,
                         headers={"Content-Length": str(path.stat().st_size)},
                     )
                     reply: dict[str, Any] = response.json()

@@ -41,8 +41,9 @@ def collect_output(workdir: Path, name: str) -> Path:
     try:
         info = os.lstat(path)
     except FileNotFoundError as exc:
-        raise StageError(PilotErrorCode.STAGEOUT_FAILED,
-                         f"output {name} was not produced by the payload") from exc
+        raise StageError(
+            PilotErrorCode.STAGEOUT_FAILED, f"output {name} was not produced by the payload"
+        ) from exc
     if stat.S_ISLNK(info.st_mode):
         raise StageError(PilotErrorCode.STAGEOUT_FAILED, f"output {name} is a symlink; refused")
     if not stat.S_ISREG(info.st_mode):

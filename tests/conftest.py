@@ -23,22 +23,31 @@ def image_cache() -> Path:
             pytest.fail("building the base image needs debootstrap (make test installs it)")
         env = {**os.environ, "HPCAF_IMAGE_CACHE": str(cache), "HPCAF_HOME": str(cache.parent)}
         subprocess.run(
-            [sys.executable, "-m", "harvester.cli", "image", "build",
-             str(REPO / "containers" / "base.def"), "--name", "base"],
-            env=env, check=True, cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "harvester.cli",
+                "image",
+                "build",
+                str(REPO / "containers" / "base.def"),
+                "--name",
+                "base",
+            ],
+            env=env,
+            check=True,
+            cwd=REPO,
         )
     return cache
 
 
 @pytest.fixture
-def harvester_factory(
-    tmp_path: Path, image_cache: Path
-) -> Iterator[Callable[..., Harvester]]:
+def harvester_factory(tmp_path: Path, image_cache: Path) -> Iterator[Callable[..., Harvester]]:
     started: list[Harvester] = []
 
     def start(config_text: str | None = None, **env: str) -> Harvester:
-        h = make_harvester(tmp_path / f"h{len(started)}", image_cache,
-                           config_text or harvester_settings(), env)
+        h = make_harvester(
+            tmp_path / f"h{len(started)}", image_cache, config_text or harvester_settings(), env
+        )
         started.append(h)
         return h
 

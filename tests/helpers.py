@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -66,7 +67,10 @@ class Harvester:
         log = (self.home / "serve.log").open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "harvester.cli", "serve", "--config", str(self.config_file)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.home,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.home,
         )
 
         def up() -> bool:
@@ -98,9 +102,26 @@ class Harvester:
         log = (self.home / f"pilot-{len(self.pilots)}.log").open("ab")
         env = {**self.env, "HPCAF_TOKEN": self.tokens["pilot"]}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pilot.main", "--server", self.url, "--queue", queue,
-             "--max-idle", "3", "--poll", "0.3", "--heartbeat", "1", *extra],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "pilot.main",
+                "--server",
+                self.url,
+                "--queue",
+                queue,
+                "--max-idle",
+                "3",
+                "--poll",
+                "0.3",
+                "--heartbeat",
+                "1",
+                *extra,
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.pilots.append(proc)
         return proc
@@ -118,8 +139,12 @@ class Harvester:
     def cli(self, module: str, *args: str, user: str = "alice", timeout: float = 120) -> CliResult:
         env = {**self.env, "HPCAF_URL": self.url, "HPCAF_TOKEN": self.tokens.get(user, user)}
         proc = subprocess.run(
-            [sys.executable, "-m", module, *args], env=env, capture_output=True, text=True,
-            timeout=timeout, cwd=self.home,
+            [sys.executable, "-m", module, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.home,
         )
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
@@ -156,13 +181,17 @@ class Harvester:
         terminal = {"done", "finished", "failed", "aborted", "broken"}
         task: dict[str, Any] = wait_for(
             lambda: (t := self.task(task_id))["status"] in terminal and t,
-            timeout, f"task {task_id} to end",
+            timeout,
+            f"task {task_id} to end",
         )
         return task
 
     def wait_activated(self, task_id: int, n: int, timeout: float = 60.0) -> None:
-        wait_for(lambda: self.task(task_id)["job_counts"].get("activated") == n, timeout,
-                 f"{n} activated jobs of task {task_id}")
+        wait_for(
+            lambda: self.task(task_id)["job_counts"].get("activated") == n,
+            timeout,
+            f"{n} activated jobs of task {task_id}",
+        )
 
     def job_status(self, task_id: int, index: int = 0) -> str | None:
         jobs = [j for j in self.jobs(task_id) if j["job_index"] == index]
@@ -170,8 +199,9 @@ class Harvester:
 
     def query(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
         """Read the harvester's database directly (the tests' view of the truth)."""
-        engine = create_engine(self.env.get("HPCAF_DATABASE_URL")
-                               or f"sqlite:///{self.home / 'harvester.db'}")
+        engine = create_engine(
+            self.env.get("HPCAF_DATABASE_URL") or f"sqlite:///{self.home / 'harvester.db'}"
+        )
         try:
             with engine.connect() as conn:
                 return [tuple(r) for r in conn.execute(text(sql), params)]
@@ -180,10 +210,8 @@ class Harvester:
 
 
 def _kill_group(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 QUEUE_LOCAL = """
@@ -211,41 +239,55 @@ def harvester_settings(extra_queues: str = "", *, max_workers: int = 2) -> str:
     return QUEUE_LOCAL.format(max_workers=max_workers) + QUEUE_MANUAL + extra_queues
 
 
-def make_harvester(tmp: Path, image_cache: Path, config_text: str,
-                   env_overrides: dict[str, str] | None = None) -> Harvester:
+def make_harvester(
+    tmp: Path, image_cache: Path, config_text: str, env_overrides: dict[str, str] | None = None
+) -> Harvester:
     """Write the config, create the tokens (through the real CLI) and start the service."""
     home = tmp / "home"
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config_file = home / "harvester.toml"
     config_file.write_text(config_text)
-    env = {
-        key: value for key, value in os.environ.items()
-        if not key.startswith("HPCAF_")
-    }
-    env.update({
-        "HPCAF_HOME": str(home),
-        "HPCAF_IMAGE_CACHE": str(image_cache),
-        "HPCAF_PORT": str(port),
-        "HPCAF_AGENT_INTERVAL_S": "0.3",
-        "HPCAF_HEARTBEAT_INTERVAL_S": "1",
-        "HPCAF_HEARTBEAT_TIMEOUT_S": "6",
-        "HPCAF_PILOT_MAX_IDLE_S": "3",
-        "HPCAF_SUBMIT_RETRY_BACKOFF_S": "2",
-        "PYTHONPATH": str(REPO),
-        **(env_overrides or {}),
-    })
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HPCAF_")}
+    env.update(
+        {
+            "HPCAF_HOME": str(home),
+            "HPCAF_IMAGE_CACHE": str(image_cache),
+            "HPCAF_PORT": str(port),
+            "HPCAF_AGENT_INTERVAL_S": "0.3",
+            "HPCAF_HEARTBEAT_INTERVAL_S": "1",
+            "HPCAF_HEARTBEAT_TIMEOUT_S": "6",
+            "HPCAF_PILOT_MAX_IDLE_S": "3",
+            "HPCAF_SUBMIT_RETRY_BACKOFF_S": "2",
+            "PYTHONPATH": str(REPO),
+            **(env_overrides or {}),
+        }
+    )
     tokens = {}
-    for user, role in (("alice", "user"), ("bob", "user"), ("admin", "admin"),
-                       ("pilot", "pilot")):
+    for user, role in (("alice", "user"), ("bob", "user"), ("admin", "admin"), ("pilot", "pilot")):
         proc = subprocess.run(
-            [sys.executable, "-m", "harvester.cli", "token", "create", user, "--role", role,
-             "--config", str(config_file)],
-            env=env, capture_output=True, text=True, check=False, cwd=home,
+            [
+                sys.executable,
+                "-m",
+                "harvester.cli",
+                "token",
+                "create",
+                user,
+                "--role",
+                role,
+                "--config",
+                str(config_file),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=home,
         )
         assert proc.returncode == 0, proc.stderr
         tokens[user] = proc.stdout.strip().splitlines()[-1]
-    harvester = Harvester(home=home, url=f"http://127.0.0.1:{port}", env=env, tokens=tokens,
-                          config_file=config_file)
+    harvester = Harvester(
+        home=home, url=f"http://127.0.0.1:{port}", env=env, tokens=tokens, config_file=config_file
+    )
     harvester.start()
     return harvester

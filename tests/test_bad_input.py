@@ -19,10 +19,12 @@ MAX_UPLOAD = 4096
 
 @pytest.fixture(scope="module")
 def hv(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterator[Harvester]:
-    h = make_harvester(tmp_path_factory.mktemp("bad"), image_cache,
-                       harvester_settings(max_workers=0),
-                       {"HPCAF_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
-                        "HPCAF_MAX_JOBS_PER_TASK": "500"})
+    h = make_harvester(
+        tmp_path_factory.mktemp("bad"),
+        image_cache,
+        harvester_settings(max_workers=0),
+        {"HPCAF_MAX_UPLOAD_BYTES": str(MAX_UPLOAD), "HPCAF_MAX_JOBS_PER_TASK": "500"},
+    )
     yield h
     h.cleanup()
 
@@ -63,8 +65,9 @@ GOOD = {"containerImage": "base", "exec": "true", "outDS": "user.alice.ok"}
         ({"unknownOption": 1}, 422, "unknownOption"),
     ],
 )
-def test_submit_refused(hv: Harvester, change: dict[str, object], status: int,
-                        message: str) -> None:
+def test_submit_refused(
+    hv: Harvester, change: dict[str, object], status: int, message: str
+) -> None:
     before = n_tasks(hv)
     with hv.api("alice") as c:
         response = c.post("/api/v1/tasks", json={**GOOD, **change})
@@ -81,8 +84,10 @@ def test_submit_refused(hv: Harvester, change: dict[str, object], status: int,
         (["--outDS", "user.alice.x", "--exec", "true", "--nJobs", "0"], "--nJobs must be"),
         (["--outDS", "user.alice.x", "--exec", "true", "--site", "NOPE"], "unknown site"),
         (["--outDS", "user.alice.x", "--exec", "true", "--outputs", "../x"], "invalid output"),
-        (["--outDS", "user.alice.x", "--exec", "true", "--containerImage", "nope"],
-         "not in the image cache"),
+        (
+            ["--outDS", "user.alice.x", "--exec", "true", "--containerImage", "nope"],
+            "not in the image cache",
+        ),
     ],
 )
 def test_pcontainer_refused(hv: Harvester, args: list[str], message: str) -> None:
@@ -109,9 +114,19 @@ def test_malformed_load_json(hv: Harvester, tmp_path: Path) -> None:
 
 def test_dump_and_load_json_round_trip(hv: Harvester, tmp_path: Path) -> None:
     dumped = tmp_path / "task.json"
-    result = hv.pcontainer("--containerImage", "base", "--exec", "echo hi", "--outDS",
-                           "user.alice.dump", "--nJobs", "2", "--dumpJson", str(dumped),
-                           "--noSubmit")
+    result = hv.pcontainer(
+        "--containerImage",
+        "base",
+        "--exec",
+        "echo hi",
+        "--outDS",
+        "user.alice.dump",
+        "--nJobs",
+        "2",
+        "--dumpJson",
+        str(dumped),
+        "--noSubmit",
+    )
     assert result.returncode == 0 and "jediTaskID" not in result.stdout
     params = json.loads(dumped.read_text())
     assert params["exec"] == "echo hi" and params["nJobs"] == 2
@@ -120,13 +135,18 @@ def test_dump_and_load_json_round_trip(hv: Harvester, tmp_path: Path) -> None:
     assert task["n_jobs"] == 3 and task["params"]["exec"] == "echo hi"
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer hpcaf_wrong"},
-                                     {"Authorization": "Basic abc"}])
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer hpcaf_wrong"}, {"Authorization": "Basic abc"}]
+)
 def test_missing_or_wrong_token(hv: Harvester, headers: dict[str, str]) -> None:
     import httpx
 
-    for method, path in (("GET", "/api/v1/tasks"), ("POST", "/api/v1/tasks"),
-                         ("GET", "/api/v1/queues"), ("POST", "/api/v1/pilot/acquire_jobs")):
+    for method, path in (
+        ("GET", "/api/v1/tasks"),
+        ("POST", "/api/v1/tasks"),
+        ("GET", "/api/v1/queues"),
+        ("POST", "/api/v1/pilot/acquire_jobs"),
+    ):
         response = httpx.request(method, hv.url + path, headers=headers, json=GOOD)
         assert response.status_code == 401, (path, response.text)
         assert "token" in response.json()["detail"]
@@ -142,8 +162,9 @@ def test_roles(hv: Harvester) -> None:
         response = c.post("/api/v1/tasks", json=GOOD)
         assert response.status_code == 403 and "pilot token" in response.json()["detail"]
     with hv.api("alice") as c:
-        response = c.post("/api/v1/pilot/acquire_jobs",
-                          json={"queue": "ANALY_MANUAL", "pilot_id": "x"})
+        response = c.post(
+            "/api/v1/pilot/acquire_jobs", json={"queue": "ANALY_MANUAL", "pilot_id": "x"}
+        )
         assert response.status_code == 403
         response = c.patch("/api/v1/queues/ANALY_LOCAL", json={"status": "offline"})
         assert response.status_code == 403 and "only admins" in response.json()["detail"]
@@ -159,8 +180,9 @@ def test_roles(hv: Harvester) -> None:
 def test_upload_over_limit_stores_nothing(hv: Harvester) -> None:
     before = n_blobs(hv)
     with hv.api("alice") as c:
-        response = c.post("/api/v1/files", params={"name": "big.bin"},
-                          content=b"x" * (MAX_UPLOAD + 1))
+        response = c.post(
+            "/api/v1/files", params={"name": "big.bin"}, content=b"x" * (MAX_UPLOAD + 1)
+        )
         assert response.status_code == 413
         assert "over the limit" in response.json()["detail"]
 
@@ -170,20 +192,30 @@ def test_upload_over_limit_stores_nothing(hv: Harvester) -> None:
 
         response = c.post("/api/v1/files", params={"name": "big2.bin"}, content=chunks())
         assert response.status_code == 413
-        response = c.post("/api/v1/files", params={"name": "ok.txt", "sha256": "0" * 64},
-                          content=b"hello")
+        response = c.post(
+            "/api/v1/files", params={"name": "ok.txt", "sha256": "0" * 64}, content=b"hello"
+        )
         assert response.status_code == 400 and "checksum mismatch" in response.json()["detail"]
         response = c.post("/api/v1/files", params={"name": "../x"}, content=b"hello")
         assert response.status_code == 400
     assert n_blobs(hv) == before
-    leftovers = [p for p in (hv.home / "files").glob(".upload-*")] if (
-        hv.home / "files").exists() else []
+    leftovers = (
+        [p for p in (hv.home / "files").glob(".upload-*")] if (hv.home / "files").exists() else []
+    )
     assert leftovers == []
 
 
 def test_other_users_task(hv: Harvester) -> None:
-    task_id = hv.submit("--containerImage", "base", "--exec", "true", "--outDS",
-                        "user.alice.mine", "--site", "ANALY_MANUAL")
+    task_id = hv.submit(
+        "--containerImage",
+        "base",
+        "--exec",
+        "true",
+        "--outDS",
+        "user.alice.mine",
+        "--site",
+        "ANALY_MANUAL",
+    )
     with hv.api("bob") as c:
         for path in (f"/api/v1/tasks/{task_id}/kill", f"/api/v1/tasks/{task_id}/retry"):
             response = c.post(path)
@@ -200,30 +232,49 @@ def test_other_users_task(hv: Harvester) -> None:
 
 def test_pilot_updates_checked(hv: Harvester) -> None:
     """Only the holder moves a job, only forward; a repeated final update is a no-op."""
-    task_id = hv.submit("--containerImage", "base", "--exec", "true", "--outDS",
-                        "user.alice.upd", "--site", "ANALY_MANUAL")
+    task_id = hv.submit(
+        "--containerImage",
+        "base",
+        "--exec",
+        "true",
+        "--outDS",
+        "user.alice.upd",
+        "--site",
+        "ANALY_MANUAL",
+    )
     hv.wait_activated(task_id, 1)
     with hv.api("pilot") as c:
-        jobs = c.post("/api/v1/pilot/acquire_jobs",
-                      json={"queue": "ANALY_MANUAL", "pilot_id": "p1", "n_jobs": 5}).json()["jobs"]
+        jobs = c.post(
+            "/api/v1/pilot/acquire_jobs",
+            json={"queue": "ANALY_MANUAL", "pilot_id": "p1", "n_jobs": 5},
+        ).json()["jobs"]
         mine = [j for j in jobs if j["task_id"] == task_id]
         assert len(mine) == 1
         job_id = mine[0]["job_id"]
-        other = c.post("/api/v1/pilot/update_job",
-                       json={"job_id": job_id, "pilot_id": "p2", "state": "running"})
+        other = c.post(
+            "/api/v1/pilot/update_job",
+            json={"job_id": job_id, "pilot_id": "p2", "state": "running"},
+        )
         assert other.status_code == 409 and "not held by pilot p2" in other.json()["detail"]
         done = {"job_id": job_id, "pilot_id": "p1", "state": "finished", "exit_code": 0}
         first = c.post("/api/v1/pilot/update_job", json=done)
         assert first.status_code == 200 and first.json()["changed"] is True
         again = c.post("/api/v1/pilot/update_job", json=done)
         assert again.status_code == 200 and again.json()["changed"] is False
-        back = c.post("/api/v1/pilot/update_job",
-                      json={"job_id": job_id, "pilot_id": "p1", "state": "running"})
+        back = c.post(
+            "/api/v1/pilot/update_job",
+            json={"job_id": job_id, "pilot_id": "p1", "state": "running"},
+        )
         assert back.status_code == 409
-        bogus = c.post("/api/v1/pilot/update_job",
-                       json={"job_id": job_id, "pilot_id": "p1", "state": "activated"})
+        bogus = c.post(
+            "/api/v1/pilot/update_job",
+            json={"job_id": job_id, "pilot_id": "p1", "state": "activated"},
+        )
         assert bogus.status_code == 422
-    finished = hv.query("SELECT count(*) FROM state_history WHERE entity='job' AND "
-                        "entity_id=:j AND to_status='finished'", j=job_id)[0][0]
+    finished = hv.query(
+        "SELECT count(*) FROM state_history WHERE entity='job' AND "
+        "entity_id=:j AND to_status='finished'",
+        j=job_id,
+    )[0][0]
     assert finished == 1
     assert hv.task(task_id)["status"] == "done"

@@ -17,8 +17,7 @@ def q(name: str, **kw) -> QueueConfig:  # type: ignore[no-untyped-def]
 
 
 def needs(**kw) -> JobNeeds:  # type: ignore[no-untyped-def]
-    base = dict(cores=1, memory_mb=1000, walltime_s=0, gpu=False, site=None,
-                excluded=frozenset())
+    base = dict(cores=1, memory_mb=1000, walltime_s=0, gpu=False, site=None, excluded=frozenset())
     base.update(kw)
     return JobNeeds(**base)
 
@@ -33,9 +32,11 @@ def test_least_loaded_fitting_queue_wins() -> None:
 
 
 def test_resources_site_and_exclusions() -> None:
-    queues = [(q("SMALL", cores=1, memory_mb=1000, maxWorkers=1), ON),
-              (q("BIG", cores=8, memory_mb=16000, maxWorkers=1), ON),
-              (q("OFF", cores=8, memory_mb=16000, maxWorkers=1), QueueStatus.OFFLINE)]
+    queues = [
+        (q("SMALL", cores=1, memory_mb=1000, maxWorkers=1), ON),
+        (q("BIG", cores=8, memory_mb=16000, maxWorkers=1), ON),
+        (q("OFF", cores=8, memory_mb=16000, maxWorkers=1), QueueStatus.OFFLINE),
+    ]
     assert choose_queue(queues, needs(cores=4), {})[0] == "BIG"
     assert choose_queue(queues, needs(site="SMALL"), {})[0] == "SMALL"
     name, why = choose_queue(queues, needs(cores=4, excluded=frozenset({"BIG"})), {})
@@ -63,27 +64,36 @@ def test_test_queues_need_the_site() -> None:
     assert choose_queue(queues, needs(site="T"), {})[0] == "T"
 
 
-@pytest.mark.parametrize(("load", "expected"), [
-    (QueueLoad(activated_jobs=10, queued_workers=0, running_workers=0), 2),   # per-cycle cap
-    (QueueLoad(activated_jobs=1, queued_workers=0, running_workers=0), 1),    # demand
-    (QueueLoad(activated_jobs=10, queued_workers=1, running_workers=5), 0),   # maxWorkers
-    (QueueLoad(activated_jobs=10, queued_workers=3, running_workers=0), 0),   # queue limit
-    (QueueLoad(activated_jobs=10, queued_workers=2, running_workers=0), 1),   # queue limit
-    (QueueLoad(activated_jobs=1, queued_workers=1, running_workers=0), 0),    # covered
-    (QueueLoad(activated_jobs=0, queued_workers=0, running_workers=0), 0),
-])
+@pytest.mark.parametrize(
+    ("load", "expected"),
+    [
+        (QueueLoad(activated_jobs=10, queued_workers=0, running_workers=0), 2),  # per-cycle cap
+        (QueueLoad(activated_jobs=1, queued_workers=0, running_workers=0), 1),  # demand
+        (QueueLoad(activated_jobs=10, queued_workers=1, running_workers=5), 0),  # maxWorkers
+        (QueueLoad(activated_jobs=10, queued_workers=3, running_workers=0), 0),  # queue limit
+        (QueueLoad(activated_jobs=10, queued_workers=2, running_workers=0), 1),  # queue limit
+        (QueueLoad(activated_jobs=1, queued_workers=1, running_workers=0), 0),  # covered
+        (QueueLoad(activated_jobs=0, queued_workers=0, running_workers=0), 0),
+    ],
+)
 def test_adjuster(load: QueueLoad, expected: int) -> None:
     queue = q("A", maxWorkers=6, nQueueLimitWorker=3, maxNewWorkersPerCycle=2)
     assert new_workers(queue, ON, load) == expected
     assert new_workers(queue, QueueStatus.OFFLINE, load) == 0
 
 
-@pytest.mark.parametrize(("value", "gpu", "vendor"), [
-    (None, False, None), ("", False, None), ("el9#x86_64", False, None),
-    ("nvidia-gpu", True, "nvidia"), ("#&nvidia", True, "nvidia"),
-    ("#&nvidia:cuda>=12.0:vram>=40960:model!=.*P100.*", True, "nvidia"),
-    ('{"gpu_spec": {"vendor": "nvidia", "vram": 40960}}', True, "nvidia"),
-])
+@pytest.mark.parametrize(
+    ("value", "gpu", "vendor"),
+    [
+        (None, False, None),
+        ("", False, None),
+        ("el9#x86_64", False, None),
+        ("nvidia-gpu", True, "nvidia"),
+        ("#&nvidia", True, "nvidia"),
+        ("#&nvidia:cuda>=12.0:vram>=40960:model!=.*P100.*", True, "nvidia"),
+        ('{"gpu_spec": {"vendor": "nvidia", "vram": 40960}}', True, "nvidia"),
+    ],
+)
 def test_architecture_forms(value: str | None, gpu: bool, vendor: str | None) -> None:
     request = parse_architecture(value)
     assert request.gpu is gpu and request.vendor == vendor

@@ -17,12 +17,28 @@ from db.states import JobStatus, TaskStatus
 
 def _seed(sessions, n: int, queue: str = "Q", priority: int = 1000) -> None:  # type: ignore[no-untyped-def]
     with sessions.begin() as s:
-        task = Task(name="t", owner="alice", status=TaskStatus.READY, params={}, image="base",
-                    out_ds="user.alice.t", n_jobs=n)
+        task = Task(
+            name="t",
+            owner="alice",
+            status=TaskStatus.READY,
+            params={},
+            image="base",
+            out_ds="user.alice.t",
+            n_jobs=n,
+        )
         s.add(task)
         s.flush()
-        s.add_all(Job(task_id=task.id, job_index=i, status=JobStatus.ACTIVATED, queue=queue,
-                      spec={}, priority=priority) for i in range(n))
+        s.add_all(
+            Job(
+                task_id=task.id,
+                job_index=i,
+                status=JobStatus.ACTIVATED,
+                queue=queue,
+                spec={},
+                priority=priority,
+            )
+            for i in range(n)
+        )
 
 
 def test_claim_orders_by_priority_and_respects_limit(session_factory) -> None:  # type: ignore[no-untyped-def]
@@ -45,10 +61,18 @@ def test_claim_respects_slot_size(session_factory) -> None:  # type: ignore[no-u
     with session_factory.begin() as s:
         s.execute(Job.__table__.update().values(cores=8))
     with session_factory.begin() as s:
-        assert claim_jobs(s, queue="Q", limit=5, pilot_id="p", worker_id=None, node=None,
-                          max_cores=4) == []
-        assert len(claim_jobs(s, queue="Q", limit=5, pilot_id="p", worker_id=None, node=None,
-                              max_cores=8)) == 1
+        assert (
+            claim_jobs(s, queue="Q", limit=5, pilot_id="p", worker_id=None, node=None, max_cores=4)
+            == []
+        )
+        assert (
+            len(
+                claim_jobs(
+                    s, queue="Q", limit=5, pilot_id="p", worker_id=None, node=None, max_cores=8
+                )
+            )
+            == 1
+        )
 
 
 def test_racing_claims_never_share_a_job(tmp_path: Path) -> None:

@@ -27,13 +27,16 @@ maxNewWorkersPerCycle = 1
     assert q.allow_network is False and q.container_runtime == "auto"
 
 
-@pytest.mark.parametrize(("table", "message"), [
-    ('provider = "pbs"', "queue ANALY_X: field provider"),
-    ('provider = "local"\nmaxWorkers = -1', "queue ANALY_X: field maxWorkers"),
-    ('provider = "local"\ncores = 64', "queue ANALY_X: field cores: 64 cores per slot"),
-    ('provider = "local"\nmaxWalltime = 10', "queue ANALY_X: field maxWalltime"),
-    ('provider = "local"\ncolour = "red"', "queue ANALY_X: field colour"),
-])
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('provider = "pbs"', "queue ANALY_X: field provider"),
+        ('provider = "local"\nmaxWorkers = -1', "queue ANALY_X: field maxWorkers"),
+        ('provider = "local"\ncores = 64', "queue ANALY_X: field cores: 64 cores per slot"),
+        ('provider = "local"\nmaxWalltime = 10', "queue ANALY_X: field maxWalltime"),
+        ('provider = "local"\ncolour = "red"', "queue ANALY_X: field colour"),
+    ],
+)
 def test_errors_name_queue_and_field(table: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         queues(f"[queues.ANALY_X]\n{table}\n")
@@ -60,5 +63,5 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(ConfigError, match="heartbeat_timeout_s"):
         load_settings(path)
     path.write_text("[harvester\n")
-    with pytest.raises(ConfigError, match="h.toml"):
+    with pytest.raises(ConfigError, match=r"h\.toml"):
         load_settings(path)

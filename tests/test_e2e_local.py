@@ -19,8 +19,14 @@ pytestmark = pytest.mark.e2e
 
 def test_hello_world_with_output(harvester: Harvester, tmp_path: Path) -> None:
     task_id = harvester.submit(
-        "--containerImage", "base", "--exec", "echo Hello World > hello.txt",
-        "--outputs", "hello.txt", "--outDS", "user.alice.test",
+        "--containerImage",
+        "base",
+        "--exec",
+        "echo Hello World > hello.txt",
+        "--outputs",
+        "hello.txt",
+        "--outDS",
+        "user.alice.test",
     )
     waited = harvester.pbook("wait", str(task_id), "--timeout", "120")
     assert waited.returncode == 0, waited.output
@@ -39,22 +45,35 @@ def test_hello_world_with_output(harvester: Harvester, tmp_path: Path) -> None:
     log = harvester.pbook("logs", str(job["id"]))
     assert "echo Hello World > hello.txt" in log.stdout
     assert "exit code 0" in log.stdout
-    history = [r[0] for r in harvester.query(
-        "SELECT to_status FROM state_history WHERE entity='job' AND entity_id=:i ORDER BY id",
-        i=job["id"])]
+    history = [
+        r[0]
+        for r in harvester.query(
+            "SELECT to_status FROM state_history WHERE entity='job' AND entity_id=:i ORDER BY id",
+            i=job["id"],
+        )
+    ]
     assert history == ["defined", "activated", "sent", "starting", "running", "finished"]
 
 
 def test_four_jobs_on_two_workers(harvester: Harvester) -> None:
     task_id = harvester.submit(
-        "--containerImage", "base", "--exec", "sleep 1; echo $HPCAF_JOB_INDEX > idx.txt",
-        "--outputs", "idx.txt", "--outDS", "user.alice.four", "--nJobs", "4",
+        "--containerImage",
+        "base",
+        "--exec",
+        "sleep 1; echo $HPCAF_JOB_INDEX > idx.txt",
+        "--outputs",
+        "idx.txt",
+        "--outDS",
+        "user.alice.four",
+        "--nJobs",
+        "4",
     )
     peak = 0
     deadline = time.monotonic() + 120
     while harvester.task(task_id)["status"] not in ("done", "finished", "failed"):
         running = harvester.query(
-            "SELECT count(*) FROM workers WHERE status IN ('submitted','running')")[0][0]
+            "SELECT count(*) FROM workers WHERE status IN ('submitted','running')"
+        )[0][0]
         peak = max(peak, running)
         assert time.monotonic() < deadline, "task did not end"
         time.sleep(0.2)
@@ -72,15 +91,24 @@ def test_four_jobs_on_two_workers(harvester: Harvester) -> None:
 
 def test_failing_exec_is_retried_then_failed(harvester: Harvester) -> None:
     task_id = harvester.submit(
-        "--containerImage", "base", "--exec", "echo broken >&2; exit 7",
-        "--outDS", "user.alice.fail", "--maxAttempt", "3",
+        "--containerImage",
+        "base",
+        "--exec",
+        "echo broken >&2; exit 7",
+        "--outDS",
+        "user.alice.fail",
+        "--maxAttempt",
+        "3",
     )
     waited = harvester.pbook("wait", str(task_id), "--timeout", "120")
     assert waited.returncode == 1
     assert "failed" in waited.stdout
     jobs = harvester.jobs(task_id)
     assert [(j["attempt_nr"], j["status"]) for j in jobs] == [
-        (1, "closed"), (2, "closed"), (3, "failed")]
+        (1, "closed"),
+        (2, "closed"),
+        (3, "failed"),
+    ]
     assert all(j["exit_code"] == 7 and j["pilot_error_code"] == 1305 for j in jobs)
     log = harvester.pbook("logs", str(jobs[-1]["id"]))
     assert "broken" in log.stdout, "stderr of the payload is kept in the log"
@@ -88,7 +116,12 @@ def test_failing_exec_is_retried_then_failed(harvester: Harvester) -> None:
 
 def test_kill_running_task(harvester: Harvester) -> None:
     task_id = harvester.submit(
-        "--containerImage", "base", "--exec", "sleep 300", "--outDS", "user.alice.kill",
+        "--containerImage",
+        "base",
+        "--exec",
+        "sleep 300",
+        "--outDS",
+        "user.alice.kill",
     )
     wait_for(lambda: harvester.job_status(task_id) == "running", 60, "the job to run")
     other = harvester.pbook("kill", str(task_id), user="bob")
@@ -101,9 +134,12 @@ def test_kill_running_task(harvester: Harvester) -> None:
     # the pilot hears "tobekilled" on its next heartbeat and stops the payload;
     # its worker then ends long before the 300 s sleep would have
     wait_for(
-        lambda: harvester.query("SELECT status FROM workers WHERE id=:w",
-                                w=job["worker_id"])[0][0] in ("finished", "failed"),
-        60, "the pilot to stop the payload and exit",
+        lambda: (
+            harvester.query("SELECT status FROM workers WHERE id=:w", w=job["worker_id"])[0][0]
+            in ("finished", "failed")
+        ),
+        60,
+        "the pilot to stop the payload and exit",
     )
     assert harvester.jobs(task_id)[0]["status"] == "cancelled", "a killed job stays cancelled"
     again = harvester.pbook("kill", str(task_id))
@@ -130,20 +166,37 @@ def test_payload_isolation(harvester: Harvester, tmp_path: Path) -> None:
         "open('probe.txt', 'w').write(repr(sorted(r.items())))\n"
         "EOF"
     )
-    task_id = harvester.submit("--containerImage", "base", "--exec", probe,
-                               "--outputs", "probe.txt", "--outDS", "user.alice.probe")
+    task_id = harvester.submit(
+        "--containerImage",
+        "base",
+        "--exec",
+        probe,
+        "--outputs",
+        "probe.txt",
+        "--outDS",
+        "user.alice.probe",
+    )
     assert harvester.wait_task(task_id)["status"] == "done"
     outdir = tmp_path / "o"
     harvester.pbook("results", str(task_id), "-o", str(outdir))
     report = next(outdir.iterdir()).read_text()
-    assert report == repr(sorted({"net": "blocked", "host_file": False,
-                                  "image": "read-only"}.items()))
+    assert report == repr(
+        sorted({"net": "blocked", "host_file": False, "image": "read-only"}.items())
+    )
 
 
 def test_killed_pilot_job_retried_after_heartbeat_timeout(harvester: Harvester) -> None:
     task_id = harvester.submit(
-        "--containerImage", "base", "--exec", "sleep 4; echo ok > ok.txt", "--outputs", "ok.txt",
-        "--outDS", "user.alice.sigkill", "--site", "ANALY_MANUAL",
+        "--containerImage",
+        "base",
+        "--exec",
+        "sleep 4; echo ok > ok.txt",
+        "--outputs",
+        "ok.txt",
+        "--outDS",
+        "user.alice.sigkill",
+        "--site",
+        "ANALY_MANUAL",
     )
     harvester.wait_activated(task_id, 1)
     first = harvester.start_pilot("ANALY_MANUAL")
@@ -163,8 +216,18 @@ def test_killed_pilot_job_retried_after_heartbeat_timeout(harvester: Harvester) 
 
 def test_two_pilots_racing_never_share_a_job(harvester: Harvester) -> None:
     task_id = harvester.submit(
-        "--containerImage", "base", "--exec", "echo $PANDAID > id.txt", "--outputs", "id.txt",
-        "--outDS", "user.alice.race", "--site", "ANALY_MANUAL", "--nJobs", "24",
+        "--containerImage",
+        "base",
+        "--exec",
+        "echo $PANDAID > id.txt",
+        "--outputs",
+        "id.txt",
+        "--outDS",
+        "user.alice.race",
+        "--site",
+        "ANALY_MANUAL",
+        "--nJobs",
+        "24",
     )
     harvester.wait_activated(task_id, 24)
     pilots = [harvester.start_pilot("ANALY_MANUAL") for _ in range(2)]
@@ -172,8 +235,10 @@ def test_two_pilots_racing_never_share_a_job(harvester: Harvester) -> None:
     for p in pilots:
         p.wait(timeout=30)
     sent = Counter(
-        r[0] for r in harvester.query(
-            "SELECT entity_id FROM state_history WHERE entity='job' AND to_status='sent'")
+        r[0]
+        for r in harvester.query(
+            "SELECT entity_id FROM state_history WHERE entity='job' AND to_status='sent'"
+        )
     )
     assert len(sent) == 24 and set(sent.values()) == {1}, "each job dispatched exactly once"
     jobs = harvester.jobs(task_id)

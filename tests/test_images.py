@@ -26,11 +26,14 @@ def test_base_definition() -> None:
     assert "python3 --version" in d.sections["post"]
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("OSVersion: bookworm\n", "no 'Bootstrap:'"),
-    ("Bootstrap: debootstrap\n%bogus\n", "unknown section %bogus"),
-    ("Bootstrap debootstrap\n", "expected 'Key: value'"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("OSVersion: bookworm\n", "no 'Bootstrap:'"),
+        ("Bootstrap: debootstrap\n%bogus\n", "unknown section %bogus"),
+        ("Bootstrap debootstrap\n", "expected 'Key: value'"),
+    ],
+)
 def test_bad_definitions(text: str, message: str) -> None:
     with pytest.raises(ImageError, match=message):
         parse_definition(text)
@@ -55,7 +58,8 @@ def test_import_tarball(tmp_path: Path) -> None:
     assert image.name == "example_tool_1"
     assert (image.rootfs / "srv" / "workDir").is_dir(), "mount points are made at import"
     assert json.loads((image.rootfs.parent / "image.json").read_text())["source"].startswith(
-        "import")
+        "import"
+    )
     assert [i.name for i in cache.list()] == ["example_tool_1"]
     with pytest.raises(ImageError, match="not in the image cache"):
         cache.require("other")

@@ -10,9 +10,13 @@ from pilot.runtimes.bwrap import BubblewrapRuntime
 
 
 def request(**kw) -> ContainerRequest:  # type: ignore[no-untyped-def]
-    base = dict(image=Path("/img/base/rootfs"), argv=["python3", "x.py"],
-                workdir=Path("/scratch/job_1"), transforms_dir=Path("/opt/t"),
-                env={"PANDAID": "1"})
+    base = dict(
+        image=Path("/img/base/rootfs"),
+        argv=["python3", "x.py"],
+        workdir=Path("/scratch/job_1"),
+        transforms_dir=Path("/opt/t"),
+        env={"PANDAID": "1"},
+    )
     base.update(kw)
     return ContainerRequest(**base)
 

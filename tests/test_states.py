@@ -42,21 +42,29 @@ def test_terminal_job_and_worker_states_are_final() -> None:
 
 def test_jobs_never_go_back() -> None:
     order = list(JobStatus)
-    forward = [JobStatus.DEFINED, JobStatus.ACTIVATED, JobStatus.SENT, JobStatus.STARTING,
-               JobStatus.RUNNING]
+    forward = [
+        JobStatus.DEFINED,
+        JobStatus.ACTIVATED,
+        JobStatus.SENT,
+        JobStatus.STARTING,
+        JobStatus.RUNNING,
+    ]
     for i, state in enumerate(forward):
-        for earlier in forward[:i + 1]:
+        for earlier in forward[: i + 1]:
             assert not allowed(state, earlier), (state, earlier)
     assert len(order) == 9
 
 
-@pytest.mark.parametrize(("current", "new"), [
-    (JobStatus.FINISHED, JobStatus.RUNNING),
-    (JobStatus.DEFINED, JobStatus.RUNNING),
-    (JobStatus.ACTIVATED, JobStatus.FINISHED),
-    (TaskStatus.DONE, TaskStatus.READY),
-    (WorkerStatus.MISSED, WorkerStatus.RUNNING),
-])
+@pytest.mark.parametrize(
+    ("current", "new"),
+    [
+        (JobStatus.FINISHED, JobStatus.RUNNING),
+        (JobStatus.DEFINED, JobStatus.RUNNING),
+        (JobStatus.ACTIVATED, JobStatus.FINISHED),
+        (TaskStatus.DONE, TaskStatus.READY),
+        (WorkerStatus.MISSED, WorkerStatus.RUNNING),
+    ],
+)
 def test_illegal_transitions_raise(current, new) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(IllegalTransition, match="cannot go from"):
         check_transition(current, new)
@@ -67,8 +75,15 @@ def test_mixed_kinds_are_never_allowed() -> None:
 
 
 def test_transition_writes_history(session) -> None:  # type: ignore[no-untyped-def]
-    task = Task(name="t", owner="alice", status=TaskStatus.REGISTERED, params={}, image="base",
-                out_ds="user.alice.t", n_jobs=1)
+    task = Task(
+        name="t",
+        owner="alice",
+        status=TaskStatus.REGISTERED,
+        params={},
+        image="base",
+        out_ds="user.alice.t",
+        n_jobs=1,
+    )
     session.add(task)
     session.flush()
     record_creation(session, task, reason="submitted")

@@ -28,8 +28,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"runcontainer: cannot start /bin/sh: {exc}", file=sys.stderr)
         code = 127
     ended = time.time()
-    report = {"exitCode": code, "startTime": started, "endTime": ended,
-              "wallTime": round(ended - started, 3)}
+    report = {
+        "exitCode": code,
+        "startTime": started,
+        "endTime": ended,
+        "wallTime": round(ended - started, 3),
+    }
     with open("jobReport.json", "w") as fh:
         json.dump(report, fh)
     print(f"=== runcontainer: exit code {code} after {ended - started:.2f}s", flush=True)

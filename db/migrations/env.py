@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import engine_from_config, pool
+from sqlalchemy import Connection, engine_from_config, pool
 
 from db.models import Base
 
@@ -26,7 +26,8 @@ def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is None:
         engine = engine_from_config(
-            config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.",
+            config.get_section(config.config_ini_section, {}),
+            prefix="sqlalchemy.",
             poolclass=pool.NullPool,
         )
         with engine.connect() as conn:
@@ -35,7 +36,7 @@ def run_migrations_online() -> None:
     _run(connection)
 
 
-def _run(connection) -> None:  # type: ignore[no-untyped-def]
+def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()

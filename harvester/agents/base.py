@@ -46,8 +46,9 @@ class AgentRunner:
             try:
                 agent.run_once()
             except Exception:
-                log.exception("agent %s: cycle failed; next cycle in %.1fs", agent.name,
-                              agent.interval_s)
+                log.exception(
+                    "agent %s: cycle failed; next cycle in %.1fs", agent.name, agent.interval_s
+                )
             self._stop.wait(agent.interval_s)
 
     def stop(self, timeout: float = 10.0) -> None:

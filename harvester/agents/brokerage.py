@@ -3,9 +3,10 @@
 A queue fits when it is online (or in test and named by the task's site),
 not excluded, offers enough cores, memory and walltime, and has a GPU exactly
 when the job asks for one. Among the fitting queues the least loaded one
-(activated jobs per allowed worker) wins; queues the harvester
-starts no workers for (``maxWorkers = 0``) only when nothing else fits. A job no queue fits is activated
-without a queue and keeps a visible reason; it is brokered again every cycle.
+(activated jobs per allowed worker) wins; queues the harvester starts no
+workers for (``maxWorkers = 0``) win only when nothing else fits. A job no
+queue fits is activated without a queue and keeps a visible reason; it is
+brokered again every cycle.
 """
 
 from __future__ import annotations
@@ -75,8 +76,10 @@ def choose_queue(
         return None, "no queue can run this job (" + "; ".join(reasons or ["no queues"]) + ")"
     # queues whose workers the harvester does not start (maxWorkers = 0: pilots come from
     # elsewhere) are chosen only when no provisioned queue fits
-    best = min(fitting, key=lambda q: (q.max_workers == 0,
-                                       load.get(q.name, 0) / max(q.max_workers, 1), q.name))
+    best = min(
+        fitting,
+        key=lambda q: (q.max_workers == 0, load.get(q.name, 0) / max(q.max_workers, 1), q.name),
+    )
     return best.name, f"brokered to {best.name}"
 
 
@@ -113,8 +116,12 @@ class Brokerage(Agent):
                 except InvalidRequest:
                     gpu = False
                 needs = JobNeeds(
-                    cores=job.cores, memory_mb=job.memory_mb, walltime_s=job.walltime_s, gpu=gpu,
-                    site=task.site, excluded=frozenset(task.params.get("excludedSite", [])),
+                    cores=job.cores,
+                    memory_mb=job.memory_mb,
+                    walltime_s=job.walltime_s,
+                    gpu=gpu,
+                    site=task.site,
+                    excluded=frozenset(task.params.get("excludedSite", [])),
                 )
                 name, message = choose_queue(queues, needs, load)
                 job.queue = name

@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from db.models import Job, Task, Worker, utcnow
 from db.queue import transition
@@ -27,15 +28,19 @@ from pilot.errors import PilotErrorCode
 log = logging.getLogger(__name__)
 
 
-def fail_held_jobs(session, worker: Worker, why: str) -> int:  # type: ignore[no-untyped-def]
+def fail_held_jobs(session: Session, worker: Worker, why: str) -> int:
     """Fail (and retry) every job the worker's pilot still holds."""
     jobs = session.scalars(
         select(Job).where(Job.worker_id == worker.id, Job.status.in_(list(JOB_ACTIVE)))
     ).all()
     for job in jobs:
         task = session.get(Task, job.task_id)
+        assert task is not None
         fail_job(
-            session, job, task, error_code=PilotErrorCode.WORKER_VANISHED,
+            session,
+            job,
+            task,
+            error_code=PilotErrorCode.WORKER_VANISHED,
             diagnostics=f"worker {worker.id} (batch id {worker.batch_id}) {why}",
             actor="monitor",
         )
@@ -57,7 +62,8 @@ class Monitor(Agent):
         with self.ctx.sessions() as session:
             workers = session.scalars(
                 select(Worker).where(
-                    Worker.queue == queue_name, Worker.status.in_(list(WORKER_ACTIVE)),
+                    Worker.queue == queue_name,
+                    Worker.status.in_(list(WORKER_ACTIVE)),
                     Worker.batch_id.is_not(None),
                 )
             ).all()
@@ -84,20 +90,34 @@ class Monitor(Agent):
                     continue
                 if batch.status is WorkerStatus.RUNNING and worker.status is WorkerStatus.SUBMITTED:
                     worker.started_at = now
-                    transition(session, worker, WorkerStatus.RUNNING, reason=f"batch: {batch.native}")
+                    transition(
+                        session, worker, WorkerStatus.RUNNING, reason=f"batch: {batch.native}"
+                    )
                 elif batch.status is WorkerStatus.SUBMITTED and (
                     now - worker.submitted_at > timeout
                 ):
                     provider.cancel([worker.batch_id or ""])
                     worker.diagnostics = f"queued longer than {timeout}"
-                    transition(session, worker, WorkerStatus.CANCELLED,
-                               reason=f"queued longer than {timeout}")
+                    transition(
+                        session,
+                        worker,
+                        WorkerStatus.CANCELLED,
+                        reason=f"queued longer than {timeout}",
+                    )
                 elif batch.status in WORKER_TERMINAL:
                     worker.exit_code = batch.exit_code
                     worker.diagnostics = batch.message or worker.diagnostics
-                    transition(session, worker, batch.status,
-                               reason=batch.message or f"batch: {batch.native}")
+                    transition(
+                        session,
+                        worker,
+                        batch.status,
+                        reason=batch.message or f"batch: {batch.native}",
+                    )
                     n = fail_held_jobs(session, worker, f"ended {batch.status.value}")
                     if n:
-                        log.warning("worker %d ended %s holding %d jobs; they were failed",
-                                    worker.id, batch.status.value, n)
+                        log.warning(
+                            "worker %d ended %s holding %d jobs; they were failed",
+                            worker.id,
+                            batch.status.value,
+                            n,
+                        )

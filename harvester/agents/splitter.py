@@ -17,7 +17,9 @@ class Splitter(Agent):
     def run_once(self) -> None:
         with self.ctx.sessions.begin() as session:
             tasks = session.scalars(
-                select(Task).where(Task.status == TaskStatus.REGISTERED).order_by(Task.id)
+                select(Task)
+                .where(Task.status == TaskStatus.REGISTERED)
+                .order_by(Task.id)
                 .limit(self.batch)
             ).all()
             for task in tasks:
@@ -39,4 +41,6 @@ class Splitter(Agent):
                 session.flush()
                 for job in session.scalars(select(Job).where(Job.task_id == task.id)):
                     record_creation(session, job, reason="split from task")
-                transition(session, task, TaskStatus.READY, reason=f"split into {len(per_job)} jobs")
+                transition(
+                    session, task, TaskStatus.READY, reason=f"split into {len(per_job)} jobs"
+                )

@@ -34,14 +34,23 @@ def pilot_command(ctx: HarvesterContext, queue: QueueConfig, worker_id: int) -> 
     """The shell command a slot runs: the pilot, told its server, queue and worker id."""
     token_file = ctx.settings.home / "pilot.token"
     args = [
-        sys.executable, "-m", "pilot.main",
-        "--server", ctx.settings.resolved_public_url,
-        "--queue", queue.name,
-        "--worker-id", str(worker_id),
-        "--token-file", str(token_file),
-        "--walltime", str(queue.walltime_s),
-        "--max-idle", str(ctx.settings.pilot_max_idle_s),
-        "--cores", str(queue.cores),
+        sys.executable,
+        "-m",
+        "pilot.main",
+        "--server",
+        ctx.settings.resolved_public_url,
+        "--queue",
+        queue.name,
+        "--worker-id",
+        str(worker_id),
+        "--token-file",
+        str(token_file),
+        "--walltime",
+        str(queue.walltime_s),
+        "--max-idle",
+        str(ctx.settings.pilot_max_idle_s),
+        "--cores",
+        str(queue.cores),
     ]
     if queue.jobs_per_pilot:
         args += ["--max-jobs", str(queue.jobs_per_pilot)]
@@ -68,17 +77,23 @@ class Submitter(Agent):
             status = {q.name: q.status for q in list_queues(session)}.get(queue.name, queue.status)
             if status is QueueStatus.OFFLINE:
                 return
-            activated = session.scalar(
-                select(func.count()).select_from(Job)
-                .where(Job.status == JobStatus.ACTIVATED, Job.queue == queue.name)
-            ) or 0
+            activated = (
+                session.scalar(
+                    select(func.count())
+                    .select_from(Job)
+                    .where(Job.status == JobStatus.ACTIVATED, Job.queue == queue.name)
+                )
+                or 0
+            )
             if activated == 0:
                 return
             counts = dict(
                 session.execute(
                     select(Worker.status, func.count())
-                    .where(Worker.queue == queue.name,
-                           Worker.status.in_([WorkerStatus.SUBMITTED, WorkerStatus.RUNNING]))
+                    .where(
+                        Worker.queue == queue.name,
+                        Worker.status.in_([WorkerStatus.SUBMITTED, WorkerStatus.RUNNING]),
+                    )
                     .group_by(Worker.status)
                 ).all()
             )
@@ -95,8 +110,9 @@ class Submitter(Agent):
     def _submit_one(self, queue: QueueConfig) -> bool:
         provider = self.providers[queue.name]
         with self.ctx.sessions.begin() as session:
-            worker = Worker(queue=queue.name, provider=queue.provider,
-                            status=WorkerStatus.SUBMITTED)
+            worker = Worker(
+                queue=queue.name, provider=queue.provider, status=WorkerStatus.SUBMITTED
+            )
             session.add(worker)
             session.flush()
             worker.workdir = str(self.ctx.settings.workers_dir / f"{worker.id:08d}")
@@ -104,21 +120,25 @@ class Submitter(Agent):
             worker_id = worker.id
             workdir = worker.workdir
         resources = WorkerResources(
-            cores=queue.cores, memory_mb=queue.memory_mb, walltime_s=queue.walltime_s,
+            cores=queue.cores,
+            memory_mb=queue.memory_mb,
+            walltime_s=queue.walltime_s,
             gpus=queue.gpus,
         )
         try:
             batch_id = provider.submit(
-                pilot_command(self.ctx, queue, worker_id), resources,
-                f"hpcaf-{queue.name}-{worker_id}", Path(workdir),
+                pilot_command(self.ctx, queue, worker_id),
+                resources,
+                f"hpcaf-{queue.name}-{worker_id}",
+                Path(workdir),
             )
         except HarvesterError as exc:
             self._fail(worker_id, str(exc), queue)
             return False
         with self.ctx.sessions.begin() as session:
-            worker = session.get(Worker, worker_id)
-            assert worker is not None
-            worker.batch_id = batch_id
+            submitted = session.get(Worker, worker_id)
+            assert submitted is not None
+            submitted.batch_id = batch_id
         self._backoff.pop(queue.name, None)
         log.info("queue %s: worker %d submitted as batch job %s", queue.name, worker_id, batch_id)
         return True
@@ -127,10 +147,15 @@ class Submitter(Agent):
         _, delay = self._backoff.get(queue.name, (0.0, 0.0))
         delay = min(MAX_BACKOFF_S, max(self.ctx.settings.submit_retry_backoff_s, delay * 2))
         self._backoff[queue.name] = (time.monotonic() + delay, delay)
-        log.error("queue %s: worker %d submission failed (next try in %.0fs): %s",
-                  queue.name, worker_id, delay, message)
+        log.error(
+            "queue %s: worker %d submission failed (next try in %.0fs): %s",
+            queue.name,
+            worker_id,
+            delay,
+            message,
+        )
         with self.ctx.sessions.begin() as session:
-            worker = session.get(Worker, worker_id)
-            assert worker is not None
-            worker.diagnostics = message
-            transition(session, worker, WorkerStatus.FAILED, reason=f"submission failed: {message}")
+            failed = session.get(Worker, worker_id)
+            assert failed is not None
+            failed.diagnostics = message
+            transition(session, failed, WorkerStatus.FAILED, reason=f"submission failed: {message}")

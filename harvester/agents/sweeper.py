@@ -25,14 +25,18 @@ class Sweeper(Agent):
         cutoff = utcnow() - timedelta(seconds=self.ctx.settings.sweep_after_s)
         with self.ctx.sessions.begin() as session:
             workers = session.scalars(
-                select(Worker).where(
-                    Worker.status.in_(list(WORKER_TERMINAL)), Worker.swept_at.is_(None),
+                select(Worker)
+                .where(
+                    Worker.status.in_(list(WORKER_TERMINAL)),
+                    Worker.swept_at.is_(None),
                     Worker.ended_at < cutoff,
-                ).limit(500)
+                )
+                .limit(500)
             ).all()
             for worker in workers:
                 provider = self.providers.get(worker.queue)
                 if provider is not None:
-                    provider.sweep(worker.batch_id or "", Path(worker.workdir) if worker.workdir
-                                   else None)
+                    provider.sweep(
+                        worker.batch_id or "", Path(worker.workdir) if worker.workdir else None
+                    )
                 worker.swept_at = utcnow()

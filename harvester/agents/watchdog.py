@@ -24,16 +24,21 @@ class HeartbeatWatchdog(Agent):
         deadline = utcnow() - timedelta(seconds=timeout)
         with self.ctx.sessions.begin() as session:
             stale = session.scalars(
-                select(Job).where(Job.status.in_(list(JOB_ACTIVE)), Job.heartbeat_at < deadline)
+                select(Job)
+                .where(Job.status.in_(list(JOB_ACTIVE)), Job.heartbeat_at < deadline)
                 .limit(1000)
             ).all()
             for job in stale:
                 task = session.get(Task, job.task_id)
                 assert task is not None
-                log.warning("job %d: no heartbeat from pilot %s for %.0fs", job.id, job.pilot_id,
-                            timeout)
+                log.warning(
+                    "job %d: no heartbeat from pilot %s for %.0fs", job.id, job.pilot_id, timeout
+                )
                 fail_job(
-                    session, job, task, error_code=PilotErrorCode.LOST_HEARTBEAT,
+                    session,
+                    job,
+                    task,
+                    error_code=PilotErrorCode.LOST_HEARTBEAT,
                     diagnostics=f"no heartbeat from pilot {job.pilot_id} for {timeout:.0f}s",
                     actor="watchdog",
                 )

@@ -38,8 +38,14 @@ def create_app(ctx: HarvesterContext, runner: AgentRunner | None = None) -> Fast
         lifespan=lifespan,
     )
     app.state.context = ctx
-    for router in (tasks.router, jobs.router, files.router, queues.router, workers.router,
-                   pilot.router):
+    for router in (
+        tasks.router,
+        jobs.router,
+        files.router,
+        queues.router,
+        workers.router,
+        pilot.router,
+    ):
         app.include_router(router)
 
     @app.exception_handler(HarvesterError)

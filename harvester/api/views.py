@@ -10,12 +10,25 @@ from harvester.api.schemas import JobPublic, TaskPublic
 
 def task_public(task: Task, counts: dict[str, int], *, with_params: bool = False) -> TaskPublic:
     return TaskPublic(
-        id=task.id, name=task.name, owner=task.owner, status=task.status, kind=task.kind,
-        image=task.image, out_ds=task.out_ds, n_jobs=task.n_jobs, site=task.site,
-        architecture=task.architecture, priority=task.priority, max_attempt=task.max_attempt,
-        error_dialog=task.error_dialog, created_at=task.created_at,
-        modified_at=task.modified_at, started_at=task.started_at, ended_at=task.ended_at,
-        job_counts=counts, params=dict(task.params) if with_params else None,
+        id=task.id,
+        name=task.name,
+        owner=task.owner,
+        status=task.status,
+        kind=task.kind,
+        image=task.image,
+        out_ds=task.out_ds,
+        n_jobs=task.n_jobs,
+        site=task.site,
+        architecture=task.architecture,
+        priority=task.priority,
+        max_attempt=task.max_attempt,
+        error_dialog=task.error_dialog,
+        created_at=task.created_at,
+        modified_at=task.modified_at,
+        started_at=task.started_at,
+        ended_at=task.ended_at,
+        job_counts=counts,
+        params=dict(task.params) if with_params else None,
     )
 
 

@@ -23,15 +23,19 @@ class ClientError(Exception):
 class HarvesterClient:
     """Thin typed wrapper over the REST API."""
 
-    def __init__(self, url: str | None = None, token: str | None = None,
-                 timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, url: str | None = None, token: str | None = None, timeout_s: float = 60.0
+    ) -> None:
         self.url = (url or os.environ.get("HPCAF_URL") or DEFAULT_URL).rstrip("/")
         token = token or os.environ.get("HPCAF_TOKEN")
         if not token:
-            raise ClientError("no token: set HPCAF_TOKEN (an admin creates one with "
-                              "'harvester token create USER')")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout_s,
-                                  headers={"Authorization": f"Bearer {token}"})
+            raise ClientError(
+                "no token: set HPCAF_TOKEN (an admin creates one with "
+                "'harvester token create USER')"
+            )
+        self._http = httpx.Client(
+            base_url=self.url, timeout=timeout_s, headers={"Authorization": f"Bearer {token}"}
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -76,8 +80,9 @@ class HarvesterClient:
         """Upload a local file (an input); returns its registration with the sha256."""
         data = path.read_bytes()
         sha = hashlib.sha256(data).hexdigest()
-        response = self.request("POST", "/api/v1/files",
-                                params={"name": name or path.name, "sha256": sha}, content=data)
+        response = self.request(
+            "POST", "/api/v1/files", params={"name": name or path.name, "sha256": sha}, content=data
+        )
         result: dict[str, Any] = response.json()
         return result
 

@@ -14,12 +14,22 @@ from rich.table import Table
 from harvester.client.common import client, err, fail, out
 from harvester.client.http import HarvesterClient
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Manage hpcaf tasks (as PanDA's pbook).")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Manage hpcaf tasks (as PanDA's pbook)."
+)
 
 TERMINAL = {"done", "finished", "failed", "aborted", "broken"}
-STATE_ORDER = ["defined", "activated", "sent", "starting", "running", "finished", "failed",
-               "cancelled", "closed"]
+STATE_ORDER = [
+    "defined",
+    "activated",
+    "sent",
+    "starting",
+    "running",
+    "finished",
+    "failed",
+    "cancelled",
+    "closed",
+]
 
 
 def _counts_text(counts: dict[str, int]) -> str:
@@ -48,25 +58,48 @@ def show(
         return
     table = Table("jediTaskID", "status", "name", "jobs", "created")
     for t in page["items"]:
-        table.add_row(str(t["id"]), t["status"], t["name"], _counts_text(t["job_counts"]),
-                      t["created_at"][:19])
+        table.add_row(
+            str(t["id"]),
+            t["status"],
+            t["name"],
+            _counts_text(t["job_counts"]),
+            t["created_at"][:19],
+        )
     out.print(table)
     out.print(f"{len(page['items'])} of {page['total']} tasks")
 
 
 def _print_task(c: HarvesterClient, task: dict[str, Any]) -> None:
     table = Table(show_header=False)
-    for key in ("id", "name", "owner", "status", "image", "out_ds", "n_jobs", "site",
-                "architecture", "max_attempt", "created_at", "ended_at"):
+    for key in (
+        "id",
+        "name",
+        "owner",
+        "status",
+        "image",
+        "out_ds",
+        "n_jobs",
+        "site",
+        "architecture",
+        "max_attempt",
+        "created_at",
+        "ended_at",
+    ):
         table.add_row(key, str(task.get(key)))
     table.add_row("jobs", _counts_text(task.get("job_counts", {})))
     out.print(table)
-    waiting = [j for j in c.jobs(task["id"], all_attempts=False)
-               if j["status"] in ("defined", "activated") and j.get("brokerage_message")
-               and not j.get("queue")]
+    waiting = [
+        j
+        for j in c.jobs(task["id"], all_attempts=False)
+        if j["status"] in ("defined", "activated")
+        and j.get("brokerage_message")
+        and not j.get("queue")
+    ]
     if waiting:
-        out.print(f"[yellow]{len(waiting)} jobs wait for a queue:[/yellow] "
-                  f"{waiting[0]['brokerage_message']}")
+        out.print(
+            f"[yellow]{len(waiting)} jobs wait for a queue:[/yellow] "
+            f"{waiting[0]['brokerage_message']}"
+        )
 
 
 @app.command()
@@ -81,16 +114,24 @@ def jobs(
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("PandaID", "job", "attempt", "status", "queue", "worker", "batch id", "exit",
-                  "error")
+    table = Table(
+        "PandaID", "job", "attempt", "status", "queue", "worker", "batch id", "exit", "error"
+    )
     for j in rows:
         error = ""
         if j.get("pilot_error_code"):
             error = f"{j['pilot_error_code']}: {j.get('pilot_error_diag') or ''}"
-        table.add_row(str(j["id"]), str(j["job_index"]), str(j["attempt_nr"]), j["status"],
-                      j.get("queue") or "-", str(j.get("worker_id") or "-"),
-                      j.get("batch_id") or "-",
-                      "" if j.get("exit_code") is None else str(j["exit_code"]), error[:80])
+        table.add_row(
+            str(j["id"]),
+            str(j["job_index"]),
+            str(j["attempt_nr"]),
+            j["status"],
+            j.get("queue") or "-",
+            str(j.get("worker_id") or "-"),
+            j.get("batch_id") or "-",
+            "" if j.get("exit_code") is None else str(j["exit_code"]),
+            error[:80],
+        )
     out.print(table)
 
 
@@ -106,32 +147,46 @@ def wait(
         task = c.task(task_id)
         progress = Progress(
             TextColumn("task {task.fields[tid]} [bold]{task.fields[state]}[/bold]"),
-            BarColumn(), TextColumn("{task.completed}/{task.total} jobs"),
-            TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), console=err,
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} jobs"),
+            TextColumn("{task.fields[counts]}"),
+            TimeElapsedColumn(),
+            console=err,
             transient=False,
         )
         with progress:
-            bar = progress.add_task("wait", total=task["n_jobs"], tid=task_id,
-                                    state=task["status"], counts="")
+            bar = progress.add_task(
+                "wait", total=task["n_jobs"], tid=task_id, state=task["status"], counts=""
+            )
             while True:
                 task = c.task(task_id)
                 counts = task.get("job_counts", {})
                 ended = sum(counts.get(s, 0) for s in ("finished", "failed", "cancelled"))
-                progress.update(bar, completed=ended, total=task["n_jobs"], state=task["status"],
-                                counts=_counts_text(counts))
+                progress.update(
+                    bar,
+                    completed=ended,
+                    total=task["n_jobs"],
+                    state=task["status"],
+                    counts=_counts_text(counts),
+                )
                 if task["status"] in TERMINAL:
                     break
                 if time.monotonic() > deadline:
                     progress.stop()
-                    for why in {j["brokerage_message"] for j in c.jobs(task_id, all_attempts=False)
-                                if j["status"] == "activated" and not j.get("queue")}:
+                    for why in {
+                        j["brokerage_message"]
+                        for j in c.jobs(task_id, all_attempts=False)
+                        if j["status"] == "activated" and not j.get("queue")
+                    }:
                         err.print(f"jobs wait: {why}")
                     raise fail(f"task {task_id} still {task['status']} after {timeout:.0f}s", 1)
                 time.sleep(interval)
         failed = [j for j in c.jobs(task_id, all_attempts=False) if j["status"] == "failed"]
     for j in failed[:20]:
-        err.print(f"job {j['id']} (#{j['job_index']}) failed: {j.get('pilot_error_code')} "
-                  f"{j.get('pilot_error_diag') or ''}")
+        err.print(
+            f"job {j['id']} (#{j['job_index']}) failed: {j.get('pilot_error_code')} "
+            f"{j.get('pilot_error_diag') or ''}"
+        )
     out.print(f"task {task_id} {task['status']}")
     if task["status"] != "done":
         raise typer.Exit(1)
@@ -164,8 +219,9 @@ def logs(job_id: int) -> None:
 @app.command()
 def results(
     task_id: int,
-    outdir: Annotated[Path | None, typer.Option("-o", "--outdir",
-                      help="download the output files here")] = None,
+    outdir: Annotated[
+        Path | None, typer.Option("-o", "--outdir", help="download the output files here")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
 ) -> None:
     """The task's results; with -o, download its output files."""

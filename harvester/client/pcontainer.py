@@ -36,36 +36,63 @@ def load_json(path: Path) -> dict[str, Any]:
 
 @app.command()
 def main(
-    containerImage: Annotated[str | None, typer.Option("--containerImage",
-                              help="image name in the image cache (or docker://…)")] = None,
-    exec_: Annotated[str | None, typer.Option("--exec", help="command to run in the container")] = None,
+    containerImage: Annotated[
+        str | None,
+        typer.Option("--containerImage", help="image name in the image cache (or docker://…)"),
+    ] = None,
+    exec_: Annotated[
+        str | None, typer.Option("--exec", help="command to run in the container")
+    ] = None,
     outDS: Annotated[str | None, typer.Option("--outDS", help="output dataset user.NAME.X")] = None,
-    outputs: Annotated[str | None, typer.Option("--outputs", help="comma list of output files")] = None,
-    site: Annotated[str | None, typer.Option("--site", help="queue to run on (default AUTO)")] = None,
-    excludedSite: Annotated[str | None, typer.Option("--excludedSite", help="comma list of queues to avoid")] = None,
-    architecture: Annotated[str | None, typer.Option("--architecture", help="e.g. nvidia-gpu or '#&nvidia'")] = None,
+    outputs: Annotated[
+        str | None, typer.Option("--outputs", help="comma list of output files")
+    ] = None,
+    site: Annotated[
+        str | None, typer.Option("--site", help="queue to run on (default AUTO)")
+    ] = None,
+    excludedSite: Annotated[
+        str | None, typer.Option("--excludedSite", help="comma list of queues to avoid")
+    ] = None,
+    architecture: Annotated[
+        str | None, typer.Option("--architecture", help="e.g. nvidia-gpu or '#&nvidia'")
+    ] = None,
     nJobs: Annotated[int | None, typer.Option("--nJobs", help="number of jobs")] = None,
     nCore: Annotated[int | None, typer.Option("--nCore", help="cores per job")] = None,
     memory: Annotated[int | None, typer.Option("--memory", help="MiB per job")] = None,
-    maxWalltime: Annotated[int | None, typer.Option("--maxWalltime", help="seconds per job")] = None,
-    priority: Annotated[int | None, typer.Option("--priority", help="900-1100, default 1000")] = None,
+    maxWalltime: Annotated[
+        int | None, typer.Option("--maxWalltime", help="seconds per job")
+    ] = None,
+    priority: Annotated[
+        int | None, typer.Option("--priority", help="900-1100, default 1000")
+    ] = None,
     maxAttempt: Annotated[int | None, typer.Option("--maxAttempt", help="attempts per job")] = None,
     taskName: Annotated[str | None, typer.Option("--taskName")] = None,
-    loadJson: Annotated[Path | None, typer.Option("--loadJson", help="read task parameters from JSON")] = None,
-    dumpJson: Annotated[Path | None, typer.Option("--dumpJson", help="write the task parameters to JSON")] = None,
+    loadJson: Annotated[
+        Path | None, typer.Option("--loadJson", help="read task parameters from JSON")
+    ] = None,
+    dumpJson: Annotated[
+        Path | None, typer.Option("--dumpJson", help="write the task parameters to JSON")
+    ] = None,
     noSubmit: Annotated[bool, typer.Option("--noSubmit", help="do not submit")] = False,
 ) -> None:
     """Submit a task whose jobs run ``--exec`` in ``--containerImage``; prints jediTaskID=<id>."""
     loaded = load_json(loadJson) if loadJson else {}
     params = build_params(
         {
-            "containerImage": containerImage, "exec": exec_, "outDS": outDS,
+            "containerImage": containerImage,
+            "exec": exec_,
+            "outDS": outDS,
             "outputs": split_list(outputs) if outputs is not None else None,
             "site": site,
             "excludedSite": split_list(excludedSite) if excludedSite is not None else None,
-            "architecture": architecture, "nJobs": nJobs, "coreCount": nCore,
-            "ramCount": memory, "maxWalltime": maxWalltime, "priority": priority,
-            "maxAttempt": maxAttempt, "taskName": taskName,
+            "architecture": architecture,
+            "nJobs": nJobs,
+            "coreCount": nCore,
+            "ramCount": memory,
+            "maxWalltime": maxWalltime,
+            "priority": priority,
+            "maxAttempt": maxAttempt,
+            "taskName": taskName,
         },
         loaded,
     )

@@ -78,8 +78,9 @@ def build_image(
             _apptainer_build(definition_path, rootfs, log)
             source = "apptainer build --sandbox"
         else:
-            _debootstrap_build(definition, rootfs, mirror or host_debian_mirror(),
-                               ca_bundle or HOST_CA_BUNDLE, log)
+            _debootstrap_build(
+                definition, rootfs, mirror or host_debian_mirror(), ca_bundle or HOST_CA_BUNDLE, log
+            )
             source = "debootstrap"
         _finish_rootfs(rootfs, definition)
         _write_metadata(staging, key, definition, source=f"{source} {definition_path.name}")
@@ -105,7 +106,9 @@ def import_image(tarball: Path, name: str, cache: ImageCache) -> ImageInfo:
         rootfs.mkdir()
         proc = subprocess.run(
             ["tar", "--numeric-owner", "-xpf", str(tarball), "-C", str(rootfs)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if proc.returncode != 0:
             raise ImageError(f"cannot unpack {tarball}: {proc.stderr.strip()}")
@@ -125,12 +128,13 @@ def import_image(tarball: Path, name: str, cache: ImageCache) -> ImageInfo:
 
 def _run_logged(command: list[str], log: Log, *, env: dict[str, str] | None = None) -> None:
     log("$ " + " ".join(command))
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     assert proc.stdout is not None
     tail: list[str] = []
     for line in proc.stdout:
-        tail = (tail + [line.rstrip()])[-30:]
+        tail = ([*tail, line.rstrip()])[-30:]
         log("  " + line.rstrip())
     try:
         code = proc.wait(timeout=BUILD_TIMEOUT_S)
@@ -138,8 +142,9 @@ def _run_logged(command: list[str], log: Log, *, env: dict[str, str] | None = No
         proc.kill()
         raise ImageError(f"{command[0]} timed out after {BUILD_TIMEOUT_S}s") from exc
     if code != 0:
-        raise ImageError(f"{' '.join(command[:3])}… failed with exit code {code}:\n"
-                         + "\n".join(tail))
+        raise ImageError(
+            f"{' '.join(command[:3])}… failed with exit code {code}:\n" + "\n".join(tail)
+        )
 
 
 def _apptainer_build(definition_path: Path, rootfs: Path, log: Log) -> None:
@@ -189,8 +194,20 @@ def _debootstrap_build(
         if key in os.environ:
             clean_env[key] = os.environ[key]
     command = [
-        "bwrap", "--bind", str(rootfs), "/", "--proc", "/proc", "--dev", "/dev",
-        "--tmpfs", "/tmp", "--cap-add", "ALL", "--die-with-parent", "--clearenv",
+        "bwrap",
+        "--bind",
+        str(rootfs),
+        "/",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+        "--cap-add",
+        "ALL",
+        "--die-with-parent",
+        "--clearenv",
     ]
     for key, value in clean_env.items():
         command += ["--setenv", key, value]

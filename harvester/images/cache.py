@@ -24,12 +24,10 @@ def cache_key(reference: str) -> str:
     ref = reference.strip()
     for prefix in ("docker://", "oras://", "library://"):
         if ref.startswith(prefix):
-            ref = ref[len(prefix):]
+            ref = ref[len(prefix) :]
     key = re.sub(r"[/:@]", "_", ref)
     if not IMAGE_NAME_PATTERN.match(key):
-        raise ImageError(
-            f"invalid image name {reference!r}: use letters, digits, '.', '_' or '-'"
-        )
+        raise ImageError(f"invalid image name {reference!r}: use letters, digits, '.', '_' or '-'")
     return key
 
 

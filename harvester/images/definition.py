@@ -10,7 +10,15 @@ from pathlib import Path
 from harvester.errors import ImageError
 
 KNOWN_SECTIONS = {
-    "post", "environment", "runscript", "labels", "help", "files", "test", "setup", "startscript",
+    "post",
+    "environment",
+    "runscript",
+    "labels",
+    "help",
+    "files",
+    "test",
+    "setup",
+    "startscript",
 }
 
 
@@ -84,8 +92,9 @@ def parse_definition(text: str, *, source: str = "<definition>") -> Definition:
             sections[current].append(raw)
     if "bootstrap" not in header:
         raise ImageError(f"{source}: the header has no 'Bootstrap:' line")
-    return Definition(header=header, sections={k: "\n".join(v).strip("\n") for k, v in
-                                               sections.items()})
+    return Definition(
+        header=header, sections={k: "\n".join(v).strip("\n") for k, v in sections.items()}
+    )
 
 
 def read_definition(path: Path) -> Definition:

@@ -54,8 +54,12 @@ class LocalProvider(Provider):
         try:
             with (workdir / "stdout").open("wb") as out, (workdir / "stderr").open("wb") as err:
                 proc = subprocess.Popen(
-                    ["/bin/sh", str(script)], cwd=workdir, stdout=out, stderr=err,
-                    stdin=subprocess.DEVNULL, start_new_session=True,
+                    ["/bin/sh", str(script)],
+                    cwd=workdir,
+                    stdout=out,
+                    stderr=err,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
                 )
         except OSError as exc:
             raise ProviderError(f"local provider could not start {script}: {exc}") from exc
@@ -84,7 +88,9 @@ class LocalProvider(Provider):
             if code == 0:
                 return BatchStatus(WorkerStatus.FINISHED, "exited", exit_code=0)
             return BatchStatus(
-                WorkerStatus.FAILED, "exited", exit_code=code,
+                WorkerStatus.FAILED,
+                "exited",
+                exit_code=code,
                 message=f"pilot exited with code {code}{_stderr_tail(workdir)}",
             )
         return BatchStatus(

@@ -8,6 +8,7 @@ registered only for the attempt that finished.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -66,8 +67,7 @@ def acquire_jobs(
     if not jobs:
         return []
     tasks = {
-        t.id: t
-        for t in session.scalars(select(Task).where(Task.id.in_({j.task_id for j in jobs})))
+        t.id: t for t in session.scalars(select(Task).where(Task.id.in_({j.task_id for j in jobs})))
     }
     for task in tasks.values():
         refresh_task(session, task)
@@ -124,7 +124,9 @@ def _job_spec(ctx: HarvesterContext, job: Job, task: Task) -> JobSpec:
     )
 
 
-def heartbeat(session: Session, principal: Principal, req: HeartbeatRequest) -> dict[int, str]:
+def heartbeat(
+    session: Session, principal: Principal, req: HeartbeatRequest
+) -> dict[int, Literal["tobekilled"]]:
     """Refresh the heartbeat of held jobs; jobs no longer held are to be killed."""
     _require_pilot(principal)
     if not req.job_ids:
@@ -172,9 +174,10 @@ def update_job(
     if job.status in JOB_TERMINAL:
         if job.status is wanted or (wanted is JobStatus.FAILED and job.status is JobStatus.CLOSED):
             return UpdateJobReply(job_id=job.id, status=job.status, changed=False)
-        command = "tobekilled" if job.status is JobStatus.CANCELLED else None
-        if command:
-            return UpdateJobReply(job_id=job.id, status=job.status, changed=False, command=command)
+        if job.status is JobStatus.CANCELLED:
+            return UpdateJobReply(
+                job_id=job.id, status=job.status, changed=False, command="tobekilled"
+            )
         raise Conflict(f"job {job_id} already ended {job.status.value}; cannot report {req.state}")
     now = utcnow()
     job.heartbeat_at = now
@@ -195,14 +198,19 @@ def update_job(
         registered = _register_outputs(session, ctx, task, job, req.outputs)
         job.exit_code = req.exit_code if req.exit_code is not None else 0
         transition(
-            session, job, JobStatus.FINISHED,
-            reason=f"finished with {registered} outputs", actor=req.pilot_id,
+            session,
+            job,
+            JobStatus.FINISHED,
+            reason=f"finished with {registered} outputs",
+            actor=req.pilot_id,
         )
         refresh_task(session, task)
     else:
         code = req.pilot_error_code or PilotErrorCode.PAYLOAD_FAILED.value
         fail_job(
-            session, job, task,
+            session,
+            job,
+            task,
             error_code=code,
             diagnostics=req.pilot_error_diag or "no diagnostics from the pilot",
             exit_code=req.exit_code,
@@ -263,8 +271,14 @@ def _register(
         raise Conflict(f"{name} is already registered in {dataset} with other content")
     session.add(
         File(
-            sha256=item.sha256, size=size, name=name, dataset=dataset, owner=task.owner,
-            kind=kind, task_id=task.id, job_id=job.id,
+            sha256=item.sha256,
+            size=size,
+            name=name,
+            dataset=dataset,
+            owner=task.owner,
+            kind=kind,
+            task_id=task.id,
+            job_id=job.id,
         )
     )
     try:

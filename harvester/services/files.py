@@ -55,7 +55,10 @@ class FileStore:
         return self.path(sha256).stat().st_size
 
     async def put_stream(
-        self, chunks: AsyncIterator[bytes], *, expected_sha256: str | None = None,
+        self,
+        chunks: AsyncIterator[bytes],
+        *,
+        expected_sha256: str | None = None,
         declared_size: int | None = None,
     ) -> tuple[str, int]:
         """Store a stream; returns (sha256, size). Refuses oversize before storing."""
@@ -73,9 +76,7 @@ class FileStore:
                 async for chunk in chunks:
                     size += len(chunk)
                     if size > self.max_bytes:
-                        raise PayloadTooLarge(
-                            f"upload is over the limit of {self.max_bytes} bytes"
-                        )
+                        raise PayloadTooLarge(f"upload is over the limit of {self.max_bytes} bytes")
                     digest.update(chunk)
                     fh.write(chunk)
                 fh.flush()

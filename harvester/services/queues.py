@@ -18,8 +18,12 @@ def sync_queues(session: Session, configs: list[QueueConfig]) -> None:
         document = config.model_dump(mode="json", by_alias=True)
         if row is None:
             session.add(
-                Queue(name=config.name, provider=config.provider, status=config.status,
-                      config=document)
+                Queue(
+                    name=config.name,
+                    provider=config.provider,
+                    status=config.status,
+                    config=document,
+                )
             )
             continue
         row.provider = config.provider
@@ -59,7 +63,7 @@ def worker_counts(session: Session) -> dict[str, dict[str, int]]:
 
 def activated_counts(session: Session) -> dict[str, int]:
     return {
-        queue: n
+        str(queue): n
         for queue, n in session.execute(
             select(Job.queue, func.count())
             .where(Job.status == JobStatus.ACTIVATED, Job.queue.is_not(None))

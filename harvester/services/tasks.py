@@ -26,8 +26,10 @@ DATASET_SUFFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,200}$")
 def validate_out_ds(out_ds: str, owner: str) -> str:
     """outDS must be ``user.<owner>.<name>`` (PanDA's rule for user datasets)."""
     prefix = f"user.{owner}."
-    if not out_ds.startswith(prefix) or not DATASET_SUFFIX.match(out_ds[len(prefix):]) or (
-        ".." in out_ds
+    if (
+        not out_ds.startswith(prefix)
+        or not DATASET_SUFFIX.match(out_ds[len(prefix) :])
+        or (".." in out_ds)
     ):
         raise InvalidRequest(
             f"invalid outDS {out_ds!r}: must be '{prefix}<name>' with letters, digits, "
@@ -124,11 +126,17 @@ def kill_task(session: Session, principal: Principal, task_id: int) -> Task:
     for job in jobs:
         if job.status not in JOB_TERMINAL:
             transition(
-                session, job, JobStatus.CANCELLED, reason=f"task killed by {principal.user}",
+                session,
+                job,
+                JobStatus.CANCELLED,
+                reason=f"task killed by {principal.user}",
                 actor=principal.user,
             )
     transition(
-        session, task, TaskStatus.ABORTED, reason=f"killed by {principal.user}",
+        session,
+        task,
+        TaskStatus.ABORTED,
+        reason=f"killed by {principal.user}",
         actor=principal.user,
     )
     return task

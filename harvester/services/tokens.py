@@ -71,8 +71,10 @@ def revoke_tokens(session: Session, user: str, token_id: int | None = None) -> i
         query = query.where(Token.id == token_id)
     rows = session.scalars(query).all()
     if not rows:
-        raise NotFoundError(f"no active token of user {user!r}" + (
-            f" with id {token_id}" if token_id is not None else ""))
+        raise NotFoundError(
+            f"no active token of user {user!r}"
+            + (f" with id {token_id}" if token_id is not None else "")
+        )
     for row in rows:
         row.revoked_at = utcnow()
     return len(rows)

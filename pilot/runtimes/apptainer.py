@@ -17,9 +17,18 @@ class ApptainerRuntime(ContainerRuntime):
     name = "apptainer"
 
     def command(self, request: ContainerRequest) -> list[str]:
-        cmd = [self.name, "exec", "--containall", "--cleanenv", "--pwd", WORKDIR_IN_CONTAINER,
-               "-B", f"{request.workdir}:{WORKDIR_IN_CONTAINER}",
-               "-B", f"{request.transforms_dir}:{TRANSFORMS_IN_CONTAINER}:ro"]
+        cmd = [
+            self.name,
+            "exec",
+            "--containall",
+            "--cleanenv",
+            "--pwd",
+            WORKDIR_IN_CONTAINER,
+            "-B",
+            f"{request.workdir}:{WORKDIR_IN_CONTAINER}",
+            "-B",
+            f"{request.transforms_dir}:{TRANSFORMS_IN_CONTAINER}:ro",
+        ]
         for bind in request.binds:
             cmd += ["-B", f"{bind.source}:{bind.target}:{'rw' if bind.writable else 'ro'}"]
         if not request.allow_network:

@@ -20,12 +20,21 @@ class BubblewrapRuntime(ContainerRuntime):
     def command(self, request: ContainerRequest) -> list[str]:
         cmd = [
             "bwrap",
-            "--ro-bind", str(request.image), "/",
-            "--proc", "/proc",
-            "--dev", "/dev",
-            "--tmpfs", "/tmp",
-            "--bind", str(request.workdir), WORKDIR_IN_CONTAINER,
-            "--ro-bind", str(request.transforms_dir), TRANSFORMS_IN_CONTAINER,
+            "--ro-bind",
+            str(request.image),
+            "/",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/tmp",
+            "--bind",
+            str(request.workdir),
+            WORKDIR_IN_CONTAINER,
+            "--ro-bind",
+            str(request.transforms_dir),
+            TRANSFORMS_IN_CONTAINER,
         ]
         for bind in request.binds:
             cmd += ["--bind" if bind.writable else "--ro-bind", bind.source, bind.target]
@@ -35,12 +44,13 @@ class BubblewrapRuntime(ContainerRuntime):
         cmd += [
             "--die-with-parent",
             "--new-session",
-            "--hostname", "hpcaf-payload",
-            "--chdir", WORKDIR_IN_CONTAINER,
+            "--hostname",
+            "hpcaf-payload",
+            "--chdir",
+            WORKDIR_IN_CONTAINER,
             "--clearenv",
         ]
-        env = {"PATH": DEFAULT_PATH, "HOME": WORKDIR_IN_CONTAINER, "TMPDIR": "/tmp",
-               **request.env}
+        env = {"PATH": DEFAULT_PATH, "HOME": WORKDIR_IN_CONTAINER, "TMPDIR": "/tmp", **request.env}
         for key, value in env.items():
             cmd += ["--setenv", key, value]
         cmd += request.extra_options

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from db.models import File, FileKind, Role
 from harvester.api.auth import Context, CurrentPrincipal
 from harvester.api.schemas import FilePublic
+from harvester.context import HarvesterContext
 from harvester.errors import Forbidden, InvalidRequest, NotFoundError
 from harvester.services.files import check_file_name, check_sha256
 
@@ -48,11 +49,15 @@ async def upload(
     return await run_in_threadpool(_register_input, ctx, principal.user, name, digest, size)
 
 
-def _register_input(ctx, owner: str, name: str, digest: str, size: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def _register_input(
+    ctx: HarvesterContext, owner: str, name: str, digest: str, size: int
+) -> dict[str, object]:
     with ctx.sessions.begin() as session:
         row = session.scalar(
             select(File).where(
-                File.owner == owner, File.sha256 == digest, File.kind == FileKind.INPUT,
+                File.owner == owner,
+                File.sha256 == digest,
+                File.kind == FileKind.INPUT,
                 File.name == name,
             )
         )

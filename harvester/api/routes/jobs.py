@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from db.models import EntityKind, File, FileKind, Job, Role, StateHistory
 from harvester.api.auth import Context, CurrentPrincipal
@@ -16,7 +17,7 @@ from harvester.services.tasks import check_owner, get_task
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
 
-def _job(session, job_id: int) -> Job:  # type: ignore[no-untyped-def]
+def _job(session: Session, job_id: int) -> Job:
     job = session.get(Job, job_id)
     if job is None:
         raise NotFoundError(f"job {job_id} not found")

@@ -31,7 +31,7 @@ def heartbeat(req: HeartbeatRequest, ctx: Context, principal: CurrentPrincipal) 
     """Keep held jobs alive; the reply names jobs the pilot must kill."""
     with ctx.sessions.begin() as session:
         commands = dispatch.heartbeat(session, principal, req)
-        return HeartbeatReply(commands=commands)  # type: ignore[arg-type]
+        return HeartbeatReply(commands=commands)
 
 
 @router.post("/update_job", response_model=UpdateJobReply)

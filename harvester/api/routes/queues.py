@@ -21,8 +21,12 @@ def list_queues(ctx: Context, principal: CurrentPrincipal) -> list[QueuePublic]:
         activated = queue_service.activated_counts(session)
         return [
             QueuePublic(
-                name=q.name, provider=q.provider, status=q.status.value, config=q.config,
-                workers=workers.get(q.name, {}), activated_jobs=activated.get(q.name, 0),
+                name=q.name,
+                provider=q.provider,
+                status=q.status.value,
+                config=q.config,
+                workers=workers.get(q.name, {}),
+                activated_jobs=activated.get(q.name, 0),
             )
             for q in queue_service.list_queues(session)
         ]
@@ -37,5 +41,6 @@ def set_status(
         raise Forbidden("only admins change queues")
     with ctx.sessions.begin() as session:
         row = queue_service.set_queue_status(session, name, QueueStatus(change.status))
-        return QueuePublic(name=row.name, provider=row.provider, status=row.status.value,
-                           config=row.config)
+        return QueuePublic(
+            name=row.name, provider=row.provider, status=row.status.value, config=row.config
+        )

@@ -105,7 +105,8 @@ def jobs(
             rows = list(session.scalars(query.order_by(Job.job_index, Job.attempt_nr)))
         else:
             rows = [
-                j for j in task_service.current_attempts(session, task_id)
+                j
+                for j in task_service.current_attempts(session, task_id)
                 if status is None or j.status is status
             ]
         return [job_public(session, j) for j in rows]
@@ -119,8 +120,10 @@ def files(
     with ctx.sessions() as session:
         task = task_service.get_task(session, task_id)
         task_service.check_owner(principal, task, action="read its files")
-        return [FilePublic.model_validate(f, from_attributes=True)
-                for f in task_service.task_files(session, task_id, kind)]
+        return [
+            FilePublic.model_validate(f, from_attributes=True)
+            for f in task_service.task_files(session, task_id, kind)
+        ]
 
 
 @router.get("/{task_id}/results")

@@ -1,0 +1,31 @@
+# The README's two commands: `make demo` and `make test`.
+PYTHON ?= python3
+export HPCAF_IMAGE_CACHE ?= $(CURDIR)/.cache/images
+
+.PHONY: demo test deps lint typecheck unit image clean
+
+deps:
+	scripts/install-deps.sh test
+
+image: deps
+	@test -d $(HPCAF_IMAGE_CACHE)/base/rootfs || \
+	  $(PYTHON) -m harvester.cli image build containers/base.def --name base
+
+## demo: run a task end to end on the embedded defaults and print its output
+demo:
+	scripts/install-deps.sh fit
+	scripts/demo.sh
+
+## test: install what the tests need, then lint, type-check and run the test suite
+test: deps lint typecheck
+	$(PYTHON) -m pytest -ra -q $(PYTEST_ARGS)
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+typecheck:
+	$(PYTHON) -m mypy
+
+clean:
+	rm -rf .cache .mypy_cache .ruff_cache .pytest_cache
