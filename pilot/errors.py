@@ -15,6 +15,8 @@ class PilotErrorCode(enum.IntEnum):
 
     PAYLOAD_FAILED = 1305
     """The payload ran and exited non-zero (its exit code is kept separately)."""
+    PAYLOAD_BAD_INPUT = 1306
+    """The payload exited 65 (EX_DATAERR): its input can never succeed, so no retry."""
     IMAGE_NOT_FOUND = 1301
     """The container image is not in the image cache the pilot sees."""
     CONTAINER_FAILED = 1302
@@ -42,8 +44,8 @@ class PilotErrorCode(enum.IntEnum):
 
     @property
     def retryable(self) -> bool:
-        """Whether a new attempt may succeed (all but a missing image)."""
-        return self is not PilotErrorCode.IMAGE_NOT_FOUND
+        """Whether a new attempt may succeed."""
+        return self not in (PilotErrorCode.IMAGE_NOT_FOUND, PilotErrorCode.PAYLOAD_BAD_INPUT)
 
     def describe(self) -> str:
         """``1100 lost_heartbeat``: number and short name, as shown to users."""

@@ -22,7 +22,7 @@ from typing import Any
 
 import transforms
 from pilot.errors import PilotErrorCode
-from pilot.runtimes.base import Bind, ContainerRequest
+from pilot.runtimes.base import CACHE_IN_CONTAINER, Bind, ContainerRequest
 from pilot.runtimes.select import RuntimeUnavailable, select_runtime
 from pilot.server import PilotServer, ServerError
 from pilot.stage import StageError, stage_in, stage_out
@@ -30,6 +30,7 @@ from pilot.stage import StageError, stage_in, stage_out
 log = logging.getLogger(__name__)
 
 LOG_NAME = "payload.log"
+EXIT_BAD_INPUT = 65  # EX_DATAERR: the transform says a new attempt cannot help
 KILL_GRACE_S = 10.0
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
@@ -119,6 +120,15 @@ class JobRunner:
         shutil.rmtree(workdir, ignore_errors=True)
         return outcome
 
+    def _cache_binds(self, image: str) -> list[Bind]:
+        """The pilot's cache (e.g. JAX compilations), shared by its jobs, where the image
+        has the mount point for it."""
+        if not (Path(image) / CACHE_IN_CONTAINER.lstrip("/")).is_dir():
+            return []
+        cache = self.base_dir / "cache"
+        (cache / "jax").mkdir(parents=True, exist_ok=True)
+        return [Bind(str(cache), CACHE_IN_CONTAINER, writable=True)]
+
     def _run(self, spec: dict[str, Any], workdir: Path) -> Outcome:
         job_id = spec["job_id"]
         self._update(job_id, {"state": "starting"})
@@ -137,13 +147,15 @@ class JobRunner:
         cores = max(1, int(spec.get("cores", 1)))
         env = {**spec.get("image_environment", {}), **spec.get("env", {})}
         env.update({name: str(cores) for name in THREAD_VARIABLES})
+        if (Path(image) / CACHE_IN_CONTAINER.lstrip("/")).is_dir():
+            env["JAX_COMPILATION_CACHE_DIR"] = f"{CACHE_IN_CONTAINER}/jax"
         request = ContainerRequest(
             image=Path(image),
             argv=transform_argv(spec),
             workdir=workdir,
             transforms_dir=transforms_dir(),
             env=env,
-            binds=[Bind.parse(b) for b in container.get("binds", [])],
+            binds=[*[Bind.parse(b) for b in container.get("binds", [])], *self._cache_binds(image)],
             allow_network=bool(container.get("allow_network", False)),
             extra_options=list(container.get("options", [])),
         )
@@ -201,6 +213,7 @@ class JobRunner:
                 exit_code=code,
                 error_code=_classify(code, workdir),
                 diagnostics=f"payload exited with code {code} after {elapsed:.1f}s",
+                outputs=self._partial_outputs(spec, workdir),
             )
         outputs = stage_out(self.server, list(spec.get("outputs", [])), workdir)
         return Outcome("finished", exit_code=0, outputs=outputs)
@@ -215,9 +228,8 @@ class JobRunner:
                 body["log"] = {"name": LOG_NAME, "sha256": reply["sha256"], "size": reply["size"]}
             except ServerError as exc:
                 log.warning("job %s: log upload failed: %s", job_id, exc)
-        if outcome.state == "finished":
-            body["outputs"] = outcome.outputs or []
-        else:
+        body["outputs"] = outcome.outputs or []
+        if outcome.state != "finished":
             body["pilot_error_code"] = int(outcome.error_code or PilotErrorCode.UNKNOWN)
             body["pilot_error_diag"] = outcome.diagnostics
         try:
@@ -225,6 +237,16 @@ class JobRunner:
             log.info("job %s: reported %s (server: %s)", job_id, outcome.state, reply.get("status"))
         except ServerError as exc:
             log.error("job %s: final update refused: %s", job_id, exc)
+
+    def _partial_outputs(self, spec: dict[str, Any], workdir: Path) -> list[dict[str, Any]]:
+        """Outputs a failed payload did write, uploaded best-effort (kept if no retry follows)."""
+        kept = []
+        for name in spec.get("outputs", []):
+            try:
+                kept += stage_out(self.server, [name], workdir)
+            except StageError:
+                continue
+        return kept
 
     def _update(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
         reply = self.server.update_job({"job_id": job_id, "pilot_id": self.pilot_id, **body})
@@ -234,7 +256,10 @@ class JobRunner:
 
 
 def _classify(code: int, workdir: Path) -> PilotErrorCode:
-    """A bubblewrap/apptainer failure before the payload ran is a container error."""
+    """Exit 65 means bad input (no retry); a runtime failure before the payload is a
+    container error; anything else is a payload failure."""
+    if code == EXIT_BAD_INPUT:
+        return PilotErrorCode.PAYLOAD_BAD_INPUT
     try:
         text = (workdir / LOG_NAME).read_text(errors="replace")
     except OSError:

@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from db.errors import IllegalTransition
 from harvester.agents.base import AgentRunner
+from harvester.api.auth import CurrentPrincipal
 from harvester.api.routes import files, jobs, pilot, queues, tasks, workers
 from harvester.context import HarvesterContext
 from harvester.errors import HarvesterError
@@ -60,6 +61,11 @@ def create_app(ctx: HarvesterContext, runner: AgentRunner | None = None) -> Fast
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return JSONResponse({"detail": "internal error; see the harvester log"}, status_code=500)
+
+    @app.get("/api/v1/whoami", tags=["tokens"])
+    def whoami(principal: CurrentPrincipal) -> dict[str, str]:
+        """The user and role of the calling token."""
+        return {"user": principal.user, "role": principal.role.value}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:

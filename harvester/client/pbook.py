@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from harvester.client.common import client, err, fail, out
@@ -135,6 +141,58 @@ def jobs(
     out.print(table)
 
 
+def wait_for_task(
+    c: HarvesterClient, task_id: int, timeout: float, interval: float = 2.0
+) -> dict[str, Any]:
+    """Poll a task with a progress bar until it ends; print the errors of failed jobs."""
+    deadline = time.monotonic() + timeout
+    task = c.task(task_id)
+    progress = Progress(
+        TextColumn("task {task.fields[tid]} [bold]{task.fields[state]}[/bold]"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} jobs"),
+        TextColumn("{task.fields[counts]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+    with progress:
+        bar = progress.add_task(
+            "wait", total=task["n_jobs"], tid=task_id, state=task["status"], counts=""
+        )
+        while True:
+            task = c.task(task_id)
+            counts = task.get("job_counts", {})
+            ended = sum(counts.get(s, 0) for s in ("finished", "failed", "cancelled"))
+            progress.update(
+                bar,
+                completed=ended,
+                total=task["n_jobs"],
+                state=task["status"],
+                counts=_counts_text(counts),
+            )
+            if task["status"] in TERMINAL:
+                break
+            if time.monotonic() > deadline:
+                progress.stop()
+                for why in {
+                    j["brokerage_message"]
+                    for j in c.jobs(task_id, all_attempts=False)
+                    if j["status"] == "activated" and not j.get("queue")
+                }:
+                    err.print(f"jobs wait: {why}")
+                raise fail(f"task {task_id} still {task['status']} after {timeout:.0f}s", 1)
+            time.sleep(interval)
+    failed = [j for j in c.jobs(task_id, all_attempts=False) if j["status"] == "failed"]
+    for j in failed[:20]:
+        err.print(
+            f"job {j['id']} (#{j['job_index']}) failed: {j.get('pilot_error_code')} "
+            f"{j.get('pilot_error_diag') or ''}"
+        )
+    return task
+
+
 @app.command()
 def wait(
     task_id: int,
@@ -142,51 +200,8 @@ def wait(
     interval: Annotated[float, typer.Option(help="seconds between polls")] = 2.0,
 ) -> None:
     """Wait for a task to end, with a progress bar; exit 0 only if it ends ``done``."""
-    deadline = time.monotonic() + timeout
     with client() as c:
-        task = c.task(task_id)
-        progress = Progress(
-            TextColumn("task {task.fields[tid]} [bold]{task.fields[state]}[/bold]"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} jobs"),
-            TextColumn("{task.fields[counts]}"),
-            TimeElapsedColumn(),
-            console=err,
-            transient=False,
-        )
-        with progress:
-            bar = progress.add_task(
-                "wait", total=task["n_jobs"], tid=task_id, state=task["status"], counts=""
-            )
-            while True:
-                task = c.task(task_id)
-                counts = task.get("job_counts", {})
-                ended = sum(counts.get(s, 0) for s in ("finished", "failed", "cancelled"))
-                progress.update(
-                    bar,
-                    completed=ended,
-                    total=task["n_jobs"],
-                    state=task["status"],
-                    counts=_counts_text(counts),
-                )
-                if task["status"] in TERMINAL:
-                    break
-                if time.monotonic() > deadline:
-                    progress.stop()
-                    for why in {
-                        j["brokerage_message"]
-                        for j in c.jobs(task_id, all_attempts=False)
-                        if j["status"] == "activated" and not j.get("queue")
-                    }:
-                        err.print(f"jobs wait: {why}")
-                    raise fail(f"task {task_id} still {task['status']} after {timeout:.0f}s", 1)
-                time.sleep(interval)
-        failed = [j for j in c.jobs(task_id, all_attempts=False) if j["status"] == "failed"]
-    for j in failed[:20]:
-        err.print(
-            f"job {j['id']} (#{j['job_index']}) failed: {j.get('pilot_error_code')} "
-            f"{j.get('pilot_error_diag') or ''}"
-        )
+        task = wait_for_task(c, task_id, timeout, interval)
     out.print(f"task {task_id} {task['status']}")
     if task["status"] != "done":
         raise typer.Exit(1)
@@ -222,26 +237,70 @@ def results(
     outdir: Annotated[
         Path | None, typer.Option("-o", "--outdir", help="download the output files here")
     ] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="fit tasks: draw the exclusion plot to this PNG")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
 ) -> None:
-    """The task's results; with -o, download its output files."""
+    """The task's results (for fit tasks: CLs per patch); -o downloads its output files."""
     with client() as c:
         document = c.get(f"/api/v1/tasks/{task_id}/results")
         if outdir is not None:
             outdir.mkdir(parents=True, exist_ok=True)
             for f in document["files"]:
                 c.download(f["sha256"], outdir / f["name"])
+        params = c.task(task_id).get("params") or {} if plot is not None else {}
+    fit = document.get("results")
     if as_json:
-        print(json.dumps(document, indent=2))
-        return
-    table = Table("file", "size", "sha256")
-    for f in document["files"]:
-        table.add_row(f["name"], str(f["size"]), f["sha256"][:16])
-    out.print(table)
+        print(json.dumps(fit if fit is not None else document, indent=2))
+    elif fit is not None:
+        print_fit_table(fit)
+    else:
+        table = Table("file", "size", "sha256")
+        for f in document["files"]:
+            table.add_row(f["name"], str(f["size"]), f["sha256"][:16])
+        out.print(table)
+        if not document["files"]:
+            err.print(f"task {task_id} ({document['status']}) has no output files yet")
     if outdir is not None:
         out.print(f"{len(document['files'])} files downloaded to {outdir}")
-    if not document["files"]:
-        err.print(f"task {task_id} ({document['status']}) has no output files yet")
+    if plot is not None:
+        if fit is None:
+            raise fail(f"task {task_id} is not a fit task; nothing to plot")
+        draw_plot(fit, plot, params, task_id)
+
+
+def print_fit_table(fit: dict[str, Any]) -> None:
+    table = Table("patch", "CLs_obs", "CLs_exp (-2 to +2 sigma)", "fit time", "status")
+    for name, entry in fit.items():
+        if entry.get("status") == "ok":
+            exp = " ".join(f"{v:.4f}" for v in entry["CLs_exp"])
+            table.add_row(name, f"{entry['CLs_obs']:.6f}", exp, f"{entry['Fit-Time']:.2f}s", "ok")
+        else:
+            table.add_row(name, "", "", "", f"{entry.get('status')} {entry.get('message') or ''}")
+    out.print(table)
+    n_ok = sum(1 for e in fit.values() if e.get("status") == "ok")
+    out.print(f"{n_ok}/{len(fit)} patches fitted")
+
+
+def draw_plot(fit: dict[str, Any], path: Path, params: dict[str, Any], task_id: int) -> None:
+    from harvester.client.plot import plot_exclusion
+
+    labels = params.get("transformArgs", {}).get("labels") or ["m1", "m2"]
+    try:
+        contours = plot_exclusion(
+            fit,
+            path,
+            title=f"task {task_id}: {params.get('taskName') or ''}",
+            labels=(str(labels[0]), str(labels[1])),
+        )
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    out.print(
+        f"exclusion plot: {path} ({contours.points} points, "
+        f"{len(contours.observed)} observed and {len(contours.expected)} expected contour "
+        "lines)"
+    )
 
 
 def run() -> None:

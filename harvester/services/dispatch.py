@@ -207,7 +207,7 @@ def update_job(
         refresh_task(session, task)
     else:
         code = req.pilot_error_code or PilotErrorCode.PAYLOAD_FAILED.value
-        fail_job(
+        retry = fail_job(
             session,
             job,
             task,
@@ -216,6 +216,11 @@ def update_job(
             exit_code=req.exit_code,
             actor=req.pilot_id,
         )
+        if retry is None:  # the last attempt: keep what the payload did write
+            declared = set(task.params.get("outputs", []))
+            for output in req.outputs:
+                if output.name in declared:
+                    _register(session, ctx, task, job, output, FileKind.OUTPUT)
     return UpdateJobReply(job_id=job.id, status=job.status, changed=True)
 
 

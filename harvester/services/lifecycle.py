@@ -37,7 +37,10 @@ def fail_job(
     if exit_code is not None:
         job.exit_code = exit_code
     reason = f"{_describe_code(error_code)}: {diagnostics}"
-    retryable = error_code != PilotErrorCode.IMAGE_NOT_FOUND
+    try:
+        retryable = PilotErrorCode(error_code).retryable
+    except ValueError:
+        retryable = True
     if retryable and job.attempt_nr < task.max_attempt and task.status not in TASK_TERMINAL:
         transition(session, job, JobStatus.CLOSED, reason=f"{reason}; retried", actor=actor)
         retry = new_attempt(session, job, reason=f"retry of job {job.id}")

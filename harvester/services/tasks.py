@@ -77,6 +77,8 @@ def submit_task(
         if not ctx.files.exists(item.sha256):
             raise InvalidRequest(f"input {item.name!r}: no uploaded file with sha256 {item.sha256}")
     parse_architecture(params.architecture)
+    if params.transform == "pyhf_fit":
+        check_fit_parameters(params)
 
     stored = params.model_dump()
     stored["nJobs"] = n_jobs
@@ -99,6 +101,33 @@ def submit_task(
     session.flush()
     record_creation(session, task, reason="submitted", actor=owner)
     return task
+
+
+FIT_BACKENDS = ("numpy", "jax")
+FIT_TEST_STATISTICS = ("qtilde", "q")
+
+
+def check_fit_parameters(params: TaskCreate) -> None:
+    """A fit task names its patches per job, a known backend and test statistic."""
+    args = params.transformArgs
+    if args.get("backend", "numpy") not in FIT_BACKENDS:
+        raise InvalidRequest(f"transformArgs.backend must be one of {', '.join(FIT_BACKENDS)}")
+    if args.get("test_stat", "qtilde") not in FIT_TEST_STATISTICS:
+        raise InvalidRequest(
+            f"transformArgs.test_stat must be one of {', '.join(FIT_TEST_STATISTICS)}"
+        )
+    if not params.jobParameters:
+        raise InvalidRequest("a pyhf_fit task needs jobParameters: one {'patches': [...]} per job")
+    for index, job in enumerate(params.jobParameters):
+        patches = job.get("patches")
+        if (
+            not isinstance(patches, list)
+            or not patches
+            or not all(isinstance(p, str) for p in patches)
+        ):
+            raise InvalidRequest(f"jobParameters[{index}].patches must be a list of patch names")
+    if "results.json" not in params.outputs:
+        raise InvalidRequest("a pyhf_fit task must declare the output results.json")
 
 
 def get_task(session: Session, task_id: int) -> Task:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 WORKDIR_IN_CONTAINER = "/srv/workDir"
 TRANSFORMS_IN_CONTAINER = "/srv/transforms"
+CACHE_IN_CONTAINER = "/srv/cache"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 

@@ -1,0 +1,255 @@
+"""``pfit``: fit every signal patch of a published pallet as one task.
+
+The background-only workspace and the patchset are validated here (pyhf
+schema, patchset digest against the workspace, patch names, test
+statistic), uploaded once (content-addressed, so a second campaign on the same
+pallet uploads nothing new), and submitted as a task whose jobs each fit a
+group of patches with the ``pyhf_fit`` transform.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import os
+import tarfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from harvester.client.common import client, err, fail, out
+from harvester.client.pbook import draw_plot, print_fit_table, wait_for_task
+
+app = typer.Typer(add_completion=False, help="Fit the signal patches of a pyhf pallet as a task.")
+
+TEST_STATISTICS = ("qtilde", "q")
+BACKENDS = ("numpy", "jax")
+PATCHSET_NAMES = ("patchset.json", "patchset.json.gz")
+
+
+def read_json(path: Path, what: str) -> Any:
+    """JSON from a plain or gzipped file; a clear error when it is not JSON."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise fail(f"{what} {path}: {exc.strerror or exc}") from exc
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except OSError as exc:
+            raise fail(f"{what} {path}: not a valid gzip file ({exc})") from exc
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise fail(f"{what} {path}: not JSON ({exc})") from exc
+
+
+def validate(workspace_doc: Any, patchset_doc: Any, names: list[str]) -> tuple[Any, list[str]]:
+    """Check the inputs with pyhf; returns the patchset and the patch names to fit."""
+    import pyhf
+
+    try:
+        workspace = pyhf.Workspace(workspace_doc)
+    except Exception as exc:
+        raise fail(f"--workspace is not a pyhf workspace: {_first_line(exc)}") from exc
+    try:
+        patchset = pyhf.PatchSet(patchset_doc)
+    except Exception as exc:
+        raise fail(f"--patchset is not a pyhf patchset: {_first_line(exc)}") from exc
+    try:
+        patchset.verify(workspace)
+    except Exception as exc:
+        raise fail(
+            "--patchset was made for another workspace: its digest does not match "
+            f"--workspace ({_first_line(exc)})"
+        ) from exc
+    known = [p.name for p in patchset.patches]
+    if names:
+        missing = [n for n in names if n not in set(known)]
+        if missing:
+            raise fail(
+                f"no patch named {', '.join(missing)} in the patchset "
+                f"({len(known)} patches, e.g. {known[0]})"
+            )
+        return patchset, names
+    return patchset, known
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def pallet_files(pallet: str, cache: Path) -> tuple[Path, Path]:
+    """BkgOnly.json and the patchset from a pallet folder, tarball or URL (cached)."""
+    source = Path(pallet)
+    if pallet.startswith(("http://", "https://")):
+        folder = cache / hashlib.sha256(pallet.encode()).hexdigest()[:16]
+        if not folder.exists():
+            from pyhf.contrib.utils import download
+
+            download(pallet, str(folder))
+        source = folder
+    elif source.is_file() and tarfile.is_tarfile(source):
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+        folder = cache / digest
+        if not folder.exists():
+            tmp = folder.with_suffix(".part")
+            with tarfile.open(source) as tar:
+                tar.extractall(tmp, filter="data")
+            tmp.rename(folder)
+        source = folder
+    if not source.is_dir():
+        raise fail(f"--pallet {pallet}: not a folder, a tarball or a URL")
+    workspaces = sorted(source.rglob("BkgOnly.json"))
+    if len(workspaces) != 1:
+        raise fail(
+            f"--pallet {pallet}: expected one BkgOnly.json, found {len(workspaces)}; "
+            "give --workspace and --patchset"
+        )
+    folder = workspaces[0].parent
+    for name in PATCHSET_NAMES:
+        if (folder / name).is_file():
+            return workspaces[0], folder / name
+    raise fail(f"--pallet {pallet}: no patchset.json next to {workspaces[0]}")
+
+
+def group(names: list[str], per_job: int) -> list[dict[str, Any]]:
+    return [{"patches": names[i : i + per_job]} for i in range(0, len(names), per_job)]
+
+
+def auto_patches_per_job(c: Any, n_patches: int, site: str | None) -> int:
+    """About two jobs per slot, so slots stay busy and compilations are shared."""
+    slots = sum(
+        int(q["config"].get("maxWorkers", 0))
+        for q in c.get("/api/v1/queues")
+        if q["status"] == "online" and (site is None or q["name"] == site)
+    )
+    return max(1, math.ceil(n_patches / (2 * max(slots, 1))))
+
+
+@app.command()
+def main(
+    workspace: Annotated[Path | None, typer.Option("--workspace", help="BkgOnly.json")] = None,
+    patchset: Annotated[
+        Path | None, typer.Option("--patchset", help="patchset.json or patchset.json.gz")
+    ] = None,
+    pallet: Annotated[
+        str | None,
+        typer.Option(
+            "--pallet", help="a pallet folder, tarball or HEPData URL (instead of the two above)"
+        ),
+    ] = None,
+    patch: Annotated[
+        list[str] | None, typer.Option("--patch", help="fit only this patch (repeatable)")
+    ] = None,
+    poi_value: Annotated[float, typer.Option("--poi-value", help="signal strength tested")] = 1.0,
+    test_stat: Annotated[str, typer.Option("--test-stat", help="qtilde or q")] = "qtilde",
+    backend: Annotated[str, typer.Option("--backend", help="numpy or jax")] = "jax",
+    patches_per_job: Annotated[
+        int | None,
+        typer.Option(
+            "--patchesPerJob", help="patches fitted by one job (default: about two jobs per slot)"
+        ),
+    ] = None,
+    site: Annotated[str | None, typer.Option("--site", help="queue to run on")] = None,
+    architecture: Annotated[str | None, typer.Option("--architecture")] = None,
+    container_image: Annotated[
+        str, typer.Option("--containerImage", help="the fit image")
+    ] = "pyhf",
+    out_ds: Annotated[
+        str | None, typer.Option("--outDS", help="output dataset (default user.<you>.pfit.<time>)")
+    ] = None,
+    max_attempt: Annotated[int, typer.Option("--maxAttempt")] = 3,
+    wait: Annotated[bool, typer.Option("--wait", help="wait and print the results")] = False,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="with --wait: draw the exclusion plot to this PNG")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(help="--wait gives up after this many seconds")
+    ] = 7200.0,
+) -> None:
+    """Submit one fit task for a pallet; prints jediTaskID=<id>."""
+    if test_stat not in TEST_STATISTICS:
+        raise fail(
+            f"--test-stat {test_stat!r} is not one pyhf's hypotest knows "
+            f"({', '.join(TEST_STATISTICS)})"
+        )
+    if backend not in BACKENDS:
+        raise fail(f"--backend must be one of {', '.join(BACKENDS)}")
+    if patches_per_job is not None and patches_per_job < 1:
+        raise fail("--patchesPerJob must be at least 1")
+    if pallet is not None:
+        cache = Path(os.environ.get("HPCAF_PALLET_CACHE") or Path.home() / ".cache" / "hpcaf")
+        workspace, patchset = pallet_files(pallet, cache / "pallets")
+    if workspace is None or patchset is None:
+        raise fail("give --workspace and --patchset (or --pallet)")
+    workspace_doc = read_json(workspace, "--workspace")
+    patchset_doc = read_json(patchset, "--patchset")
+    checked, names = validate(workspace_doc, patchset_doc, list(patch or []))
+    with client() as c:
+        me = out_ds
+        if me is None:
+            me = f"user.{_whoami(c)}.pfit.{int(time.time())}"
+        per_job = patches_per_job or auto_patches_per_job(c, len(names), site)
+        ws_file = c.upload(workspace, "BkgOnly.json")
+        ps_name = "patchset.json.gz" if patchset.name.endswith(".gz") else "patchset.json"
+        ps_file = c.upload(patchset, ps_name)
+        job_parameters = group(names, per_job)
+        params = {
+            "taskName": f"pfit {workspace.parent.name or workspace.name} ({len(names)} patches)",
+            "containerImage": container_image,
+            "transform": "pyhf_fit",
+            "outDS": me,
+            "outputs": ["results.json"],
+            "inputs": [
+                {"name": "BkgOnly.json", "sha256": ws_file["sha256"]},
+                {"name": ps_name, "sha256": ps_file["sha256"]},
+            ],
+            "jobParameters": job_parameters,
+            "transformArgs": {
+                "workspace": "BkgOnly.json",
+                "patchset": ps_name,
+                "poi_value": poi_value,
+                "test_stat": test_stat,
+                "backend": backend,
+                "labels": list(checked.labels) if checked.labels else None,
+            },
+            "site": site,
+            "architecture": architecture,
+            "maxAttempt": max_attempt,
+        }
+        reply = c.submit_task({k: v for k, v in params.items() if v is not None})
+        task_id = reply["jediTaskID"]
+        print(f"jediTaskID={task_id}", flush=True)
+        err.print(
+            f"{len(names)} patches in {len(job_parameters)} jobs "
+            f"({per_job} per job), backend {backend}, outDS {me}"
+        )
+        if not wait:
+            return
+        task = wait_for_task(c, task_id, timeout)
+        document = c.get(f"/api/v1/tasks/{task_id}/results")
+        task_params = c.task(task_id).get("params") or {}
+    fit = document.get("results") or {}
+    print_fit_table(fit)
+    out.print(f"task {task_id} {task['status']}")
+    if plot is not None:
+        draw_plot(fit, plot, task_params, task_id)
+    if task["status"] != "done":
+        raise typer.Exit(1)
+
+
+def _whoami(c: Any) -> str:
+    return str(c.get("/api/v1/whoami")["user"])
+
+
+def run() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    run()
