@@ -5,13 +5,13 @@ export HPCAF_IMAGE_CACHE ?= $(CURDIR)/.cache/images
 .PHONY: demo test deps lint typecheck unit image clean
 
 deps:
-	scripts/install-deps.sh test
+	scripts/install-deps.sh test fit
 
 image: deps
-	@test -d $(HPCAF_IMAGE_CACHE)/base/rootfs || \
-	  $(PYTHON) -m harvester.cli image build containers/base.def --name base
+	$(PYTHON) -m harvester.cli image build containers/base.def --name base
+	$(PYTHON) -m harvester.cli image build containers/pyhf.def --name pyhf
 
-## demo: run a task end to end on the embedded defaults and print its output
+## demo: fit a real pallet end to end on the embedded defaults; prints the table and plot path
 demo:
 	scripts/install-deps.sh fit
 	scripts/demo.sh

@@ -1,30 +1,37 @@
 #!/usr/bin/env bash
-# The main demo on the embedded defaults: SQLite, the local provider, bubblewrap and an
-# image built from containers/. Starts a harvester (unless one answers at HPCAF_URL),
-# submits a task, waits for it and prints its results; stops what it started.
+# The main demo on the embedded defaults (SQLite, the local provider, bubblewrap, images
+# built from containers/): a pfit campaign over every signal patch of a real pallet,
+# ending with the results table and the path of the exclusion plot.
+#
+#   HPCAF_PALLETS   where local pallets live (default ../shared/data/pallets); without
+#                   it the staus pallet is downloaded from HEPData
+#   DEMO_PALLET     pallet folder under HPCAF_PALLETS (default staus/Region-combined)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export HPCAF_HOME="${HPCAF_HOME:-$HOME/.hpcaf}"
 export HPCAF_URL="${HPCAF_URL:-http://127.0.0.1:8080}"
 export HPCAF_IMAGE_CACHE="${HPCAF_IMAGE_CACHE:-$HPCAF_HOME/images}"
+pallets="${HPCAF_PALLETS:-$(cd .. && pwd)/shared/data/pallets}"
+pallet="${DEMO_PALLET:-staus/Region-combined}"
 user="${HPCAF_DEMO_USER:-demo}"
 py=python3
+mkdir -p "$HPCAF_HOME"
 
 up() { $py -c 'import httpx, sys; httpx.get(sys.argv[1] + "/docs", timeout=1).raise_for_status()' "$HPCAF_URL" >/dev/null 2>&1; }
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "image: base (containers/base.def)"
+step "images: base and pyhf (built once from containers/*.def)"
 $py -m harvester.cli image build containers/base.def --name base
+$py -m harvester.cli image build containers/pyhf.def --name pyhf
 
 started=""
 if ! up; then
   step "starting the harvester ($HPCAF_URL, home $HPCAF_HOME)"
-  port="${HPCAF_URL##*:}"
-  HPCAF_PORT="$port" $py -m harvester.cli serve >"$HPCAF_HOME/demo-harvester.log" 2>&1 &
+  HPCAF_PORT="${HPCAF_URL##*:}" $py -m harvester.cli serve >"$HPCAF_HOME/demo-harvester.log" 2>&1 &
   started=$!
   trap '[ -n "$started" ] && kill "$started" 2>/dev/null; wait "$started" 2>/dev/null || true' EXIT
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 150); do
     up && break
     kill -0 "$started" 2>/dev/null || { cat "$HPCAF_HOME/demo-harvester.log"; exit 1; }
     sleep 0.2
@@ -32,19 +39,14 @@ if ! up; then
 fi
 export HPCAF_TOKEN="${HPCAF_TOKEN:-$($py -m harvester.cli token create "$user")}"
 
-step "pcontainer: a containerized task of 2 jobs"
-out=$($py -m harvester.client.pcontainer --containerImage base \
-  --exec 'echo "Hello World from job $HPCAF_JOB_INDEX on $(uname -n)" > hello.txt' \
-  --outputs hello.txt --nJobs 2 --outDS "user.$user.demo.$(date +%s)")
-echo "$out"
-task="${out#jediTaskID=}"
-
-step "pbook wait $task"
-$py -m harvester.client.pbook wait "$task" --timeout 600
-
-step "pbook jobs $task"
-$py -m harvester.client.pbook jobs "$task"
-
-step "pbook results $task -o $HPCAF_HOME/demo-results/$task"
-$py -m harvester.client.pbook results "$task" -o "$HPCAF_HOME/demo-results/$task"
-cat "$HPCAF_HOME/demo-results/$task"/*
+if [ -d "$pallets/$pallet" ]; then
+  source=(--pallet "$pallets/$pallet")
+else
+  source=(--pallet "https://www.hepdata.net/record/resource/1406212?view=true")
+fi
+plot="$HPCAF_HOME/demo-results/exclusion-$(date +%s).png"
+step "pfit ${source[*]} --backend jax --wait --plot $plot"
+start=$(date +%s)
+$py -m harvester.client.pfit "${source[@]}" --backend jax --wait --plot "$plot"
+echo "submission to plot: $(( $(date +%s) - start )) s"
+echo "exclusion plot: $plot"

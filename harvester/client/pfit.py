@@ -105,6 +105,9 @@ def pallet_files(pallet: str, cache: Path) -> tuple[Path, Path]:
     if not source.is_dir():
         raise fail(f"--pallet {pallet}: not a folder, a tarball or a URL")
     workspaces = sorted(source.rglob("BkgOnly.json"))
+    combined = [w for w in workspaces if "combined" in w.parent.name.lower()]
+    if len(workspaces) > 1 and len(combined) == 1:
+        workspaces = combined  # HEPData pallets with regions: the combined fit
     if len(workspaces) != 1:
         raise fail(
             f"--pallet {pallet}: expected one BkgOnly.json, found {len(workspaces)}; "
