@@ -90,7 +90,8 @@ def direct_pyhf(workspace: Path, patchset: Path, names: list[str]) -> dict[str, 
 
     pyhf.set_backend("numpy")
     ws = pyhf.Workspace(json.loads(workspace.read_text()))
-    ps = pyhf.PatchSet(json.load(gzip.open(patchset)))
+    with gzip.open(patchset) as fh:
+        ps = pyhf.PatchSet(json.load(fh))
     out = {}
     for name in names:
         model = ws.model(patches=[ps[name]], modifier_settings=MODIFIERS)
@@ -177,7 +178,8 @@ def test_1lbb_reference_value(pallets: Path, tmp_path: Path) -> None:
 
 
 def _patchset_with_broken_patch(staus: tuple[Path, Path], out: Path) -> Path:
-    document = json.load(gzip.open(staus[1]))
+    with gzip.open(staus[1]) as fh:
+        document = json.load(fh)
     good = [p for p in document["patches"] if p["metadata"]["name"] in STAUS_SUBSET[:2]]
     bad = copy.deepcopy(good[0])
     bad["metadata"] = {"name": "broken_999_999", "values": [999, 999]}
