@@ -41,6 +41,10 @@ class QueueConfig(BaseModel):
     allow_network: bool = False
     binds: list[str] = Field(default_factory=list)
     provider_options: dict[str, Any] = Field(default_factory=dict)
+    pilot_options: list[str] = Field(default_factory=list)
+    """Extra ``pilot`` arguments for this queue's workers (e.g. ``["--heartbeat", "60"]``)."""
+    allow_cpu_jobs: bool = False
+    """A GPU queue that also takes CPU-only jobs."""
 
     @model_validator(mode="after")
     def _default_queue_limit(self) -> QueueConfig:

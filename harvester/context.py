@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from harvester.config import QueueConfig
 from harvester.images.cache import ImageCache
+from harvester.providers.base import Provider
 from harvester.services.files import FileStore
 from harvester.settings import HarvesterSettings
 
@@ -23,4 +24,5 @@ class HarvesterContext:
     queues: dict[str, QueueConfig]
     images: ImageCache
     files: FileStore
+    providers: dict[str, Provider] = field(default_factory=dict)
     pilot_token: str | None = field(default=None, repr=False)

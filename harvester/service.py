@@ -23,7 +23,6 @@ from harvester.api.app import create_app
 from harvester.config import parse_queues
 from harvester.context import HarvesterContext
 from harvester.images.cache import ImageCache
-from harvester.providers.base import Provider
 from harvester.providers.registry import make_provider
 from harvester.services.files import FileStore
 from harvester.services.queues import sync_queues
@@ -40,6 +39,7 @@ def build_context(settings: HarvesterSettings, document: dict[str, Any]) -> Harv
     """Open the database (migrated), load the queues, and set up the stores."""
     settings.home.mkdir(parents=True, exist_ok=True)
     queues = parse_queues(document, node_cores=os.cpu_count())
+    providers = {q.name: make_provider(q) for q in queues}
     engine = make_engine(settings.resolved_database_url)
     upgrade(engine)
     sessions = make_sessionmaker(engine)
@@ -52,6 +52,7 @@ def build_context(settings: HarvesterSettings, document: dict[str, Any]) -> Harv
         queues={q.name: q for q in queues},
         images=ImageCache(settings.resolved_image_cache),
         files=FileStore(settings.file_store, settings.max_upload_bytes),
+        providers=providers,
     )
 
 
@@ -68,7 +69,7 @@ def ensure_pilot_token(ctx: HarvesterContext) -> Path:
 
 
 def build_agents(ctx: HarvesterContext) -> AgentRunner:
-    providers: dict[str, Provider] = {q.name: make_provider(q) for q in ctx.queues.values()}
+    providers = ctx.providers
     return AgentRunner(
         [
             Splitter(ctx),

@@ -55,7 +55,7 @@ def rejection(queue: QueueConfig, status: QueueStatus, needs: JobNeeds) -> str |
         return f"max walltime {queue.walltime_s}s < {needs.walltime_s}s"
     if needs.gpu and queue.gpus < 1:
         return "no GPU"
-    if not needs.gpu and queue.gpus > 0 and not queue.provider_options.get("allow_cpu_jobs"):
+    if not needs.gpu and queue.gpus > 0 and not queue.allow_cpu_jobs:
         return "GPU queue (CPU jobs not allowed)"
     return None
 

@@ -27,6 +27,8 @@ from pilot.errors import PilotErrorCode
 
 log = logging.getLogger(__name__)
 
+ORPHAN_GRACE_S = 600.0
+
 
 def fail_held_jobs(session: Session, worker: Worker, why: str) -> int:
     """Fail (and retry) every job the worker's pilot still holds."""
@@ -55,8 +57,29 @@ class Monitor(Agent):
         self.providers = providers
 
     def run_once(self) -> None:
+        self._orphans()
         for queue_name, provider in self.providers.items():
             self._check_queue(queue_name, provider)
+
+    def _orphans(self) -> None:
+        """Workers recorded but never given a batch id (the harvester died while
+        submitting them) are ``missed`` after a grace period."""
+        cutoff = utcnow() - timedelta(seconds=ORPHAN_GRACE_S)
+        with self.ctx.sessions.begin() as session:
+            orphans = session.scalars(
+                select(Worker).where(
+                    Worker.status == WorkerStatus.SUBMITTED,
+                    Worker.batch_id.is_(None),
+                    Worker.submitted_at < cutoff,
+                )
+            ).all()
+            for worker in orphans:
+                transition(
+                    session,
+                    worker,
+                    WorkerStatus.MISSED,
+                    reason="never reached the batch system (no batch id)",
+                )
 
     def _check_queue(self, queue_name: str, provider: Provider) -> None:
         with self.ctx.sessions() as session:

@@ -54,6 +54,7 @@ def pilot_command(ctx: HarvesterContext, queue: QueueConfig, worker_id: int) -> 
     ]
     if queue.jobs_per_pilot:
         args += ["--max-jobs", str(queue.jobs_per_pilot)]
+    args += queue.pilot_options
     return shlex.join(args)
 
 

@@ -1,16 +1,35 @@
-"""Which provider class serves which ``provider =`` name: an explicit table, no string imports."""
+"""Which provider class serves which ``provider =`` name: an explicit table, no string imports.
+
+Provider options are validated here when the service starts, so a queue with a
+bad option stops the harvester with a message naming the queue and the field.
+"""
 
 from __future__ import annotations
+
+from pydantic import ValidationError
 
 from harvester.config import QueueConfig
 from harvester.errors import ConfigError
 from harvester.providers.base import Provider
+from harvester.providers.htcondor import HTCondorOptions, HTCondorProvider
 from harvester.providers.local import LocalProvider
+from harvester.providers.slurm import SlurmOptions, SlurmProvider
 
 
 def make_provider(queue: QueueConfig) -> Provider:
     """A provider instance for one queue, configured from its ``provider_options``."""
     options = dict(queue.provider_options)
-    if queue.provider == "local":
-        return LocalProvider(polling_interval_s=float(options.get("polling_interval_s", 2.0)))
+    try:
+        if queue.provider == "local":
+            return LocalProvider(polling_interval_s=float(options.get("polling_interval_s", 2.0)))
+        if queue.provider == "slurm":
+            return SlurmProvider(SlurmOptions(**options))
+        if queue.provider == "htcondor":
+            return HTCondorProvider(HTCondorOptions(**options))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field provider_options.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"queue {queue.name}: {problems}") from exc
     raise ConfigError(f"queue {queue.name}: field provider: {queue.provider!r} is not available")

@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""Fit-campaign benchmark: sequential pyhf, Parsl's HighThroughputExecutor, and hpcaf.
+
+  (a) sequential pyhf (numpy + scipy) in one process: the demonstration's
+      single-node setup, on a sample of patches, extrapolated (and labelled so);
+  (b) the demonstration's per-patch function through Parsl's
+      HighThroughputExecutor, one worker per core, one BLAS thread per worker,
+      on a sample of patches, extrapolated (needs ``pip install parsl``);
+  (c) hpcaf end to end (pfit → results) with one pilot per core, numpy and jax,
+      on the whole pallet.
+
+Prints wall time, fits per second, the speed-ups of (c) over (a) and (b) and
+the largest |ΔCLs| between (c) and (a). Starts its own harvester on a free
+loopback port with a temporary HPCAF_HOME; images come from HPCAF_IMAGE_CACHE.
+
+    python bench/fit_campaign.py --pallet staus/Region-combined [--sample 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+MODIFIERS = {"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}}
+
+
+def load(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    workspace = json.loads((folder / "BkgOnly.json").read_text())
+    name = "patchset.json.gz" if (folder / "patchset.json.gz").exists() else "patchset.json"
+    opener = gzip.open if name.endswith(".gz") else open
+    with opener(folder / name, "rt") as fh:
+        return workspace, json.load(fh)
+
+
+def fit_patch(workspace: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """The demonstration's per-patch function: patch, build, hypotest (numpy backend)."""
+    import time as _time
+
+    import pyhf
+
+    start = _time.time()
+    ws = pyhf.Workspace(workspace)
+    model = ws.model(
+        patches=[pyhf.patchset.Patch(patch)],
+        modifier_settings={
+            "normsys": {"interpcode": "code4"},
+            "histosys": {"interpcode": "code4p"},
+        },
+    )
+    obs, exp = pyhf.infer.hypotest(
+        1.0, ws.data(model), model, test_stat="qtilde", return_expected_set=True
+    )
+    return {
+        "name": patch["metadata"]["name"],
+        "CLs_obs": float(obs),
+        "CLs_exp": [float(x) for x in exp],
+        "Fit-Time": _time.time() - start,
+    }
+
+
+def sequential(workspace: dict[str, Any], patches: list[dict[str, Any]]) -> tuple[float, dict]:
+    import pyhf
+
+    pyhf.set_backend("numpy")
+    start = time.time()
+    results = {p["metadata"]["name"]: fit_patch(workspace, p) for p in patches}
+    return time.time() - start, results
+
+
+def parsl_htex(workspace: dict[str, Any], patches: list[dict[str, Any]], workers: int) -> float:
+    import parsl
+    from parsl.config import Config
+    from parsl.executors import HighThroughputExecutor
+    from parsl.providers import LocalProvider
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    config = Config(
+        executors=[
+            HighThroughputExecutor(
+                label="htex",
+                max_workers_per_node=workers,
+                cores_per_worker=1,
+                provider=LocalProvider(
+                    init_blocks=1,
+                    max_blocks=1,
+                    worker_init="export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1",
+                ),
+            )
+        ],
+        run_dir=tempfile.mkdtemp(prefix="parsl-"),
+    )
+    parsl.load(config)
+    try:
+        app = parsl.python_app(fit_patch)
+        warm = app(workspace, patches[0])  # the endpoint is up before the clock starts
+        warm.result()
+        start = time.time()
+        futures = [app(workspace, p) for p in patches]
+        for f in futures:
+            f.result()
+        return time.time() - start
+    finally:
+        parsl.dfk().cleanup()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def hpcaf(folder: Path, backend: str, slots: int) -> tuple[float, dict[str, Any]]:
+    """pfit → results through a fresh harvester with one local pilot per core."""
+    home = Path(tempfile.mkdtemp(prefix="hpcaf-bench-"))
+    port = free_port()
+    (home / "harvester.toml").write_text(f"""
+[queues.ANALY_LOCAL]
+provider = "local"
+maxWorkers = {slots}
+nQueueLimitWorker = {slots}
+maxNewWorkersPerCycle = {slots}
+""")
+    env = {
+        **os.environ,
+        "HPCAF_HOME": str(home),
+        "HPCAF_PORT": str(port),
+        "HPCAF_AGENT_INTERVAL_S": "0.5",
+        "HPCAF_PILOT_MAX_IDLE_S": "5",
+        "HPCAF_IMAGE_CACHE": os.environ.get("HPCAF_IMAGE_CACHE", str(REPO / ".cache" / "images")),
+    }
+    token = subprocess.run(
+        [sys.executable, "-m", "harvester.cli", "token", "create", "bench"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "harvester.cli", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        import httpx
+
+        for _ in range(100):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        cenv = {**env, "HPCAF_URL": f"http://127.0.0.1:{port}", "HPCAF_TOKEN": token}
+        start = time.time()
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "harvester.client.pfit",
+                "--pallet",
+                str(folder),
+                "--backend",
+                backend,
+                "--outDS",
+                f"user.bench.{backend}",
+                "--wait",
+            ],
+            env=cenv,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        wall = time.time() - start
+        out = subprocess.run(
+            [sys.executable, "-m", "harvester.client.pbook", "results", "1", "--json"],
+            env=cenv,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return wall, json.loads(out.stdout)
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--pallet", default="staus/Region-combined", help="folder under HPCAF_PALLETS"
+    )
+    parser.add_argument("--sample", type=int, default=6, help="patches for (a) and (b)")
+    parser.add_argument("--skip-parsl", action="store_true")
+    parser.add_argument("--backends", default="numpy,jax")
+    args = parser.parse_args()
+    root = Path(os.environ.get("HPCAF_PALLETS") or REPO.parent / "shared" / "data" / "pallets")
+    folder = root / args.pallet
+    workspace, patchset = load(folder)
+    patches = patchset["patches"]
+    n = len(patches)
+    cores = os.cpu_count() or 1
+    step = max(1, n // args.sample)
+    sample = patches[::step][: args.sample]
+    print(f"pallet {args.pallet}: {n} patches; machine: {cores} cores")
+
+    rows: list[tuple[str, float, bool]] = []
+    t_seq, seq = sequential(workspace, sample)
+    t_a = t_seq / len(sample) * n
+    rows.append(("(a) sequential pyhf numpy", t_a, True))
+    t_b = None
+    if not args.skip_parsl:
+        t_par = parsl_htex(workspace, sample * max(1, cores), cores)
+        t_b = t_par / (len(sample) * max(1, cores)) * n
+        rows.append((f"(b) Parsl HTEX, {cores} workers x 1 thread", t_b, True))
+    deltas = {}
+    for backend in args.backends.split(","):
+        wall, results = hpcaf(folder, backend, cores)
+        rows.append((f"(c) hpcaf pfit end to end, {backend}", wall, False))
+        deltas[backend] = max(abs(results[k]["CLs_obs"] - v["CLs_obs"]) for k, v in seq.items())
+        failed = sum(1 for e in results.values() if e.get("status") != "ok")
+        if failed:
+            print(f"  warning: {failed} patches failed with {backend}")
+
+    print(f"\n{'setup':45s} {'wall [s]':>9s} {'fits/s':>7s} {'c vs a':>7s} {'c vs b':>7s}")
+    for label, wall, extrapolated in rows:
+        mark = "*" if extrapolated else " "
+        line = f"{label:45s} {wall:8.1f}{mark} {n / wall:7.2f}"
+        if label.startswith("(c)"):
+            line += f" {t_a / wall:6.1f}x"
+            line += f" {t_b / wall:6.1f}x" if t_b else "       -"
+        print(line)
+    print(f"* extrapolated from {len(sample)} sampled patches (x{cores} for Parsl) to {n}")
+    for backend, delta in deltas.items():
+        print(f"max |dCLs_obs| (c, {backend}) vs (a) on the sample: {delta:.2e}")
+
+
+if __name__ == "__main__":
+    main()
