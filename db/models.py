@@ -176,7 +176,8 @@ class Job(Base):
     queue: Mapped[str | None] = mapped_column(String(128), default=None)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     cores: Mapped[int] = mapped_column(Integer, default=1)
-    memory_mb: Mapped[int] = mapped_column(Integer, default=2000)
+    memory_mb: Mapped[int] = mapped_column(Integer, default=0)
+    """MiB; 0 means whatever the queue's slot offers."""
     walltime_s: Mapped[int] = mapped_column(Integer, default=0)
     """Seconds; 0 means up to the queue's maximum walltime."""
     priority: Mapped[int] = mapped_column(Integer, default=1000)

@@ -130,9 +130,12 @@ class Harvester:
         self.stop()
         for proc in self.pilots:
             _kill_group(proc.pid)
-        for batch_id in self.query("SELECT batch_id FROM workers WHERE batch_id IS NOT NULL"):
-            if batch_id[0] and str(batch_id[0]).isdigit():
-                _kill_group(int(batch_id[0]))
+        # local workers are process groups of this machine (Slurm ids are not pids!)
+        for (batch_id,) in self.query(
+            "SELECT batch_id FROM workers WHERE provider = 'local' AND batch_id IS NOT NULL"
+        ):
+            if str(batch_id).isdigit():
+                _kill_group(int(batch_id))
 
     # -- clients -----------------------------------------------------------------
 

@@ -134,10 +134,20 @@ def _prepare_shared(background: dict[str, Any], workspace: Any, patches: list[An
         print("patches differ in more than normsys/histosys: fitting each on its own", flush=True)
         return None
 
+    measurement = workspace.get_measurement()["config"]
+
     def build(spec: dict[str, Any]) -> tuple[Any, Any]:
-        ws = pyhf.Workspace(spec, validate=False)
-        model = ws.model(modifier_settings=MODIFIER_SETTINGS, validate=False)
-        return model, ws.data(model)
+        """What ``Workspace(spec).model()`` and ``.data(model)`` make, without re-validating
+        and re-indexing a workspace per patch."""
+        model = pyhf.Model(
+            {"channels": spec["channels"], "parameters": measurement["parameters"]},
+            poi_name=measurement["poi"],
+            modifier_settings=MODIFIER_SETTINGS,
+            validate=False,
+        )
+        observed = {o["name"]: o["data"] for o in spec["observations"]}
+        data = [x for c in model.config.channels for x in observed[c]] + model.config.auxdata
+        return model, data
 
     pyhf.set_backend("numpy")
     models = [build(spec) for spec in specs]

@@ -23,29 +23,29 @@ Runs inside the fit image: standard library, numpy, jax and pyhf only.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-NEUTRAL_MODIFIER = {
-    "normsys": lambda sample: {"hi": 1.0, "lo": 1.0},
-    "histosys": lambda sample: {"hi_data": list(sample["data"]), "lo_data": list(sample["data"])},
-}
-
 Path = tuple[tuple[str, Any], ...]
+
+
+SAFE_ON_ZERO_SAMPLE = {"normfactor", "lumi", "normsys", "histosys", "staterror"}
+"""Modifier types that are exact no-ops on a sample whose yields are all zero."""
 
 
 def align_specs(
     background: dict[str, Any], specs: list[dict[str, Any]]
 ) -> list[dict[str, Any]] | None:
-    """Patched workspace specs with one common structure, or ``None`` when impossible."""
+    """Patched workspace specs with one common structure, or ``None`` when impossible.
+
+    The specs are changed in place (``Patch.apply`` returns fresh copies).
+    """
     known = {(ch["name"], s["name"]) for ch in background["channels"] for s in ch["samples"]}
-    specs = [copy.deepcopy(spec) for spec in specs]
     for spec in specs:
         for channel in spec["channels"]:
             added = 0
@@ -62,20 +62,45 @@ def align_specs(
                     slot[(modifier["name"], modifier["type"])] = modifier
     for spec in specs:
         for channel in spec["channels"]:
+            present = {s["name"] for s in channel["samples"]}
+            bins = len(channel["samples"][0]["data"])
+            for (ch_name, s_name), modifiers in union.items():
+                if ch_name != channel["name"] or s_name in present:
+                    continue
+                # a signal sample this patch does not have here: zero yields are a no-op
+                if any(kind not in SAFE_ON_ZERO_SAMPLE for _, kind in modifiers):
+                    return None
+                channel["samples"].append({"name": s_name, "data": [0.0] * bins, "modifiers": []})
             for sample in channel["samples"]:
                 have = {(m["name"], m["type"]) for m in sample["modifiers"]}
-                for (name, kind), _modifier in union.get(
+                for (name, kind), modifier in union.get(
                     (channel["name"], sample["name"]), {}
                 ).items():
                     if (name, kind) in have:
                         continue
-                    if kind not in NEUTRAL_MODIFIER:
+                    neutral = _neutral(kind, modifier, sample)
+                    if neutral is None:
                         return None
-                    sample["modifiers"].append(
-                        {"name": name, "type": kind, "data": NEUTRAL_MODIFIER[kind](sample)}
-                    )
+                    sample["modifiers"].append(neutral)
                 sample["modifiers"].sort(key=lambda m: (m["name"], m["type"]))
+            channel["samples"].sort(key=lambda s: s["name"])
     return specs
+
+
+def _neutral(kind: str, modifier: dict[str, Any], sample: dict[str, Any]) -> dict[str, Any] | None:
+    """A modifier of ``kind`` that changes nothing on ``sample`` (``None``: no such thing)."""
+    name = modifier["name"]
+    if kind == "normsys":
+        return {"name": name, "type": kind, "data": {"hi": 1.0, "lo": 1.0}}
+    if kind == "histosys":
+        data = list(sample["data"])
+        return {"name": name, "type": kind, "data": {"hi_data": data, "lo_data": list(data)}}
+    if not any(sample["data"]):  # zero yields: scaling or adding zero uncertainty is a no-op
+        if kind in ("normfactor", "lumi"):
+            return {"name": name, "type": kind, "data": None}
+        if kind == "staterror":
+            return {"name": name, "type": kind, "data": [0.0] * len(sample["data"])}
+    return None
 
 
 def _walk(
@@ -97,6 +122,9 @@ def _walk(
         key.append((path, "seen"))
         return
     seen.add(id(obj))
+    if isinstance(obj, (list, tuple)) and obj and _numeric(obj):
+        key.append((path, "numbers", np.shape(obj)))
+        return
     if isinstance(obj, (list, tuple)):
         for i, value in enumerate(obj):
             _walk(value, (*path, ("i", i)), seen, leaves, key)
@@ -109,6 +137,19 @@ def _walk(
                 _walk(value, (*path, ("a", name)), seen, leaves, key)
     else:
         key.append((path, type(obj).__name__))
+
+
+def _numeric(values: Sequence[Any]) -> bool:
+    """A (nested) list of plain numbers: floats are not part of a structure."""
+    first = values[0]
+    while isinstance(first, (list, tuple)) and first:
+        first = first[0]
+    if not isinstance(first, (float, np.floating)):
+        return False
+    try:
+        return np.asarray(values, dtype=float).dtype == np.float64
+    except (ValueError, TypeError):
+        return False
 
 
 def analyse(model: Any) -> tuple[str, list[tuple[Path, Any]]]:

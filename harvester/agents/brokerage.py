@@ -49,7 +49,7 @@ def rejection(queue: QueueConfig, status: QueueStatus, needs: JobNeeds) -> str |
         return "in test (only for tasks that name it)"
     if needs.cores > queue.cores:
         return f"{queue.cores} cores per slot < {needs.cores}"
-    if needs.memory_mb > queue.memory_mb:
+    if needs.memory_mb and needs.memory_mb > queue.memory_mb:
         return f"{queue.memory_mb} MiB per slot < {needs.memory_mb}"
     if needs.walltime_s and needs.walltime_s > queue.walltime_s:
         return f"max walltime {queue.walltime_s}s < {needs.walltime_s}s"

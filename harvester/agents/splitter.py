@@ -33,7 +33,7 @@ class Splitter(Agent):
                         status=JobStatus.DEFINED,
                         spec={"parameters": parameters} if parameters is not None else {},
                         cores=int(params.get("coreCount", 1)),
-                        memory_mb=int(params.get("ramCount", 2000)),
+                        memory_mb=int(params.get("ramCount") or 0),
                         walltime_s=int(params.get("maxWalltime") or 0),
                         priority=task.priority,
                     )

@@ -46,7 +46,9 @@ class TaskCreate(BaseModel):
     priority: int = Field(1000, ge=0, le=2000)
     maxAttempt: int = Field(3, ge=1, le=20)
     coreCount: int = Field(1, ge=1, le=1024)
-    ramCount: int = Field(2000, ge=1, le=4_194_304, description="MiB per job")
+    ramCount: int | None = Field(
+        None, ge=1, le=4_194_304, description="MiB per job (default: what the queue's slot has)"
+    )
     maxWalltime: int | None = Field(
         None, ge=60, le=30 * 86400, description="seconds per job (default: the queue's maximum)"
     )

@@ -112,7 +112,7 @@ def _job_spec(ctx: HarvesterContext, job: Job, task: Task) -> JobSpec:
         outputs=list(params.get("outputs", [])),
         inputs=[InputFile(**i) for i in params.get("inputs", [])],
         cores=job.cores,
-        memory_mb=job.memory_mb,
+        memory_mb=job.memory_mb or (queue.memory_mb if queue else 2000),
         walltime_s=job.walltime_s or (queue.walltime_s if queue else 3600),
         container={
             "runtime": queue.container_runtime if queue else "auto",
