@@ -244,3 +244,44 @@ def test_two_pilots_racing_never_share_a_job(harvester: Harvester) -> None:
     jobs = harvester.jobs(task_id)
     assert len(jobs) == 24 and {j["status"] for j in jobs} == {"finished"}
     assert len({j["pilot_id"] for j in jobs}) == 2, "both pilots got work"
+
+
+def test_pilot_sigterm_reports_and_job_is_retried(harvester: Harvester) -> None:
+    task_id = harvester.submit(
+        "--containerImage",
+        "base",
+        "--exec",
+        "sleep 3; echo ok > ok.txt",
+        "--outputs",
+        "ok.txt",
+        "--outDS",
+        "user.alice.sigterm",
+        "--site",
+        "ANALY_MANUAL",
+    )
+    harvester.wait_activated(task_id, 1)
+    first = harvester.start_pilot("ANALY_MANUAL")
+    wait_for(lambda: harvester.job_status(task_id) == "running", 60, "the job to run")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=30) == 143, "the pilot exits on its own after SIGTERM"
+    stopped = harvester.jobs(task_id)[0]
+    assert stopped["status"] == "closed"
+    assert stopped["pilot_error_code"] == 1145 and "SIGTERM" in stopped["pilot_error_diag"]
+    harvester.start_pilot("ANALY_MANUAL")
+    assert harvester.wait_task(task_id, 90)["status"] == "done"
+
+
+def test_sweeper_removes_worker_leftovers(harvester_factory) -> None:  # type: ignore[no-untyped-def]
+    h = harvester_factory(None, HPCAF_SWEEP_AFTER_S="1")
+    task_id = h.submit("--containerImage", "base", "--exec", "true", "--outDS", "user.alice.sweep")
+    assert h.wait_task(task_id)["status"] == "done"
+    workdir = wait_for(
+        lambda: h.query("SELECT workdir FROM workers WHERE status='finished'"),
+        60,
+        "the worker to end",
+    )[0][0]
+    wait_for(lambda: not Path(workdir).exists(), 30, "the sweeper to remove the worker dir")
+    assert (
+        h.query("SELECT count(*) FROM workers WHERE swept_at IS NULL AND status='finished'")[0][0]
+        == 0
+    )

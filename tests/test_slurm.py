@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -287,3 +288,18 @@ def test_hanging_batch_command_times_out(
     )
     assert response.status_code == 200 and time.monotonic() - start < 2
     h.pbook("kill", str(task_id))
+
+
+def test_queue_larger_than_any_node_is_refused(slurm_conf: Path, tmp_path: Path) -> None:
+    config = tmp_path / "harvester.toml"
+    config.write_text(queue("ANALY_SLURM_HUGE", slurm_conf).replace("cores = 1", "cores = 512"))
+    env = {**os.environ, "HPCAF_HOME": str(tmp_path), "SLURM_CONF": str(slurm_conf)}
+    result = subprocess.run(
+        [sys.executable, "-m", "harvester.cli", "queue", "list", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "queue ANALY_SLURM_HUGE: field cores: 512 cores per slot" in result.stderr

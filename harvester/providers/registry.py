@@ -16,14 +16,25 @@ from harvester.providers.local import LocalProvider
 from harvester.providers.slurm import SlurmOptions, SlurmProvider
 
 
-def make_provider(queue: QueueConfig) -> Provider:
-    """A provider instance for one queue, configured from its ``provider_options``."""
+def make_provider(queue: QueueConfig, *, check_nodes: bool = True) -> Provider:
+    """A provider instance for one queue, configured from its ``provider_options``.
+
+    With ``check_nodes``, a Slurm queue asking for more cores than the partition's
+    largest node has is refused (when Slurm answers).
+    """
     options = dict(queue.provider_options)
     try:
         if queue.provider == "local":
             return LocalProvider(polling_interval_s=float(options.get("polling_interval_s", 2.0)))
         if queue.provider == "slurm":
-            return SlurmProvider(SlurmOptions(**options))
+            slurm = SlurmProvider(SlurmOptions(**options))
+            node = slurm.largest_node() if check_nodes else None
+            if node is not None and queue.cores > node[0]:
+                raise ConfigError(
+                    f"queue {queue.name}: field cores: {queue.cores} cores per slot but the "
+                    f"largest node of partition {slurm.options.partition} has {node[0]}"
+                )
+            return slurm
         if queue.provider == "htcondor":
             return HTCondorProvider(HTCondorOptions(**options))
     except ValidationError as exc:

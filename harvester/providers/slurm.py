@@ -115,6 +115,28 @@ class SlurmProvider(Provider):
             env=self._env(),
         ).stdout
 
+    def largest_node(self) -> tuple[int, int] | None:
+        """(CPUs, MiB) of the partition's largest node, or ``None`` if Slurm cannot say."""
+        try:
+            out = run_command(
+                [self._bin("sinfo"), "-h", "-p", self.options.partition, "-o", "%c %m"],
+                timeout_s=min(10.0, self.options.command_timeout_s),
+                env=self._env(),
+            ).stdout
+        except CommandError as exc:
+            log.warning("slurm: cannot check partition %s: %s", self.options.partition, exc)
+            return None
+        sizes = []
+        for line in out.split("\n"):
+            parts = line.split()
+            if (
+                len(parts) == 2
+                and parts[0].rstrip("+").isdigit()
+                and parts[1].rstrip("+").isdigit()
+            ):
+                sizes.append((int(parts[0].rstrip("+")), int(parts[1].rstrip("+"))))
+        return max(sizes) if sizes else None
+
     # -- rendering -----------------------------------------------------------------
 
     def directives(self, resources: WorkerResources, name: str, workdir: Path) -> list[str]:
