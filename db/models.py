@@ -178,6 +178,8 @@ class Job(Base):
     cores: Mapped[int] = mapped_column(Integer, default=1)
     memory_mb: Mapped[int] = mapped_column(Integer, default=0)
     """MiB; 0 means whatever the queue's slot offers."""
+    gpus: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """GPUs the job needs on its node."""
     walltime_s: Mapped[int] = mapped_column(Integer, default=0)
     """Seconds; 0 means up to the queue's maximum walltime."""
     priority: Mapped[int] = mapped_column(Integer, default=1000)

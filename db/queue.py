@@ -84,6 +84,7 @@ def claim_jobs(
     node: str | None,
     max_cores: int | None = None,
     max_memory_mb: int | None = None,
+    max_gpus: int | None = None,
 ) -> Sequence[Job]:
     """Atomically move up to ``limit`` activated jobs of ``queue`` to ``sent``.
 
@@ -105,6 +106,8 @@ def claim_jobs(
         candidates = candidates.where(Job.cores <= max_cores)
     if max_memory_mb is not None:
         candidates = candidates.where(Job.memory_mb <= max_memory_mb)
+    if max_gpus is not None:
+        candidates = candidates.where(Job.gpus <= max_gpus)
     candidates = candidates.with_for_update(skip_locked=True)
     claimed_ids = list(
         session.scalars(

@@ -20,6 +20,19 @@ ProviderName = Literal["local", "slurm", "htcondor"]
 RuntimeName = Literal["auto", "bwrap", "apptainer", "singularity"]
 
 
+class GpuNode(BaseModel):
+    """One kind of GPU node of a queue (a queue may list several)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vendor: Literal["nvidia", "amd", "intel"] = "nvidia"
+    model: str = Field(min_length=1, description="e.g. NVIDIA A100-SXM4-40GB")
+    vram_mb: int = Field(ge=1)
+    cuda: str | None = Field(None, pattern=r"^\d+(\.\d+)*$")
+    driver: str | None = Field(None, pattern=r"^\d+(\.\d+)*$")
+    microarchitecture: str | None = None
+
+
 class QueueConfig(BaseModel):
     """One PanDA queue: where its workers run and what one slot offers."""
 
@@ -32,6 +45,9 @@ class QueueConfig(BaseModel):
     memory_mb: int = Field(2000, ge=1, description="memory per slot, MiB")
     walltime_s: int = Field(3600, ge=60, alias="maxWalltime", description="max walltime, s")
     gpus: int = Field(0, ge=0, description="GPUs per slot")
+    gpu_nodes: list[GpuNode] = Field(default_factory=list)
+    """The GPUs the queue's nodes have (vendor/model/uarch: any node; VRAM, CUDA,
+    driver: every node must meet a job's minimum)."""
     max_workers: int = Field(1, ge=0, alias="maxWorkers")
     n_queue_limit_worker: int | None = Field(None, ge=0, alias="nQueueLimitWorker")
     max_new_workers_per_cycle: int = Field(10, ge=0, alias="maxNewWorkersPerCycle")
@@ -50,6 +66,12 @@ class QueueConfig(BaseModel):
     def _default_queue_limit(self) -> QueueConfig:
         if self.n_queue_limit_worker is None:
             self.n_queue_limit_worker = self.max_workers
+        return self
+
+    @model_validator(mode="after")
+    def _gpu_nodes_need_gpus(self) -> QueueConfig:
+        if self.gpu_nodes and self.gpus < 1:
+            raise ValueError("gpu_nodes are declared but gpus (per slot) is 0")
         return self
 
     @property

@@ -16,21 +16,24 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import transforms
 from pilot.errors import PilotErrorCode
-from pilot.runtimes.base import CACHE_IN_CONTAINER, Bind, ContainerRequest
+from pilot.gpus import Gpu, device_nodes, driver_libraries
+from pilot.runtimes.base import CACHE_IN_CONTAINER, Bind, ContainerRequest, ContainerRuntime
 from pilot.runtimes.select import RuntimeUnavailable, select_runtime
 from pilot.server import PilotServer, ServerError
 from pilot.stage import StageError, stage_in, stage_out
+from pilot.warm import WARM_TRANSFORMS, WarmPool
 
 log = logging.getLogger(__name__)
 
 LOG_NAME = "payload.log"
 EXIT_BAD_INPUT = 65  # EX_DATAERR: the transform says a new attempt cannot help
+EXIT_NO_GPU = 66  # the transform needed a GPU and the container did not show it one
 KILL_GRACE_S = 10.0
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
@@ -67,7 +70,17 @@ class Outcome:
 class JobRunner:
     """Runs jobs one at a time; can be told to kill the current one."""
 
-    def __init__(self, server: PilotServer, pilot_id: str, base_dir: Path, cores: int) -> None:
+    def __init__(
+        self,
+        server: PilotServer,
+        pilot_id: str,
+        base_dir: Path,
+        cores: int,
+        gpus: list[Gpu] | None = None,
+        warm: bool = True,
+    ) -> None:
+        self.gpus = list(gpus or [])
+        self.warm: WarmPool | None = WarmPool() if warm else None
         self.server = server
         self.pilot_id = pilot_id
         self.base_dir = base_dir
@@ -93,7 +106,7 @@ class JobRunner:
 
     def run(self, spec: dict[str, Any]) -> Outcome:
         job_id = spec["job_id"]
-        workdir = self.base_dir / f"job_{job_id}"
+        workdir = self._workdir(spec)
         workdir.mkdir(parents=True, exist_ok=True)
         with self._lock:
             self._current, self._kill_reason = job_id, None
@@ -147,6 +160,9 @@ class JobRunner:
         cores = max(1, int(spec.get("cores", 1)))
         env = {**spec.get("image_environment", {}), **spec.get("env", {})}
         env.update({name: str(cores) for name in THREAD_VARIABLES})
+        gpu_job = int(spec.get("gpus", 0)) > 0
+        if gpu_job:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(g.uuid for g in self.gpus)
         if (Path(image) / CACHE_IN_CONTAINER.lstrip("/")).is_dir():
             env["JAX_COMPILATION_CACHE_DIR"] = f"{CACHE_IN_CONTAINER}/jax"
         request = ContainerRequest(
@@ -157,16 +173,54 @@ class JobRunner:
             env=env,
             binds=[*[Bind.parse(b) for b in container.get("binds", [])], *self._cache_binds(image)],
             allow_network=bool(container.get("allow_network", False)),
+            gpu=gpu_job,
+            devices=device_nodes(self.gpus) if gpu_job else [],
+            gpu_libraries=driver_libraries() if gpu_job and device_nodes(self.gpus) else [],
             extra_options=list(container.get("options", [])),
         )
+        walltime = float(spec.get("walltime_s", 3600))
+        header = (
+            f"=== hpcaf pilot {self.pilot_id}: job {job_id} attempt {spec['attempt_nr']} "
+            f"with {runtime.name}\n"
+        )
+        if self._warm_eligible(spec, image):
+            result = self._execute_warm(spec, request, runtime, header, walltime)
+        else:
+            result = self._execute(spec, request, runtime, header, walltime)
+        if isinstance(result, Outcome):
+            return result
+        code, elapsed = result
+        with self._lock:
+            kill_reason = self._kill_reason
+        if kill_reason is not None:
+            return Outcome(
+                "failed", exit_code=code, error_code=kill_reason[0], diagnostics=kill_reason[1]
+            )
+        if code != 0:
+            return Outcome(
+                "failed",
+                exit_code=code,
+                error_code=_classify(code, workdir),
+                diagnostics=f"payload exited with code {code} after {elapsed:.1f}s",
+                outputs=self._partial_outputs(spec, workdir),
+            )
+        outputs = stage_out(self.server, list(spec.get("outputs", [])), workdir)
+        return Outcome("finished", exit_code=0, outputs=outputs)
+
+    def _execute(
+        self,
+        spec: dict[str, Any],
+        request: ContainerRequest,
+        runtime: ContainerRuntime,
+        header: str,
+        walltime: float,
+    ) -> Outcome | tuple[int, float]:
+        """Run the payload in a fresh container; (exit code, seconds) or an early outcome."""
+        job_id = spec["job_id"]
         command = runtime.command(request)
         log.info("job %s: %s", job_id, " ".join(command))
-        walltime = float(spec.get("walltime_s", 3600))
-        with (workdir / LOG_NAME).open("wb") as log_file:
-            log_file.write(
-                f"=== hpcaf pilot {self.pilot_id}: job {job_id} attempt "
-                f"{spec['attempt_nr']} with {runtime.name}\n".encode()
-            )
+        with (request.workdir / LOG_NAME).open("wb") as log_file:
+            log_file.write(header.encode())
             log_file.flush()
             try:
                 proc = subprocess.Popen(
@@ -200,27 +254,96 @@ class JobRunner:
                     error_code=PilotErrorCode.WALLTIME_EXCEEDED,
                     diagnostics=f"payload ran past its walltime of {walltime:.0f}s",
                 )
-            elapsed = time.monotonic() - started
+        return code, time.monotonic() - started
+
+    def _warm_eligible(self, spec: dict[str, Any], image: str | None) -> bool:
+        return bool(
+            self.warm
+            and image
+            and spec["transform"] in WARM_TRANSFORMS
+            and (Path(image) / CACHE_IN_CONTAINER.lstrip("/")).is_dir()
+        )
+
+    def _workdir(self, spec: dict[str, Any]) -> Path:
+        """Jobs for warm workers live in the scratch area those workers see."""
+        name = f"job_{spec['job_id']}"
+        if self._warm_eligible(spec, spec.get("image_path")):
+            return self.base_dir / "cache" / "jobs" / name
+        return self.base_dir / name
+
+    def _execute_warm(
+        self,
+        spec: dict[str, Any],
+        request: ContainerRequest,
+        runtime: ContainerRuntime,
+        header: str,
+        walltime: float,
+    ) -> Outcome | tuple[int, float]:
+        """Hand the job to the warm worker of its (image, transform), starting one if needed."""
+        job_id = spec["job_id"]
+        pool = self.warm
+        assert pool is not None  # _warm_eligible checked it
+        jobs_dir = self.base_dir / "cache" / "jobs"
+        server_request = replace(
+            request,
+            argv=[*transform_argv(spec)[:2], "--serve"],
+            workdir=jobs_dir,
+            env={k: v for k, v in request.env.items() if k not in spec.get("env", {})},
+        )
+        key = (
+            request.image,
+            spec["transform"],
+            request.gpu,
+            request.env.get("OMP_NUM_THREADS"),
+            request.allow_network,
+            tuple(request.binds),
+        )
+        (request.workdir / LOG_NAME).write_bytes(header.encode() + b"=== warm worker\n")
+        worker = pool.get(key, runtime.command(server_request), self.base_dir / "warm.log")
         with self._lock:
-            kill_reason = self._kill_reason
-        if kill_reason is not None:
-            return Outcome(
-                "failed", exit_code=code, error_code=kill_reason[0], diagnostics=kill_reason[1]
-            )
-        if code != 0:
+            self._proc = worker.proc
+            pending_kill = self._kill_reason
+        if pending_kill:
+            pool.discard(key)
+        self._update(job_id, {"state": "running"})
+        started = time.monotonic()
+        code = worker.run(
+            {
+                "workdir": f"{CACHE_IN_CONTAINER}/jobs/{request.workdir.name}",
+                "env": dict(spec.get("env", {})),
+            },
+            walltime,
+        )
+        elapsed = time.monotonic() - started
+        if code is not None:
+            return code, elapsed
+        pool.discard(key)
+        with self._lock:
+            killed = self._kill_reason
+        if killed is not None:
+            return Outcome("failed", error_code=killed[0], diagnostics=killed[1])
+        if elapsed >= walltime:
             return Outcome(
                 "failed",
-                exit_code=code,
-                error_code=_classify(code, workdir),
-                diagnostics=f"payload exited with code {code} after {elapsed:.1f}s",
-                outputs=self._partial_outputs(spec, workdir),
+                error_code=PilotErrorCode.WALLTIME_EXCEEDED,
+                diagnostics=f"payload ran past its walltime of {walltime:.0f}s",
             )
-        outputs = stage_out(self.server, list(spec.get("outputs", [])), workdir)
-        return Outcome("finished", exit_code=0, outputs=outputs)
+        return Outcome(
+            "failed",
+            error_code=PilotErrorCode.CONTAINER_FAILED,
+            diagnostics="the warm worker died (see warm.log of the pilot)",
+        )
+
+    def close(self) -> None:
+        """Stop the warm workers (the pilot is ending)."""
+        if self.warm:
+            self.warm.close()
 
     def _report(self, spec: dict[str, Any], workdir: Path, outcome: Outcome) -> None:
         job_id = spec["job_id"]
         body: dict[str, Any] = {"state": outcome.state, "exit_code": outcome.exit_code}
+        if int(spec.get("gpus", 0)) > 0:
+            body["metrics"] = {"gpus": [g.report() for g in self.gpus]}
         log_path = workdir / LOG_NAME
         if log_path.is_file() and not log_path.is_symlink():
             try:
@@ -260,6 +383,8 @@ def _classify(code: int, workdir: Path) -> PilotErrorCode:
     container error; anything else is a payload failure."""
     if code == EXIT_BAD_INPUT:
         return PilotErrorCode.PAYLOAD_BAD_INPUT
+    if code == EXIT_NO_GPU:
+        return PilotErrorCode.GPU_NOT_VISIBLE
     try:
         text = (workdir / LOG_NAME).read_text(errors="replace")
     except OSError:

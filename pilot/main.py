@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 from pilot.errors import PilotErrorCode
+from pilot.gpus import discover as discover_gpus
 from pilot.heartbeat import Heartbeat
 from pilot.job import JobRunner
 from pilot.node import discover
@@ -58,6 +59,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--cores", type=int, default=None, help="cores of this slot")
     parser.add_argument("--workdir", type=Path, default=None, help="where job dirs are made")
+    parser.add_argument(
+        "--nvidia-smi",
+        dest="nvidia_smi",
+        type=Path,
+        default=None,
+        help="recorded nvidia-smi query output to use instead of running it",
+    )
+    parser.add_argument(
+        "--no-warm",
+        action="store_true",
+        help="start every fit job in a fresh container (no warm workers)",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -90,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     base_dir = args.workdir or Path(tempfile.mkdtemp(prefix="hpcaf-pilot-"))
     base_dir.mkdir(parents=True, exist_ok=True)
     server = PilotServer(args.server, token)
-    runner = JobRunner(server, pilot_id, base_dir, node.cores)
+    gpus = discover_gpus(args.nvidia_smi, os.environ)
+    runner = JobRunner(server, pilot_id, base_dir, node.cores, gpus, warm=not args.no_warm)
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -102,12 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info(
-        "pilot %s on queue %s, server %s, worker %s, %d cores",
+        "pilot %s on queue %s, server %s, worker %s, %d cores, GPUs: %s",
         pilot_id,
         args.queue,
         args.server,
         args.worker_id,
         node.cores,
+        ", ".join(f"{g.index} {g.name}" for g in gpus) or "none",
     )
     try:
         server.worker_node(
@@ -117,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 "node": node.hostname,
                 "cores": node.cores,
                 "memory_mb": node.memory_mb,
+                "gpus": [g.report() for g in gpus],
             }
         )
     except ServerError as exc:
@@ -136,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         done = loop(args, server, runner, heartbeat, pilot_id, node.hostname, stopping)
     finally:
         heartbeat.stop()
+        runner.close()
         server.close()
     log.info("pilot %s exits after %d jobs", pilot_id, done)
     return EXIT_SIGNALLED if stopping.is_set() else EXIT_OK
@@ -170,6 +187,7 @@ def loop(
                     "worker_id": args.worker_id,
                     "node": hostname,
                     "cores": runner.cores,
+                    "gpus": len(runner.gpus),
                 }
             )
         except ServerError as exc:

@@ -7,7 +7,7 @@ import pytest
 from db.models import QueueStatus
 from harvester.agents.adjuster import QueueLoad, new_workers
 from harvester.agents.brokerage import JobNeeds, choose_queue
-from harvester.architecture import parse_architecture
+from harvester.architecture import GpuRequest, parse_architecture
 from harvester.config import QueueConfig
 from harvester.errors import InvalidRequest
 
@@ -17,7 +17,7 @@ def q(name: str, **kw) -> QueueConfig:  # type: ignore[no-untyped-def]
 
 
 def needs(**kw) -> JobNeeds:  # type: ignore[no-untyped-def]
-    base = dict(cores=1, memory_mb=1000, walltime_s=0, gpu=False, site=None, excluded=frozenset())
+    base = dict(cores=1, memory_mb=1000, walltime_s=0, gpu=None, site=None, excluded=frozenset())
     base.update(kw)
     return JobNeeds(**base)
 
@@ -46,9 +46,9 @@ def test_resources_site_and_exclusions() -> None:
 
 def test_gpu_jobs_only_on_gpu_queues_and_back() -> None:
     queues = [(q("CPU", maxWorkers=1), ON), (q("GPU", gpus=1, maxWorkers=1), ON)]
-    assert choose_queue(queues, needs(gpu=True), {})[0] == "GPU"
-    assert choose_queue(queues, needs(gpu=False), {"CPU": 50})[0] == "CPU"
-    name, why = choose_queue(queues[:1], needs(gpu=True), {})
+    assert choose_queue(queues, needs(gpu=GpuRequest(vendor='nvidia')), {})[0] == "GPU"
+    assert choose_queue(queues, needs(gpu=None), {"CPU": 50})[0] == "CPU"
+    name, why = choose_queue(queues[:1], needs(gpu=GpuRequest(vendor='nvidia')), {})
     assert name is None and "CPU: no GPU" in why
 
 
@@ -96,7 +96,7 @@ def test_adjuster(load: QueueLoad, expected: int) -> None:
 )
 def test_architecture_forms(value: str | None, gpu: bool, vendor: str | None) -> None:
     request = parse_architecture(value)
-    assert request.gpu is gpu and request.vendor == vendor
+    assert request.needs_gpu is gpu and request.vendor == vendor
 
 
 @pytest.mark.parametrize("value", ["#&acme", "{oops", '{"cpu": 1}', "x86 64 !!"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import os
 import sys
@@ -25,13 +26,25 @@ import time
 from typing import Any
 
 EXIT_PATCH_FAILED = 65
+_WARM: dict[str, Any] = {"serving": False, "shared": None}
+"""In a warm worker (``--serve``) the shared compilations outlive each job."""
+EXIT_NO_GPU = 66
 MODIFIER_SETTINGS = {"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}}
 
 
+_PARSED: dict[str, Any] = {}
+"""Parsed inputs by content hash: a warm worker reads a pallet's patchset once."""
+
+
 def load_json(path: str) -> Any:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt") as fh:
-        return json.load(fh)
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest not in _PARSED:
+        if len(_PARSED) > 8:
+            _PARSED.clear()
+        _PARSED[digest] = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+    return _PARSED[digest]
 
 
 def configure_backend(backend: str) -> str:
@@ -74,6 +87,9 @@ def run(job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     test_stat = args.get("test_stat", "qtilde")
     names = (job.get("job_parameters") or {}).get("patches") or []
     device = configure_backend(backend)
+    if args.get("require_gpu") and device == "cpu":
+        print(f"pyhf_fit: a GPU was requested but {backend} sees only the CPU", file=sys.stderr)
+        raise SystemExit(EXIT_NO_GPU)
     print(
         f"pyhf {pyhf.__version__}, backend {backend} on {device}, {len(names)} patches", flush=True
     )
@@ -93,7 +109,11 @@ def run(job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
 
     results: dict[str, Any] = {}
     shared = None
-    if backend == "jax" and args.get("shared_compile", True) and len(patches) > 1:
+    if (
+        backend == "jax"
+        and args.get("shared_compile", True)
+        and (len(patches) > 1 or _WARM["shared"] is not None)
+    ):
         shared = _prepare_shared(background, workspace, patches)
     for index, patch in enumerate(patches):
         start = time.time()
@@ -161,7 +181,8 @@ def _prepare_shared(background: dict[str, Any], workspace: Any, patches: list[An
     data = [d for _, d in models]
     numpy_models = [m for m, _ in models]
     del models
-    sm = SharedModels()
+    sm = _WARM["shared"] or SharedModels()
+    _WARM["shared"] = sm if _WARM["serving"] else None
     try:
         analysed = sm.analyse_all(numpy_models)
         del numpy_models
@@ -181,11 +202,64 @@ def _prepare_shared(background: dict[str, Any], workspace: Any, patches: list[An
     return sm, bound, data
 
 
+def serve() -> int:
+    """A warm worker: one job per line on stdin, ``{"exit_code": N}`` per line on stdout.
+
+    A request is ``{"workdir": DIR, "env": {...}}``; the job runs in DIR exactly
+    as a one-shot run would (``job.json`` in, ``results.json`` out, its output
+    appended to ``payload.log``), but imports, parsed inputs and compiled
+    likelihoods stay from one job to the next.
+    """
+    _WARM["serving"] = True
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        code = _serve_one(request)
+        protocol.write(json.dumps({"exit_code": code}) + "\n")
+    return 0
+
+
+def _serve_one(request: dict[str, Any]) -> int:
+    os.chdir(request["workdir"])
+    log = os.open("payload.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    saved = os.dup(1), os.dup(2)
+    environ = dict(os.environ)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.environ.update(request.get("env", {}))
+    try:
+        print("=== pyhf_fit: warm worker, job in " + request["workdir"], flush=True)
+        code = main(["--job", "job.json", "--output", "results.json"])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, log):
+            os.close(fd)
+        os.environ.clear()
+        os.environ.update(environ)
+        os.chdir("/")
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="fit pyhf patches (hpcaf transform)")
     parser.add_argument("--job", default="job.json")
     parser.add_argument("--output", default="results.json")
+    parser.add_argument("--serve", action="store_true", help="run as a warm worker")
     args = parser.parse_args(argv)
+    if args.serve:
+        return serve()
     with open(args.job) as fh:
         job = json.load(fh)
     results, ok = run(job)

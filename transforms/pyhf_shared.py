@@ -339,12 +339,16 @@ class SharedModels:
                     for j in indices[1:]
                 )
             ]
-            template = build_template(indices[0])
-            template_key, _ = analyse(template)
-            if template_key != key:
-                raise StructureMismatch("the JAX template differs in structure from its models")
-            structure = Structure(key, template, [first_leaves[i][0] for i in varying])
-            self.structures[key] = structure
+            paths = [first_leaves[i][0] for i in varying]
+            full_key = hashlib.sha256(f"{key}{paths!r}".encode()).hexdigest()
+            structure = self.structures.get(full_key)
+            if structure is None:  # a warm worker reuses templates and their compilations
+                template = build_template(indices[0])
+                template_key, _ = analyse(template)
+                if template_key != key:
+                    raise StructureMismatch("the JAX template differs in structure from its models")
+                structure = Structure(full_key, template, paths)
+                self.structures[full_key] = structure
             for j in indices:
                 leaves = tuple(jnp.asarray(analysed[j][1][i][1]) for i in varying)
                 slots[j] = (structure, leaves)

@@ -19,7 +19,7 @@ from db.models import Job, QueueStatus, Task
 from db.queue import transition
 from db.states import JobStatus
 from harvester.agents.base import Agent
-from harvester.architecture import parse_architecture
+from harvester.architecture import GpuRequest, parse_architecture
 from harvester.config import QueueConfig
 from harvester.errors import InvalidRequest
 from harvester.services.queues import activated_counts, list_queues
@@ -32,7 +32,7 @@ class JobNeeds:
     cores: int
     memory_mb: int
     walltime_s: int
-    gpu: bool
+    gpu: GpuRequest | None
     site: str | None
     excluded: frozenset[str]
 
@@ -53,10 +53,48 @@ def rejection(queue: QueueConfig, status: QueueStatus, needs: JobNeeds) -> str |
         return f"{queue.memory_mb} MiB per slot < {needs.memory_mb}"
     if needs.walltime_s and needs.walltime_s > queue.walltime_s:
         return f"max walltime {queue.walltime_s}s < {needs.walltime_s}s"
-    if needs.gpu and queue.gpus < 1:
-        return "no GPU"
-    if not needs.gpu and queue.gpus > 0 and not queue.allow_cpu_jobs:
+    if needs.gpu is not None:
+        return gpu_rejection(queue, needs.gpu)
+    if queue.gpus > 0 and not queue.allow_cpu_jobs:
         return "GPU queue (CPU jobs not allowed)"
+    return None
+
+
+def _version(text: str | None) -> tuple[int, ...] | None:
+    return tuple(int(p) for p in text.split(".")) if text else None
+
+
+def gpu_rejection(queue: QueueConfig, want: GpuRequest) -> str | None:
+    """PanDA's GPU rule: vendor, model and microarchitecture on any node of the queue;
+    VRAM, CUDA and driver minimums met by every node."""
+    if queue.gpus < 1:
+        return "no GPU"
+    nodes = [n for n in queue.gpu_nodes if n.vendor == want.vendor]
+    if not queue.gpu_nodes:
+        detailed = (
+            want.model,
+            want.min_cuda,
+            want.min_vram_mb,
+            want.microarchitecture,
+            want.min_driver,
+        )
+        if any(d is not None for d in detailed):
+            return "declares no GPU details to check the request against"
+        return None if want.vendor == "nvidia" else f"no {want.vendor} GPU declared"
+    if not nodes:
+        return f"no {want.vendor} GPU"
+    if want.model is not None and not any(want.model_ok(n.model) for n in nodes):
+        return f"no GPU model {'not ' if want.model_negated else ''}matching {want.model!r}"
+    if want.microarchitecture and not any(
+        (n.microarchitecture or "").lower() == want.microarchitecture.lower() for n in nodes
+    ):
+        return f"no {want.microarchitecture} GPU"
+    if want.min_vram_mb and any(n.vram_mb < want.min_vram_mb for n in nodes):
+        return f"not every node has {want.min_vram_mb} MiB of VRAM"
+    if want.min_cuda and any((_version(n.cuda) or ()) < want.min_cuda for n in nodes):
+        return f"not every node has CUDA >= {'.'.join(map(str, want.min_cuda))}"
+    if want.min_driver and any((_version(n.driver) or ()) < want.min_driver for n in nodes):
+        return f"not every node has driver >= {'.'.join(map(str, want.min_driver))}"
     return None
 
 
@@ -114,7 +152,7 @@ class Brokerage(Agent):
                 try:
                     gpu = parse_architecture(task.architecture).gpu
                 except InvalidRequest:
-                    gpu = False
+                    gpu = None
                 needs = JobNeeds(
                     cores=job.cores,
                     memory_mb=job.memory_mb,

@@ -8,6 +8,8 @@ from db.models import Job, Task
 from db.queue import record_creation, transition
 from db.states import JobStatus, TaskStatus
 from harvester.agents.base import Agent
+from harvester.architecture import parse_architecture
+from harvester.errors import InvalidRequest
 
 
 class Splitter(Agent):
@@ -24,6 +26,10 @@ class Splitter(Agent):
             ).all()
             for task in tasks:
                 params = task.params
+                try:
+                    gpu_job = parse_architecture(task.architecture).needs_gpu
+                except InvalidRequest:
+                    gpu_job = False
                 per_job = params.get("jobParameters") or [None] * task.n_jobs
                 for index, parameters in enumerate(per_job):
                     job = Job(
@@ -36,6 +42,7 @@ class Splitter(Agent):
                         memory_mb=int(params.get("ramCount") or 0),
                         walltime_s=int(params.get("maxWalltime") or 0),
                         priority=task.priority,
+                        gpus=1 if gpu_job else 0,
                     )
                     session.add(job)
                 session.flush()

@@ -110,6 +110,7 @@ class JobPublic(BaseModel):
     pilot_error_code: int | None
     pilot_error_diag: str | None
     brokerage_message: str | None
+    gpus: int = 0
     created_at: datetime
     started_at: datetime | None
     ended_at: datetime | None
@@ -187,6 +188,7 @@ class AcquireRequest(BaseModel):
     node: str | None = Field(None, max_length=256)
     cores: int | None = Field(None, ge=1)
     memory_mb: int | None = Field(None, ge=1)
+    gpus: int = Field(0, ge=0, le=64, description="GPUs the pilot's node offers")
 
 
 class JobSpec(BaseModel):
@@ -211,6 +213,7 @@ class JobSpec(BaseModel):
     cores: int
     memory_mb: int
     walltime_s: int
+    gpus: int = 0
     container: dict[str, Any]
     heartbeat_interval_s: float
 

@@ -220,6 +220,7 @@ def main(
                 "test_stat": test_stat,
                 "backend": backend,
                 "labels": list(checked.labels) if checked.labels else None,
+                "require_gpu": _wants_gpu(architecture),
             },
             "site": site,
             "architecture": architecture,
@@ -244,6 +245,16 @@ def main(
         draw_plot(fit, plot, task_params, task_id)
     if task["status"] != "done":
         raise typer.Exit(1)
+
+
+def _wants_gpu(architecture: str | None) -> bool | None:
+    from harvester.architecture import parse_architecture
+    from harvester.errors import InvalidRequest
+
+    try:
+        return parse_architecture(architecture).needs_gpu or None
+    except InvalidRequest as exc:
+        raise fail(f"--architecture: {exc}") from exc
 
 
 def _whoami(c: Any) -> str:

@@ -27,7 +27,17 @@ from harvester.images.definition import Definition, read_definition
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 BUILD_CA_PATH = "/etc/hpcaf-build-ca.pem"
-MOUNT_POINTS = ("srv/workDir", "srv/transforms", "srv/cache", "cvmfs", "proc", "dev", "tmp", "sys")
+MOUNT_POINTS = (
+    "srv/workDir",
+    "srv/transforms",
+    "srv/cache",
+    "usr/local/nvidia",
+    "cvmfs",
+    "proc",
+    "dev",
+    "tmp",
+    "sys",
+)
 BUILD_TIMEOUT_S = 3600
 
 Log = Callable[[str], None]

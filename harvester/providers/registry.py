@@ -36,6 +36,10 @@ def make_provider(queue: QueueConfig, *, check_nodes: bool = True) -> Provider:
                 )
             return slurm
         if queue.provider == "htcondor":
+            if queue.gpu_nodes and "require_gpus" not in options:
+                # every slot must offer at least the smallest declared GPU memory
+                smallest = min(n.vram_mb for n in queue.gpu_nodes)
+                options["require_gpus"] = f"GlobalMemoryMb >= {smallest}"
             return HTCondorProvider(HTCondorOptions(**options))
     except ValidationError as exc:
         problems = "; ".join(

@@ -63,6 +63,7 @@ def acquire_jobs(
         node=req.node,
         max_cores=req.cores,
         max_memory_mb=req.memory_mb,
+        max_gpus=req.gpus,
     )
     if not jobs:
         return []
@@ -114,6 +115,7 @@ def _job_spec(ctx: HarvesterContext, job: Job, task: Task) -> JobSpec:
         cores=job.cores,
         memory_mb=job.memory_mb or (queue.memory_mb if queue else 2000),
         walltime_s=job.walltime_s or (queue.walltime_s if queue else 3600),
+        gpus=job.gpus,
         container={
             "runtime": queue.container_runtime if queue else "auto",
             "allow_network": queue.allow_network if queue else False,

@@ -61,6 +61,7 @@ def new_attempt(session: Session, previous: Job, *, reason: str) -> Job:
         spec=previous.spec,
         cores=previous.cores,
         memory_mb=previous.memory_mb,
+        gpus=previous.gpus,
         walltime_s=previous.walltime_s,
         priority=previous.priority,
     )

@@ -76,7 +76,16 @@ def submit_task(
         check_sha256(item.sha256)
         if not ctx.files.exists(item.sha256):
             raise InvalidRequest(f"input {item.name!r}: no uploaded file with sha256 {item.sha256}")
-    parse_architecture(params.architecture)
+    architecture = parse_architecture(params.architecture)
+    if architecture.gpu is not None:
+        vendors = {n.vendor for q in ctx.queues.values() for n in q.gpu_nodes} | {
+            "nvidia" for q in ctx.queues.values() if q.gpus and not q.gpu_nodes
+        }
+        if architecture.gpu.vendor not in vendors:
+            raise InvalidRequest(
+                f"no queue has a {architecture.gpu.vendor} GPU (GPU vendors here: "
+                f"{', '.join(sorted(vendors)) or 'none'})"
+            )
     if params.transform == "pyhf_fit":
         check_fit_parameters(params)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 WORKDIR_IN_CONTAINER = "/srv/workDir"
 TRANSFORMS_IN_CONTAINER = "/srv/transforms"
 CACHE_IN_CONTAINER = "/srv/cache"
+NVIDIA_IN_CONTAINER = "/usr/local/nvidia"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -44,6 +45,10 @@ class ContainerRequest:
     binds: list[Bind] = field(default_factory=list)
     allow_network: bool = False
     gpu: bool = False
+    devices: list[str] = field(default_factory=list)
+    """Device files to expose (GPU jobs under bubblewrap)."""
+    gpu_libraries: list[str] = field(default_factory=list)
+    """The host's NVIDIA driver libraries (GPU jobs under bubblewrap)."""
     extra_options: list[str] = field(default_factory=list)
 
 

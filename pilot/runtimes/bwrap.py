@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pilot.runtimes.base import (
     DEFAULT_PATH,
+    NVIDIA_IN_CONTAINER,
     TRANSFORMS_IN_CONTAINER,
     WORKDIR_IN_CONTAINER,
     ContainerRequest,
@@ -38,6 +39,17 @@ class BubblewrapRuntime(ContainerRuntime):
         ]
         for bind in request.binds:
             cmd += ["--bind" if bind.writable else "--ro-bind", bind.source, bind.target]
+        env_extra: dict[str, str] = {}
+        if request.gpu:
+            for device in request.devices:
+                cmd += ["--dev-bind", device, device]
+            if request.gpu_libraries and (request.image / NVIDIA_IN_CONTAINER.lstrip("/")).is_dir():
+                # the driver's user-space libraries, as nvidia-container-cli would mount them
+                cmd += ["--tmpfs", NVIDIA_IN_CONTAINER]
+                for library in request.gpu_libraries:
+                    name = library.rsplit("/", 1)[-1]
+                    cmd += ["--ro-bind", library, f"{NVIDIA_IN_CONTAINER}/lib64/{name}"]
+                env_extra["LD_LIBRARY_PATH"] = f"{NVIDIA_IN_CONTAINER}/lib64"
         cmd += ["--unshare-all"]
         if request.allow_network:
             cmd += ["--share-net"]
@@ -50,7 +62,13 @@ class BubblewrapRuntime(ContainerRuntime):
             WORKDIR_IN_CONTAINER,
             "--clearenv",
         ]
-        env = {"PATH": DEFAULT_PATH, "HOME": WORKDIR_IN_CONTAINER, "TMPDIR": "/tmp", **request.env}
+        env = {
+            "PATH": DEFAULT_PATH,
+            "HOME": WORKDIR_IN_CONTAINER,
+            "TMPDIR": "/tmp",
+            **env_extra,
+            **request.env,
+        }
         for key, value in env.items():
             cmd += ["--setenv", key, value]
         cmd += request.extra_options
