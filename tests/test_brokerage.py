@@ -46,9 +46,9 @@ def test_resources_site_and_exclusions() -> None:
 
 def test_gpu_jobs_only_on_gpu_queues_and_back() -> None:
     queues = [(q("CPU", maxWorkers=1), ON), (q("GPU", gpus=1, maxWorkers=1), ON)]
-    assert choose_queue(queues, needs(gpu=GpuRequest(vendor='nvidia')), {})[0] == "GPU"
+    assert choose_queue(queues, needs(gpu=GpuRequest(vendor="nvidia")), {})[0] == "GPU"
     assert choose_queue(queues, needs(gpu=None), {"CPU": 50})[0] == "CPU"
-    name, why = choose_queue(queues[:1], needs(gpu=GpuRequest(vendor='nvidia')), {})
+    name, why = choose_queue(queues[:1], needs(gpu=GpuRequest(vendor="nvidia")), {})
     assert name is None and "CPU: no GPU" in why
 
 

@@ -256,3 +256,21 @@ def test_pfit_bad_input(
     assert expected in result.stderr
     assert "Traceback" not in result.output
     assert hv.query("SELECT count(*) FROM tasks")[0][0] == before
+
+
+def test_pallet_folder_and_tarball(staus: tuple[Path, Path], tmp_path: Path) -> None:
+    """--pallet takes a folder or a HEPData-style tarball (unpacked once into a cache)."""
+    import tarfile
+
+    from harvester.client.pfit import pallet_files
+
+    folder = staus[0].parent
+    assert pallet_files(str(folder), tmp_path / "cache") == staus
+    tarball = tmp_path / "pallet.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(folder, arcname="staus/Region-combined")
+    workspace, patchset = pallet_files(str(tarball), tmp_path / "cache")
+    assert workspace.read_bytes() == staus[0].read_bytes()
+    assert patchset.name == "patchset.json.gz"
+    again = pallet_files(str(tarball), tmp_path / "cache")
+    assert again == (workspace, patchset), "the second call uses the cache"
