@@ -4,39 +4,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, Harvester, harvester_settings, make_harvester
+from tests.helpers import REPO, Harvester, ensure_image, harvester_settings, make_harvester
 
 
 @pytest.fixture(scope="session")
 def image_cache() -> Path:
     """The image cache with ``base`` built from containers/base.def (reused between runs)."""
     cache = Path(os.environ.get("HPCAF_TEST_IMAGE_CACHE") or REPO / ".cache" / "images")
-    if not (cache / "base" / "rootfs").is_dir():
-        if shutil.which("debootstrap") is None and shutil.which("apptainer") is None:
-            pytest.fail("building the base image needs debootstrap (make test installs it)")
-        env = {**os.environ, "HPCAF_IMAGE_CACHE": str(cache), "HPCAF_HOME": str(cache.parent)}
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "harvester.cli",
-                "image",
-                "build",
-                str(REPO / "containers" / "base.def"),
-                "--name",
-                "base",
-            ],
-            env=env,
-            check=True,
-            cwd=REPO,
-        )
+    if shutil.which("debootstrap") is None and shutil.which("apptainer") is None:
+        pytest.fail("building the base image needs debootstrap (make test installs it)")
+    ensure_image(cache, "base.def", "base")
     return cache
 
 

@@ -20,6 +20,28 @@ from sqlalchemy import create_engine, text
 REPO = Path(__file__).resolve().parent.parent
 
 
+def ensure_image(cache: Path, definition: str, name: str) -> None:
+    """Build ``containers/<definition>`` into the test image cache unless it is there."""
+    if (cache / name / "rootfs").is_dir():
+        return
+    env = {**os.environ, "HPCAF_IMAGE_CACHE": str(cache), "HPCAF_HOME": str(cache.parent)}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harvester.cli",
+            "image",
+            "build",
+            str(REPO / "containers" / definition),
+            "--name",
+            name,
+        ],
+        env=env,
+        check=True,
+        cwd=REPO,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

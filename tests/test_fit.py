@@ -10,7 +10,6 @@ import copy
 import gzip
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import REPO, Harvester, harvester_settings, make_harvester
+from tests.helpers import REPO, Harvester, ensure_image, harvester_settings, make_harvester
 
 pytestmark = pytest.mark.e2e
 
@@ -51,27 +50,7 @@ def staus(pallets: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def fit_images(image_cache: Path) -> Path:
     """The pyhf image (built from containers/pyhf.def once; minutes the first time)."""
-    if not (image_cache / "pyhf" / "rootfs").is_dir():
-        env = {
-            **os.environ,
-            "HPCAF_IMAGE_CACHE": str(image_cache),
-            "HPCAF_HOME": str(image_cache.parent),
-        }
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "harvester.cli",
-                "image",
-                "build",
-                str(REPO / "containers" / "pyhf.def"),
-                "--name",
-                "pyhf",
-            ],
-            env=env,
-            check=True,
-            cwd=REPO,
-        )
+    ensure_image(image_cache, "pyhf.def", "pyhf")
     return image_cache
 
 
@@ -274,3 +253,38 @@ def test_pallet_folder_and_tarball(staus: tuple[Path, Path], tmp_path: Path) -> 
     assert patchset.name == "patchset.json.gz"
     again = pallet_files(str(tarball), tmp_path / "cache")
     assert again == (workspace, patchset), "the second call uses the cache"
+
+
+def test_gpu_fit_on_a_node_without_a_visible_gpu_fails_with_its_own_code(
+    harvester_factory: Any, fit_images: Path, staus: tuple[Path, Path]
+) -> None:
+    """A GPU fit whose container sees no GPU fails with 1304 gpu_not_visible, not a generic
+    payload failure. The GPU pilot is declared by a recorded nvidia-smi output; this machine
+    has no GPU, so JAX inside the container finds only the CPU."""
+    from tests.test_gpu import GPU_QUEUES, RECORDED
+
+    h = harvester_factory(GPU_QUEUES)
+    result = pfit(
+        h,
+        "--workspace",
+        str(staus[0]),
+        "--patchset",
+        str(staus[1]),
+        "--patch",
+        STAUS_SUBSET[0],
+        "--backend",
+        "jax",
+        "--architecture",
+        "nvidia-gpu",
+        "--maxAttempt",
+        "1",
+        "--outDS",
+        "user.alice.nogpu",
+    )
+    assert result.returncode == 0, result.output
+    task_id = int(result.stdout.split("jediTaskID=")[1].split()[0])
+    h.wait_activated(task_id, 1)
+    h.start_pilot("ANALY_GPU", "--nvidia-smi", str(RECORDED))
+    assert h.wait_task(task_id, 180)["status"] == "failed"
+    job = h.jobs(task_id)[0]
+    assert job["pilot_error_code"] == 1304 and job["exit_code"] == 66

@@ -244,10 +244,16 @@ class SharedModels:
 
     def install(self) -> None:
         """Route pyhf's jitted objective through the shared compilation while active."""
-        opt = self._opt
         original_vg, original_v = self._original
+        self._opt._jitted_objective_and_grad = self._route(original_vg, self._value_and_grad)
+        self._opt._jitted_objective = self._route(original_v, self._value)
 
-        def value_and_grad(
+    def _route(
+        self, original: Callable[..., Any], shared: Callable[..., Any]
+    ) -> Callable[..., Any]:
+        """pyhf's signature in; the shared compilation for the active patch, else pyhf's own."""
+
+        def call(
             pars: Any,
             data: Any,
             fixed_values: Any,
@@ -259,10 +265,10 @@ class SharedModels:
         ) -> Any:
             active = self._active
             if active is None or active[0] is not pdf:
-                return original_vg(
+                return original(
                     pars, data, fixed_values, fixed_idx, variable_idx, do_stitch, objective, pdf
                 )
-            return self._value_and_grad(
+            return shared(
                 pars,
                 data,
                 fixed_values,
@@ -274,35 +280,7 @@ class SharedModels:
                 active[1],
             )
 
-        def value(
-            pars: Any,
-            data: Any,
-            fixed_values: Any,
-            fixed_idx: Any,
-            variable_idx: Any,
-            do_stitch: Any,
-            objective: Any,
-            pdf: Any,
-        ) -> Any:
-            active = self._active
-            if active is None or active[0] is not pdf:
-                return original_v(
-                    pars, data, fixed_values, fixed_idx, variable_idx, do_stitch, objective, pdf
-                )
-            return self._value(
-                pars,
-                data,
-                fixed_values,
-                active[2],
-                fixed_idx,
-                variable_idx,
-                do_stitch,
-                objective,
-                active[1],
-            )
-
-        opt._jitted_objective_and_grad = value_and_grad
-        opt._jitted_objective = value
+        return call
 
     def uninstall(self) -> None:
         self._opt._jitted_objective_and_grad, self._opt._jitted_objective = self._original

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -189,10 +188,6 @@ def retry_task(session: Session, principal: Principal, task_id: int) -> tuple[Ta
             f"task {task_id} is {task.status.value}; only finished, failed or aborted tasks "
             "can be retried"
         )
-    if task.params.get("nJobs") and not session.scalar(
-        select(func.count()).select_from(Job).where(Job.task_id == task_id)
-    ):
-        raise Conflict(f"task {task_id} has no jobs to retry")
     retried = 0
     extra_budget = int(task.params.get("maxAttempt", task.max_attempt))
     for job in current_attempts(session, task_id):
@@ -263,7 +258,3 @@ def task_files(session: Session, task_id: int, kind: FileKind | None = None) -> 
     if kind is not None:
         query = query.where(File.kind == kind)
     return list(session.scalars(query.order_by(File.job_id, File.name)).all())
-
-
-def public_params(task: Task) -> dict[str, Any]:
-    return dict(task.params)
