@@ -275,13 +275,19 @@ def test_sweeper_removes_worker_leftovers(harvester_factory) -> None:  # type: i
     h = harvester_factory(None, HPCAF_SWEEP_AFTER_S="1")
     task_id = h.submit("--containerImage", "base", "--exec", "true", "--outDS", "user.alice.sweep")
     assert h.wait_task(task_id)["status"] == "done"
-    workdir = wait_for(
-        lambda: h.query("SELECT workdir FROM workers WHERE status='finished'"),
+    wait_for(
+        lambda: (
+            h.query("SELECT count(*) FROM workers WHERE status IN ('submitted', 'running')")[0][0]
+            == 0
+        ),
         60,
-        "the worker to end",
-    )[0][0]
-    wait_for(lambda: not Path(workdir).exists(), 30, "the sweeper to remove the worker dir")
-    assert (
-        h.query("SELECT count(*) FROM workers WHERE swept_at IS NULL AND status='finished'")[0][0]
-        == 0
+        "every worker to end",
     )
+    workdirs = [w for (w,) in h.query("SELECT workdir FROM workers")]
+    assert workdirs and all(w for w in workdirs)
+    wait_for(
+        lambda: h.query("SELECT count(*) FROM workers WHERE swept_at IS NULL")[0][0] == 0,
+        30,
+        "the sweeper to sweep every ended worker",
+    )
+    assert not any(Path(w).exists() for w in workdirs), "worker directories are removed"
