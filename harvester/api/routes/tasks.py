@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, status
 from sqlalchemy import select
 
-from db.models import EntityKind, FileKind, Job, StateHistory
+from db.models import EntityKind, FileKind, Job, Role, StateHistory
 from db.states import JobStatus, TaskStatus
 from harvester.api.auth import Context, CurrentPrincipal
 from harvester.api.schemas import (
@@ -60,7 +60,7 @@ def list_tasks(
 def show(task_id: int, ctx: Context, principal: CurrentPrincipal) -> TaskPublic:
     """One task with its parameters and job counts by status."""
     with ctx.sessions() as session:
-        if principal.role.value == "pilot":
+        if principal.role is Role.PILOT:
             raise Forbidden("a pilot token cannot read tasks")
         task = task_service.get_task(session, task_id)
         counts = task_service.job_counts(session, [task_id]).get(task_id, {})
@@ -95,7 +95,7 @@ def jobs(
 ) -> list[JobPublic]:
     """Every attempt of every job of the task (or only the newest attempts)."""
     with ctx.sessions() as session:
-        if principal.role.value == "pilot":
+        if principal.role is Role.PILOT:
             raise Forbidden("a pilot token cannot read tasks")
         task_service.get_task(session, task_id)
         if all_attempts:
