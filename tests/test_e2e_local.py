@@ -291,3 +291,32 @@ def test_sweeper_removes_worker_leftovers(harvester_factory) -> None:  # type: i
         "the sweeper to sweep every ended worker",
     )
     assert not any(Path(w).exists() for w in workdirs), "worker directories are removed"
+
+
+def test_harvester_killed_and_restarted_mid_task(harvester: Harvester) -> None:
+    """SIGKILL the service while pilots run; a restart finishes the task, each job once."""
+    task_id = harvester.submit(
+        "--containerImage",
+        "base",
+        "--exec",
+        "sleep 2; echo $HPCAF_JOB_INDEX > i.txt",
+        "--outputs",
+        "i.txt",
+        "--outDS",
+        "user.alice.restart",
+        "--nJobs",
+        "6",
+    )
+    wait_for(
+        lambda: harvester.task(task_id)["job_counts"].get("finished", 0) >= 1,
+        120,
+        "the first finished job",
+    )
+    harvester.stop(signal.SIGKILL)
+    time.sleep(3)  # pilots keep running; their calls fail and are retried
+    harvester.start()
+    assert harvester.wait_task(task_id, 180)["status"] == "done"
+    finished = Counter(j["job_index"] for j in harvester.jobs(task_id) if j["status"] == "finished")
+    assert finished == {i: 1 for i in range(6)}, "every job finished exactly once"
+    names = {r[0] for r in harvester.query("SELECT name FROM files WHERE kind='output'")}
+    assert len(names) == 6
