@@ -75,36 +75,47 @@ def test_claim_respects_slot_size(session_factory) -> None:  # type: ignore[no-u
         )
 
 
-def test_racing_claims_never_share_a_job(tmp_path: Path) -> None:
-    """Eight threads with their own connections claim 400 jobs from one SQLite file."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'race.db'}")
-    upgrade(engine)
-    sessions = make_sessionmaker(engine)
-    _seed(sessions, 400)
+def race_claims(sessions, n_pilots: int = 8, batch: int = 7) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]
+    """Claimers on their own threads and connections, started together, until none is left."""
     got: dict[str, list[int]] = {}
-    barrier = threading.Barrier(8)
+    barrier = threading.Barrier(n_pilots)
 
     def pilot(name: str) -> None:
         mine: list[int] = []
         barrier.wait()
         while True:
             with sessions.begin() as s:
-                jobs = claim_jobs(s, queue="Q", limit=7, pilot_id=name, worker_id=None, node=None)
+                jobs = claim_jobs(
+                    s, queue="Q", limit=batch, pilot_id=name, worker_id=None, node=None
+                )
                 ids = [j.id for j in jobs]
             if not ids:
                 break
             mine += ids
         got[name] = mine
 
-    threads = [threading.Thread(target=pilot, args=(f"p{i}",)) for i in range(8)]
+    threads = [threading.Thread(target=pilot, args=(f"p{i}",)) for i in range(n_pilots)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return got
+
+
+def assert_claimed_once(sessions, got: dict[str, list[int]], n_jobs: int) -> None:  # type: ignore[no-untyped-def]
     claimed = [i for ids in got.values() for i in ids]
-    assert len(claimed) == 400 and len(set(claimed)) == 400
+    assert len(claimed) == n_jobs and len(set(claimed)) == n_jobs
     assert sum(1 for ids in got.values() if ids) > 1
     with sessions() as s:
         holders = dict(s.execute(select(Job.id, Job.pilot_id)).all())
     for name, ids in got.items():
         assert all(holders[i] == name for i in ids)
+
+
+def test_racing_claims_never_share_a_job(tmp_path: Path) -> None:
+    """Eight threads with their own connections claim 400 jobs from one SQLite file."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'race.db'}")
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    _seed(sessions, 400)
+    assert_claimed_once(sessions, race_claims(sessions), 400)

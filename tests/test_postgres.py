@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, text
 
 from db.engine import make_engine, make_sessionmaker
 from db.migrate import upgrade
-from db.models import Job
-from db.queue import claim_jobs
 from tests.helpers import REPO, Harvester
-from tests.test_claim import _seed
+from tests.test_claim import _seed, assert_claimed_once, race_claims
 
 PG_ENV = {"HPCAF_PG_DIR": "/tmp/hpcaf-pg-tests", "HPCAF_PG_PORT": "54331"}
 
@@ -62,35 +59,7 @@ def test_racing_claims_on_postgres(database_url: str) -> None:
     upgrade(engine)
     sessions = make_sessionmaker(engine)
     _seed(sessions, 400)
-    got: dict[str, list[int]] = {}
-    barrier = threading.Barrier(8)
-
-    def pilot(name: str) -> None:
-        mine: list[int] = []
-        barrier.wait()
-        while True:
-            with sessions.begin() as s:
-                ids = [
-                    j.id
-                    for j in claim_jobs(
-                        s, queue="Q", limit=7, pilot_id=name, worker_id=None, node=None
-                    )
-                ]
-            if not ids:
-                break
-            mine += ids
-        got[name] = mine
-
-    threads = [threading.Thread(target=pilot, args=(f"p{i}",)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    claimed = [i for ids in got.values() for i in ids]
-    assert len(claimed) == 400 and len(set(claimed)) == 400
-    with sessions() as s:
-        holders = dict(s.execute(select(Job.id, Job.pilot_id)).all())
-    assert all(holders[i] == name for name, ids in got.items() for i in ids)
+    assert_claimed_once(sessions, race_claims(sessions), 400)
     engine.dispose()
 
 
