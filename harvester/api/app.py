@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from db.errors import IllegalTransition
 from harvester.agents.base import AgentRunner
 from harvester.api.auth import CurrentPrincipal
+from harvester.api.metrics import Metrics
 from harvester.api.routes import files, jobs, pilot, queues, tasks, workers
 from harvester.context import HarvesterContext
 from harvester.errors import HarvesterError
@@ -39,6 +40,8 @@ def create_app(ctx: HarvesterContext, runner: AgentRunner | None = None) -> Fast
         lifespan=lifespan,
     )
     app.state.context = ctx
+    app.state.metrics = Metrics(ctx)
+    app.state.metrics.install(app)
     for router in (
         tasks.router,
         jobs.router,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from harvester.api.auth import Context, CurrentPrincipal
 from harvester.api.schemas import (
@@ -20,25 +20,37 @@ router = APIRouter(prefix="/api/v1/pilot", tags=["pilot"])
 
 
 @router.post("/acquire_jobs", response_model=AcquireReply)
-def acquire_jobs(req: AcquireRequest, ctx: Context, principal: CurrentPrincipal) -> AcquireReply:
+def acquire_jobs(
+    req: AcquireRequest, request: Request, ctx: Context, principal: CurrentPrincipal
+) -> AcquireReply:
     """Claim up to ``n_jobs`` activated jobs of a queue (atomic; each job to one pilot)."""
     with ctx.sessions.begin() as session:
-        return AcquireReply(jobs=dispatch.acquire_jobs(session, ctx, principal, req))
+        jobs = dispatch.acquire_jobs(session, ctx, principal, req)
+    if jobs:
+        request.app.state.metrics.dispatched.labels(req.queue).inc(len(jobs))
+    return AcquireReply(jobs=jobs)
 
 
 @router.post("/heartbeat", response_model=HeartbeatReply)
-def heartbeat(req: HeartbeatRequest, ctx: Context, principal: CurrentPrincipal) -> HeartbeatReply:
+def heartbeat(
+    req: HeartbeatRequest, request: Request, ctx: Context, principal: CurrentPrincipal
+) -> HeartbeatReply:
     """Keep held jobs alive; the reply names jobs the pilot must kill."""
+    request.app.state.metrics.heartbeats.inc()
     with ctx.sessions.begin() as session:
         commands = dispatch.heartbeat(session, principal, req)
         return HeartbeatReply(commands=commands)
 
 
 @router.post("/update_job", response_model=UpdateJobReply)
-def update_job(req: UpdateJobRequest, ctx: Context, principal: CurrentPrincipal) -> UpdateJobReply:
+def update_job(
+    req: UpdateJobRequest, request: Request, ctx: Context, principal: CurrentPrincipal
+) -> UpdateJobReply:
     """Report a job's new state (forward only; a repeated final report changes nothing)."""
     with ctx.sessions.begin() as session:
-        return dispatch.update_job(session, ctx, principal, req)
+        reply = dispatch.update_job(session, ctx, principal, req)
+    request.app.state.metrics.updates.labels(req.state).inc()
+    return reply
 
 
 @router.post("/worker_node", status_code=204)

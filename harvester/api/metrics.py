@@ -1,0 +1,108 @@
+"""``/metrics`` in Prometheus text format.
+
+Job and worker counts are read from the database at scrape time (a custom
+collector, so several harvester processes on one database report the same
+truth); request latencies and dispatch counters are process-local.
+
+| metric | type | labels |
+|---|---|---|
+| ``hpcaf_jobs`` | gauge | ``status``, ``queue`` |
+| ``hpcaf_workers`` | gauge | ``status``, ``queue`` |
+| ``hpcaf_tasks`` | gauge | ``status`` |
+| ``hpcaf_http_request_duration_seconds`` | histogram | ``method``, ``route`` |
+| ``hpcaf_jobs_dispatched_total`` | counter | ``queue`` |
+| ``hpcaf_job_updates_total`` | counter | ``state`` |
+| ``hpcaf_heartbeats_total`` | counter | |
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from db.models import Job, Task, Worker
+from harvester.api.auth import CurrentPrincipal
+from harvester.context import HarvesterContext
+
+
+class QueueStateCollector(Collector):
+    """Counts of jobs, workers and tasks by state, straight from the database."""
+
+    def __init__(self, ctx: HarvesterContext) -> None:
+        self.ctx = ctx
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        jobs = GaugeMetricFamily(
+            "hpcaf_jobs", "Job attempts by status and queue", labels=["status", "queue"]
+        )
+        workers = GaugeMetricFamily(
+            "hpcaf_workers", "Workers by status and queue", labels=["status", "queue"]
+        )
+        tasks = GaugeMetricFamily("hpcaf_tasks", "Tasks by status", labels=["status"])
+        with self.ctx.sessions() as session:
+            for job_status, job_queue, n in session.execute(
+                select(Job.status, Job.queue, func.count()).group_by(Job.status, Job.queue)
+            ):
+                jobs.add_metric([job_status.value, job_queue or ""], n)
+            for worker_status, worker_queue, n in session.execute(
+                select(Worker.status, Worker.queue, func.count()).group_by(
+                    Worker.status, Worker.queue
+                )
+            ):
+                workers.add_metric([worker_status.value, worker_queue], n)
+            for task_status, n in session.execute(
+                select(Task.status, func.count()).group_by(Task.status)
+            ):
+                tasks.add_metric([task_status.value], n)
+        yield jobs
+        yield workers
+        yield tasks
+
+
+class Metrics:
+    """The process's registry and the instruments the API updates."""
+
+    def __init__(self, ctx: HarvesterContext) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(QueueStateCollector(ctx))
+        self.latency = Histogram(
+            "hpcaf_http_request_duration_seconds",
+            "API request latency",
+            ["method", "route"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+        self.dispatched = Counter(
+            "hpcaf_jobs_dispatched", "Jobs handed to pilots", ["queue"], registry=self.registry
+        )
+        self.updates = Counter(
+            "hpcaf_job_updates",
+            "Pilot job updates by reported state",
+            ["state"],
+            registry=self.registry,
+        )
+        self.heartbeats = Counter("hpcaf_heartbeats", "Pilot heartbeats", registry=self.registry)
+
+    def install(self, app: FastAPI) -> None:
+        @app.middleware("http")
+        async def _time_requests(
+            request: Request, call_next: Callable[[Request], Awaitable[Response]]
+        ) -> Response:
+            start = time.perf_counter()
+            response = await call_next(request)
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.latency.labels(request.method, path).observe(time.perf_counter() - start)
+            return response
+
+        @app.get("/metrics", include_in_schema=False)
+        def metrics(_principal: CurrentPrincipal) -> Response:
+            """Prometheus text format (any valid token; scrape with a bearer token)."""
+            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
