@@ -102,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     pilot_id = f"{node.hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     base_dir = args.workdir or Path(tempfile.mkdtemp(prefix="hpcaf-pilot-"))
     base_dir.mkdir(parents=True, exist_ok=True)
-    server = PilotServer(args.server, token)
+    stopping = threading.Event()
+    server = PilotServer(args.server, token, stop=stopping)
     gpus = discover_gpus(args.nvidia_smi, os.environ)
     runner = JobRunner(server, pilot_id, base_dir, node.cores, gpus, warm=not args.no_warm)
-    stopping = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,16 @@ class ServerError(Exception):
 class PilotServer:
     """Calls the harvester's REST API with the pilot's token."""
 
-    def __init__(self, url: str, token: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        timeout_s: float = 30.0,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
+        self._stop = stop or threading.Event()
         self._client = httpx.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s
         )
@@ -55,7 +64,8 @@ class PilotServer:
             if time.monotonic() + delay > deadline:
                 raise ServerError(problem)
             log.warning("%s %s: %s; retrying in %.1fs", method, path, problem, delay)
-            time.sleep(delay)
+            if self._stop.wait(delay):  # the pilot was told to stop: no more retries
+                raise ServerError(f"{problem} (pilot stopping, not retried)")
             delay = min(delay * 2, 15.0)
 
     def acquire_jobs(
