@@ -106,7 +106,7 @@ def _regex(pattern: str, value: str) -> str:
 
 
 def _shorthand(gpu_part: str, value: str) -> GpuRequest:
-    parts = [p for p in gpu_part.split(":")]
+    parts = gpu_part.split(":")
     vendor = _vendor(parts[0], value)
     fields: dict[str, Any] = {"vendor": vendor}
     for condition in parts[1:]:

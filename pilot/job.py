@@ -161,6 +161,7 @@ class JobRunner:
         env = {**spec.get("image_environment", {}), **spec.get("env", {})}
         env.update({name: str(cores) for name in THREAD_VARIABLES})
         gpu_job = int(spec.get("gpus", 0)) > 0
+        devices = device_nodes(self.gpus) if gpu_job else []
         if gpu_job:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(g.uuid for g in self.gpus)
         if (Path(image) / CACHE_IN_CONTAINER.lstrip("/")).is_dir():
@@ -174,8 +175,8 @@ class JobRunner:
             binds=[*[Bind.parse(b) for b in container.get("binds", [])], *self._cache_binds(image)],
             allow_network=bool(container.get("allow_network", False)),
             gpu=gpu_job,
-            devices=device_nodes(self.gpus) if gpu_job else [],
-            gpu_libraries=driver_libraries() if gpu_job and device_nodes(self.gpus) else [],
+            devices=devices,
+            gpu_libraries=driver_libraries() if devices else [],
             extra_options=list(container.get("options", [])),
         )
         walltime = float(spec.get("walltime_s", 3600))

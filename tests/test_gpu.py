@@ -280,6 +280,7 @@ def test_gpu_jobs_wait_for_a_gpu_pilot(harvester_factory: Callable[..., Harveste
     )
     cpu_task = h.submit("--containerImage", "base", "--exec", "true", "--outDS", "user.alice.cpu")
     wait_for(lambda: h.task(gpu_task)["job_counts"].get("activated") == 1, 60, "GPU job")
+    h.wait_activated(cpu_task, 1)  # submitted second: may be split a cycle later
     assert h.jobs(gpu_task)[0]["queue"] == "ANALY_GPU"
     assert h.jobs(cpu_task)[0]["queue"] == "ANALY_CPU"
     # CPU pilots, one of them on the GPU queue but on a node without GPUs

@@ -21,7 +21,6 @@ from harvester.agents.base import Agent
 from harvester.context import HarvesterContext
 from harvester.errors import HarvesterError
 from harvester.providers.base import Provider
-from harvester.providers.local import LocalProvider
 from harvester.services.lifecycle import fail_job
 from pilot.errors import PilotErrorCode
 
@@ -92,10 +91,9 @@ class Monitor(Agent):
             ).all()
         if not workers:
             return
-        if isinstance(provider, LocalProvider):
-            for w in workers:
-                if w.workdir:
-                    provider.track(w.batch_id or "", Path(w.workdir))
+        for w in workers:
+            if w.workdir and w.batch_id:
+                provider.track(w.batch_id, Path(w.workdir))
         try:
             statuses = provider.status([w.batch_id for w in workers if w.batch_id])
         except HarvesterError as exc:

@@ -23,7 +23,7 @@ from harvester.config import QueueConfig
 from harvester.context import HarvesterContext
 from harvester.errors import HarvesterError
 from harvester.providers.base import Provider, WorkerResources
-from harvester.services.queues import list_queues
+from harvester.services.queues import queue_status
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Submitter(Agent):
 
     def _cycle(self, queue: QueueConfig) -> None:
         with self.ctx.sessions.begin() as session:
-            status = {q.name: q.status for q in list_queues(session)}.get(queue.name, queue.status)
+            status = queue_status(session, queue.name)
             if status is QueueStatus.OFFLINE:
                 return
             activated = (

@@ -76,6 +76,11 @@ class Provider(ABC):
     def cancel(self, batch_ids: list[str]) -> None:
         """Remove the batch jobs (their pilots get SIGTERM first where the system allows)."""
 
+    def track(self, batch_id: str, workdir: Path) -> None:
+        """Learn where an existing worker lives (after a harvester restart); most
+        providers ask their batch system and need nothing."""
+        return None
+
     def sweep(self, batch_id: str, workdir: Path | None) -> None:
         """Remove what a finished worker left behind (scripts, logs)."""
         if workdir is not None and workdir.exists():

@@ -69,7 +69,7 @@ class LocalProvider(Provider):
         return batch_id
 
     def track(self, batch_id: str, workdir: Path) -> None:
-        """Tell a restarted provider where an existing worker keeps its exit code."""
+        """A restarted harvester finds an existing worker's exit code in its directory."""
         self._workdirs.setdefault(batch_id, workdir)
 
     def status(self, batch_ids: list[str]) -> dict[str, BatchStatus]:

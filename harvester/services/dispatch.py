@@ -29,6 +29,7 @@ from harvester.api.schemas import (
 )
 from harvester.context import HarvesterContext
 from harvester.errors import Conflict, Forbidden, InvalidRequest, NotFoundError
+from harvester.images.cache import ImageInfo
 from harvester.services.files import check_file_name
 from harvester.services.lifecycle import fail_job, refresh_task
 from harvester.services.tokens import Principal
@@ -72,7 +73,8 @@ def acquire_jobs(
     }
     for task in tasks.values():
         refresh_task(session, task)
-    return [_job_spec(ctx, job, tasks[job.task_id]) for job in jobs]
+    images = {t.id: ctx.images.get(t.image) for t in tasks.values()}
+    return [_job_spec(ctx, job, tasks[job.task_id], images[job.task_id]) for job in jobs]
 
 
 def _pilot_worker(session: Session, worker_id: int | None, queue: str) -> Worker | None:
@@ -84,10 +86,9 @@ def _pilot_worker(session: Session, worker_id: int | None, queue: str) -> Worker
     return worker
 
 
-def _job_spec(ctx: HarvesterContext, job: Job, task: Task) -> JobSpec:
+def _job_spec(ctx: HarvesterContext, job: Job, task: Task, image: ImageInfo | None) -> JobSpec:
     params = task.params
     queue = ctx.queues[job.queue] if job.queue else None
-    image = ctx.images.get(task.image)
     env = {
         "PANDAID": str(job.id),
         "JEDITASKID": str(task.id),

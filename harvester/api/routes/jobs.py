@@ -11,7 +11,7 @@ from db.models import EntityKind, File, FileKind, Job, Role, StateHistory
 from harvester.api.auth import Context, CurrentPrincipal
 from harvester.api.schemas import HistoryEntry, JobPublic
 from harvester.api.views import job_public
-from harvester.errors import Forbidden, NotFoundError
+from harvester.errors import NotFoundError
 from harvester.services.tasks import check_owner, get_task
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
@@ -27,8 +27,7 @@ def _job(session: Session, job_id: int) -> Job:
 @router.get("/{job_id}", response_model=JobPublic)
 def show(job_id: int, ctx: Context, principal: CurrentPrincipal) -> JobPublic:
     """One job attempt: state, queue, worker and batch id, exit and error codes."""
-    if principal.role is Role.PILOT:
-        raise Forbidden("a pilot token cannot read jobs here")
+    principal.require(Role.USER)
     with ctx.sessions() as session:
         return job_public(session, _job(session, job_id))
 
@@ -52,8 +51,7 @@ def log(job_id: int, ctx: Context, principal: CurrentPrincipal) -> PlainTextResp
 @router.get("/{job_id}/history", response_model=list[HistoryEntry])
 def history(job_id: int, ctx: Context, principal: CurrentPrincipal) -> list[HistoryEntry]:
     """Every state change of the job attempt, oldest first."""
-    if principal.role is Role.PILOT:
-        raise Forbidden("a pilot token cannot read jobs here")
+    principal.require(Role.USER)
     with ctx.sessions() as session:
         _job(session, job_id)
         rows = session.scalars(

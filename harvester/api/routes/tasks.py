@@ -20,7 +20,6 @@ from harvester.api.schemas import (
     TaskSubmitted,
 )
 from harvester.api.views import job_public, task_public
-from harvester.errors import Forbidden
 from harvester.services import results as results_service
 from harvester.services import tasks as task_service
 
@@ -60,8 +59,7 @@ def list_tasks(
 def show(task_id: int, ctx: Context, principal: CurrentPrincipal) -> TaskPublic:
     """One task with its parameters and job counts by status."""
     with ctx.sessions() as session:
-        if principal.role is Role.PILOT:
-            raise Forbidden("a pilot token cannot read tasks")
+        principal.require(Role.USER)
         task = task_service.get_task(session, task_id)
         counts = task_service.job_counts(session, [task_id]).get(task_id, {})
         return task_public(task, counts, with_params=True)
@@ -95,8 +93,7 @@ def jobs(
 ) -> list[JobPublic]:
     """Every attempt of every job of the task (or only the newest attempts)."""
     with ctx.sessions() as session:
-        if principal.role is Role.PILOT:
-            raise Forbidden("a pilot token cannot read tasks")
+        principal.require(Role.USER)
         task_service.get_task(session, task_id)
         if all_attempts:
             query = select(Job).where(Job.task_id == task_id)
