@@ -17,6 +17,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -258,3 +259,28 @@ class File(Base):
     task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id"), default=None)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ScanPoint(Base):
+    """One point of a steered task (a hyperparameter scan or an adaptive fit scan).
+
+    The point is created in the same transaction as the job that evaluates it
+    (``job_index == point_index``), so a restarted harvester neither loses nor
+    repeats a point; its state is the state of that job's newest attempt.
+    """
+
+    __tablename__ = "scan_points"
+    __table_args__ = (UniqueConstraint("task_id", "point_index", name="uq_scan_points_task_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))
+    point_index: Mapped[int] = mapped_column(Integer)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metric: Mapped[float | None] = mapped_column(Float, default=None)
+    """The value the scan optimizes (or CLs_obs for an adaptive fit scan)."""
+    results: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    """Everything the evaluation reported (its metrics.json, or the fit result)."""
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), default=None)
+    """The attempt that produced ``metric``."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    evaluated_at: Mapped[datetime | None] = mapped_column(default=None)

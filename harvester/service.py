@@ -16,6 +16,7 @@ from harvester.agents.base import AgentRunner
 from harvester.agents.brokerage import Brokerage
 from harvester.agents.monitor import Monitor
 from harvester.agents.splitter import Splitter
+from harvester.agents.steering import Steering
 from harvester.agents.submitter import Submitter
 from harvester.agents.sweeper import Sweeper
 from harvester.agents.watchdog import HeartbeatWatchdog
@@ -73,6 +74,7 @@ def build_agents(ctx: HarvesterContext) -> AgentRunner:
     return AgentRunner(
         [
             Splitter(ctx),
+            Steering(ctx),
             Brokerage(ctx),
             Submitter(ctx, providers),
             Monitor(ctx, providers),

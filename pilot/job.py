@@ -198,11 +198,15 @@ class JobRunner:
                 "failed", exit_code=code, error_code=kill_reason[0], diagnostics=kill_reason[1]
             )
         if code != 0:
+            diagnostics = f"payload exited with code {code} after {elapsed:.1f}s"
+            message = _report_message(workdir)
+            if message:
+                diagnostics += f": {message}"
             return Outcome(
                 "failed",
                 exit_code=code,
                 error_code=_classify(code, workdir),
-                diagnostics=f"payload exited with code {code} after {elapsed:.1f}s",
+                diagnostics=diagnostics,
                 outputs=self._partial_outputs(spec, workdir),
             )
         outputs = stage_out(self.server, list(spec.get("outputs", [])), workdir)
@@ -377,6 +381,21 @@ class JobRunner:
         if reply.get("command") == "tobekilled":
             self.kill(job_id, PilotErrorCode.KILLED, "killed on the server's command")
         return reply
+
+
+def _report_message(workdir: Path, limit: int = 1000) -> str | None:
+    """The transform's own account of a failure (``exitMsg`` of jobReport.json, as in PanDA)."""
+    path = workdir / "jobReport.json"
+    if not path.is_file() or path.is_symlink() or path.stat().st_size > 1 << 20:
+        return None
+    try:
+        report = json.loads(path.read_text(errors="replace"))
+    except ValueError:
+        return None
+    message = report.get("exitMsg") if isinstance(report, dict) else None
+    if not isinstance(message, str) or message in ("", "OK"):
+        return None
+    return message[:limit]
 
 
 def _classify(code: int, workdir: Path) -> PilotErrorCode:

@@ -1,4 +1,7 @@
-"""Splitter: a registered task becomes its jobs (one per jobParameters entry, or nJobs)."""
+"""Splitter: a registered task becomes its jobs (one per jobParameters entry, or nJobs).
+
+Steered tasks (scans) get no jobs here: the steering agent makes them point by point.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,9 @@ from sqlalchemy import select
 
 from db.models import Job, Task
 from db.queue import record_creation, transition
-from db.states import JobStatus, TaskStatus
+from db.states import TaskStatus
 from harvester.agents.base import Agent
-from harvester.architecture import parse_architecture
-from harvester.errors import InvalidRequest
+from harvester.services.lifecycle import build_job
 
 
 class Splitter(Agent):
@@ -25,26 +27,14 @@ class Splitter(Agent):
                 .limit(self.batch)
             ).all()
             for task in tasks:
-                params = task.params
-                try:
-                    gpu_job = parse_architecture(task.architecture).needs_gpu
-                except InvalidRequest:
-                    gpu_job = False
-                per_job = params.get("jobParameters") or [None] * task.n_jobs
-                for index, parameters in enumerate(per_job):
-                    job = Job(
-                        task_id=task.id,
-                        job_index=index,
-                        attempt_nr=1,
-                        status=JobStatus.DEFINED,
-                        spec={"parameters": parameters} if parameters is not None else {},
-                        cores=int(params.get("coreCount", 1)),
-                        memory_mb=int(params.get("ramCount") or 0),
-                        walltime_s=int(params.get("maxWalltime") or 0),
-                        priority=task.priority,
-                        gpus=1 if gpu_job else 0,
+                if task.params.get("steering"):
+                    transition(
+                        session, task, TaskStatus.READY, reason="steered: jobs come as points"
                     )
-                    session.add(job)
+                    continue
+                per_job = task.params.get("jobParameters") or [None] * task.n_jobs
+                for index, parameters in enumerate(per_job):
+                    session.add(build_job(task, index, parameters))
                 session.flush()
                 for job in session.scalars(select(Job).where(Job.task_id == task.id)):
                     record_creation(session, job, reason="split from task")

@@ -58,6 +58,11 @@ class TaskCreate(BaseModel):
     jobParameters: list[dict[str, Any]] | None = Field(
         None, description="per-job parameters; when given, one job per entry"
     )
+    steering: dict[str, Any] | None = Field(
+        None,
+        description="a steered scan (phpo, pfit --adaptive): jobs are made point by point; "
+        "see docs/phpo.md",
+    )
 
     @field_validator("env")
     @classmethod

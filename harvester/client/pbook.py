@@ -57,6 +57,8 @@ def show(
                 print(json.dumps(task, indent=2))
                 return
             _print_task(c, task)
+            if (task.get("params") or {}).get("steering"):
+                print_points(c.get(f"/api/v1/tasks/{task_id}/points"))
             return
         page = c.get("/api/v1/tasks", status=status, limit=limit)
     if as_json:
@@ -242,9 +244,17 @@ def results(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
 ) -> None:
-    """The task's results (for fit tasks: CLs per patch); -o downloads its output files."""
+    """The task's results (fit tasks: CLs per patch; scans: the points); -o downloads files."""
     with client() as c:
         document = c.get(f"/api/v1/tasks/{task_id}/results")
+        if document.get("kind") == "hpo_eval":
+            summary = c.get(f"/api/v1/tasks/{task_id}/points")
+            if outdir is not None:
+                outdir.mkdir(parents=True, exist_ok=True)
+                for f in document["files"]:
+                    c.download(f["sha256"], outdir / f["name"])
+            _scan_results(summary, plot, as_json=as_json)
+            return
         if outdir is not None:
             outdir.mkdir(parents=True, exist_ok=True)
             for f in document["files"]:
@@ -268,6 +278,51 @@ def results(
         if fit is None:
             raise fail(f"task {task_id} is not a fit task; nothing to plot")
         draw_plot(fit, plot, params, task_id)
+
+
+def _scan_results(summary: dict[str, Any], plot: Path | None, *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_points(summary)
+    if plot is not None:
+        from harvester.client.plot import plot_scan
+
+        try:
+            n = plot_scan(summary, plot)
+        except ValueError as exc:
+            raise fail(str(exc)) from exc
+        out.print(f"scan plot: {plot} ({n} evaluated points)")
+
+
+def _value_text(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def print_points(summary: dict[str, Any]) -> None:
+    """The points of a scan, best marked, and the best so far."""
+    points = summary["points"]
+    metric = summary.get("metric") or "metric"
+    names = list(points[0]["params"]) if points else []
+    best = summary.get("best")
+    table = Table("point", *names, metric, "status", "PandaID", "error")
+    for p in points:
+        marker = " *" if best and p["index"] == best["index"] else ""
+        table.add_row(
+            f"{p['index']}{marker}",
+            *[_value_text(p["params"].get(n)) for n in names],
+            "" if p["metric"] is None else f"{p['metric']:.6g}",
+            p["status"],
+            str(p["job_id"]),
+            (p.get("error") or "")[:60],
+        )
+    out.print(table)
+    n_done = sum(1 for p in points if p["metric"] is not None)
+    line = f"{n_done} of {len(points)} points evaluated ({summary['maxPoints']} planned)"
+    if best:
+        values = ", ".join(f"{k}={_value_text(v)}" for k, v in best["params"].items())
+        line += f"; best {metric} = {best['metric']:.6g} at point {best['index']} ({values})"
+    out.print(line)
 
 
 def print_fit_table(fit: dict[str, Any]) -> None:

@@ -174,6 +174,20 @@ def main(
     timeout: Annotated[
         float, typer.Option(help="--wait gives up after this many seconds")
     ] = 7200.0,
+    adaptive: Annotated[
+        bool,
+        typer.Option(
+            "--adaptive",
+            help="fit a coarse subset, then only patches near the CLs = 0.05 contour",
+        ),
+    ] = False,
+    initial_patches: Annotated[
+        int | None,
+        typer.Option("--initialPatches", help="--adaptive: size of the coarse first subset"),
+    ] = None,
+    n_parallel: Annotated[
+        int, typer.Option("--nParallelEvaluation", help="--adaptive: fits running at once")
+    ] = 8,
 ) -> None:
     """Submit one fit task for a pallet; prints jediTaskID=<id>."""
     if test_stat not in TEST_STATISTICS:
@@ -185,6 +199,12 @@ def main(
         raise fail(f"--backend must be one of {', '.join(BACKENDS)}")
     if patches_per_job is not None and patches_per_job < 1:
         raise fail("--patchesPerJob must be at least 1")
+    if adaptive and patches_per_job not in (None, 1):
+        raise fail("--adaptive fits one patch per job; leave out --patchesPerJob")
+    if initial_patches is not None and initial_patches < 1:
+        raise fail("--initialPatches must be at least 1")
+    if n_parallel < 1:
+        raise fail("--nParallelEvaluation must be at least 1")
     if pallet is not None:
         cache = Path(os.environ.get("HPCAF_PALLET_CACHE") or Path.home() / ".cache" / "hpcaf")
         workspace, patchset = pallet_files(pallet, cache / "pallets")
@@ -202,6 +222,10 @@ def main(
         ps_name = "patchset.json.gz" if patchset.name.endswith(".gz") else "patchset.json"
         ps_file = c.upload(patchset, ps_name)
         job_parameters = group(names, per_job)
+        steering = None
+        if adaptive:
+            steering = adaptive_steering(checked, names, initial_patches, n_parallel)
+            job_parameters = []
         params = {
             "taskName": f"pfit {workspace.parent.name or workspace.name} ({len(names)} patches)",
             "containerImage": container_image,
@@ -212,7 +236,8 @@ def main(
                 {"name": "BkgOnly.json", "sha256": ws_file["sha256"]},
                 {"name": ps_name, "sha256": ps_file["sha256"]},
             ],
-            "jobParameters": job_parameters,
+            "jobParameters": job_parameters or None,
+            "steering": steering,
             "transformArgs": {
                 "workspace": "BkgOnly.json",
                 "patchset": ps_name,
@@ -229,10 +254,16 @@ def main(
         reply = c.submit_task({k: v for k, v in params.items() if v is not None})
         task_id = reply["jediTaskID"]
         print(f"jediTaskID={task_id}", flush=True)
-        err.print(
-            f"{len(names)} patches in {len(job_parameters)} jobs "
-            f"({per_job} per job), backend {backend}, outDS {me}"
-        )
+        if steering is not None:
+            err.print(
+                f"adaptive scan of {len(names)} patches: {steering['initial']} first, then "
+                f"those near CLs = 0.05, {n_parallel} at a time; backend {backend}, outDS {me}"
+            )
+        else:
+            err.print(
+                f"{len(names)} patches in {len(job_parameters)} jobs "
+                f"({per_job} per job), backend {backend}, outDS {me}"
+            )
         if not wait:
             return
         task = wait_for_task(c, task_id, timeout)
@@ -240,11 +271,33 @@ def main(
         task_params = c.task(task_id).get("params") or {}
     fit = document.get("results") or {}
     print_fit_table(fit)
+    if adaptive:
+        fitted = sum(1 for e in fit.values() if e.get("status") == "ok")
+        out.print(f"adaptive scan: {fitted} fits for {len(names)} patches")
     out.print(f"task {task_id} {task['status']}")
     if plot is not None:
         draw_plot(fit, plot, task_params, task_id)
     if task["status"] != "done":
         raise typer.Exit(1)
+
+
+def adaptive_steering(
+    patchset: Any, names: list[str], initial: int | None, parallel: int
+) -> dict[str, Any]:
+    """Steering of an adaptive scan: each patch's coordinates from its metadata values."""
+    chosen = set(names)
+    points = {p.name: [float(v) for v in p.values] for p in patchset.patches if p.name in chosen}
+    if len(points) < 2:
+        raise fail("--adaptive needs at least two patches")
+    if any(not 1 <= len(v) <= 3 for v in points.values()):
+        raise fail("--adaptive needs patches with 1 to 3 numeric metadata values")
+    steering: dict[str, Any] = {
+        "kind": "adaptive_cls",
+        "points": points,
+        "initial": min(initial or max(4, len(points) // 4), len(points)),
+        "nParallelEvaluation": parallel,
+    }
+    return steering
 
 
 def _wants_gpu(architecture: str | None) -> bool | None:

@@ -104,3 +104,53 @@ def plot_exclusion(
     fig.savefig(path)
     plt.close(fig)
     return contours
+
+
+def plot_scan(summary: dict[str, Any], path: Path) -> int:
+    """A hyperparameter scan: the metric against each parameter, best point marked.
+
+    Returns how many evaluated points were drawn.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [p for p in summary["points"] if p["metric"] is not None]
+    if not points:
+        raise ValueError("no point of this scan has a metric yet; nothing to plot")
+    names = list(points[0]["params"])
+    metric = summary.get("metric") or "metric"
+    best = summary.get("best")
+    fig, axes = plt.subplots(
+        1, len(names), figsize=(4 * len(names), 3.6), dpi=110, squeeze=False, sharey=True
+    )
+    for ax, name in zip(axes[0], names, strict=True):
+        values = [p["params"][name] for p in points]
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        xs: list[Any] = values if numeric else [str(v) for v in values]
+        ax.scatter(xs, [p["metric"] for p in points], s=18, c="steelblue")
+        if best is not None:
+            bx = best["params"][name]
+            ax.scatter(
+                [bx if numeric else str(bx)],
+                [best["metric"]],
+                s=60,
+                c="firebrick",
+                marker="*",
+                zorder=3,
+                label="best",
+            )
+        dimension = (summary.get("searchSpace") or {}).get(name, {})
+        if numeric and dimension.get("method") in ("loguniform", "logint"):
+            ax.set_xscale("log")
+        ax.set_xlabel(name)
+    axes[0][0].set_ylabel(metric)
+    if best is not None:
+        axes[0][0].legend(fontsize=8, frameon=False)
+    fig.suptitle(f"task {summary['jediTaskID']}: {len(points)} points")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return len(points)

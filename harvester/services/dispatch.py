@@ -8,7 +8,7 @@ registered only for the attempt that finished.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -30,6 +30,7 @@ from harvester.api.schemas import (
 from harvester.context import HarvesterContext
 from harvester.errors import Conflict, Forbidden, InvalidRequest, NotFoundError
 from harvester.images.cache import ImageInfo
+from harvester.services import steering
 from harvester.services.files import check_file_name
 from harvester.services.lifecycle import fail_job, refresh_task
 from harvester.services.tokens import Principal
@@ -108,7 +109,7 @@ def _job_spec(ctx: HarvesterContext, job: Job, task: Task, image: ImageInfo | No
         image_environment=image.environment if image else {},
         transform=params.get("transform", "runcontainer"),
         exec=params.get("exec", ""),
-        transform_args=params.get("transformArgs", {}),
+        transform_args=_transform_args(params),
         job_parameters=job.spec.get("parameters"),
         env=env,
         outputs=list(params.get("outputs", [])),
@@ -125,6 +126,16 @@ def _job_spec(ctx: HarvesterContext, job: Job, task: Task, image: ImageInfo | No
         },
         heartbeat_interval_s=ctx.settings.heartbeat_interval_s,
     )
+
+
+def _transform_args(params: dict[str, Any]) -> dict[str, Any]:
+    """The task's transformArgs; a scan's evaluations also learn which metric counts."""
+    args = dict(params.get("transformArgs") or {})
+    scan = params.get("steering") or {}
+    if scan.get("kind") == steering.HPO:
+        args.setdefault("metric", scan["metric"])
+        args.setdefault("metricsFile", steering.METRICS_FILE)
+    return args
 
 
 def heartbeat(
@@ -197,7 +208,14 @@ def update_job(
 
     if req.log is not None:
         _register(session, ctx, task, job, req.log, FileKind.LOG, log=True)
-    if wanted is JobStatus.FINISHED:
+    evaluation_error = None
+    if wanted is JobStatus.FINISHED and task.params.get("steering"):
+        try:
+            value, results = steering.read_evaluation(ctx, task, job, list(req.outputs))
+            steering.record_evaluation(session, task, job, value, results)
+        except steering.EvaluationError as exc:
+            evaluation_error = str(exc)
+    if wanted is JobStatus.FINISHED and evaluation_error is None:
         registered = _register_outputs(session, ctx, task, job, req.outputs)
         job.exit_code = req.exit_code if req.exit_code is not None else 0
         transition(
@@ -210,12 +228,15 @@ def update_job(
         refresh_task(session, task)
     else:
         code = req.pilot_error_code or PilotErrorCode.PAYLOAD_FAILED.value
+        diagnostics = req.pilot_error_diag or "no diagnostics from the pilot"
+        if evaluation_error is not None:  # it ran, but its result cannot be read: no retry
+            code, diagnostics = PilotErrorCode.PAYLOAD_BAD_INPUT.value, evaluation_error
         retry = fail_job(
             session,
             job,
             task,
             error_code=code,
-            diagnostics=req.pilot_error_diag or "no diagnostics from the pilot",
+            diagnostics=diagnostics,
             exit_code=req.exit_code,
             actor=req.pilot_id,
         )

@@ -1,4 +1,4 @@
-"""How jobs end and how a task's state follows from its jobs.
+"""How jobs are made and end, and how a task's state follows from its jobs.
 
 Every path that ends a job (pilot report, lost heartbeat, vanished worker,
 kill) goes through here, so retries and the task roll-up behave the same
@@ -8,6 +8,7 @@ whoever noticed the failure.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -15,7 +16,30 @@ from sqlalchemy.orm import Session
 from db.models import Job, Task, utcnow
 from db.queue import record_creation, transition
 from db.states import JOB_ACTIVE, JOB_TERMINAL, TASK_TERMINAL, JobStatus, TaskStatus
+from harvester.architecture import parse_architecture
+from harvester.errors import InvalidRequest
 from pilot.errors import PilotErrorCode
+
+
+def build_job(task: Task, index: int, parameters: dict[str, Any] | None) -> Job:
+    """The first attempt of unit ``index`` of ``task``, with the task's resource needs."""
+    params = task.params
+    try:
+        gpu_job = parse_architecture(task.architecture).needs_gpu
+    except InvalidRequest:
+        gpu_job = False
+    return Job(
+        task_id=task.id,
+        job_index=index,
+        attempt_nr=1,
+        status=JobStatus.DEFINED,
+        spec={"parameters": parameters} if parameters is not None else {},
+        cores=int(params.get("coreCount", 1)),
+        memory_mb=int(params.get("ramCount") or 0),
+        walltime_s=int(params.get("maxWalltime") or 0),
+        priority=task.priority,
+        gpus=1 if gpu_job else 0,
+    )
 
 
 def fail_job(
@@ -98,7 +122,8 @@ def refresh_task(session: Session, task: Task, *, jobs: Iterable[Job] | None = N
     if not current:
         return
     statuses = [j.status for j in current]
-    if all(s in JOB_TERMINAL for s in statuses):
+    complete = len(current) >= task.n_jobs  # a steered task grows until it has n_jobs
+    if complete and all(s in JOB_TERMINAL for s in statuses):
         n_finished = sum(s is JobStatus.FINISHED for s in statuses)
         if n_finished == len(statuses):
             final = TaskStatus.DONE

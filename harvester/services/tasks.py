@@ -17,6 +17,7 @@ from harvester.context import HarvesterContext
 from harvester.errors import Conflict, Forbidden, ImageError, InvalidRequest, NotFoundError
 from harvester.services.files import check_file_name, check_sha256
 from harvester.services.lifecycle import current_attempts, new_attempt
+from harvester.services.steering import check_steering
 from harvester.services.tokens import Principal
 
 DATASET_SUFFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,200}$")
@@ -52,6 +53,11 @@ def submit_task(
         raise InvalidRequest("exec is empty: give the command to run with --exec")
     n_jobs = len(params.jobParameters) if params.jobParameters is not None else params.nJobs
     limit = ctx.settings.max_jobs_per_task
+    steering = None
+    if params.steering is not None:
+        steering, n_jobs = check_steering(params, limit)
+    elif params.transform == "hpo_eval":
+        raise InvalidRequest("an hpo_eval task is a scan: submit it with phpo (steering)")
     if n_jobs < 1:
         raise InvalidRequest("a task needs at least one job")
     if n_jobs > limit:
@@ -86,10 +92,11 @@ def submit_task(
                 f"{', '.join(sorted(vendors)) or 'none'})"
             )
     if params.transform == "pyhf_fit":
-        check_fit_parameters(params)
+        check_fit_parameters(params, steered=steering is not None)
 
     stored = params.model_dump()
     stored["nJobs"] = n_jobs
+    stored["steering"] = steering
     stored["site"] = site
     task = Task(
         name=params.taskName or params.outDS,
@@ -115,8 +122,8 @@ FIT_BACKENDS = ("numpy", "jax")
 FIT_TEST_STATISTICS = ("qtilde", "q")
 
 
-def check_fit_parameters(params: TaskCreate) -> None:
-    """A fit task names its patches per job, a known backend and test statistic."""
+def check_fit_parameters(params: TaskCreate, *, steered: bool = False) -> None:
+    """A fit task names its patches per job (unless steered), a known backend and statistic."""
     args = params.transformArgs
     if args.get("backend", "numpy") not in FIT_BACKENDS:
         raise InvalidRequest(f"transformArgs.backend must be one of {', '.join(FIT_BACKENDS)}")
@@ -124,6 +131,10 @@ def check_fit_parameters(params: TaskCreate) -> None:
         raise InvalidRequest(
             f"transformArgs.test_stat must be one of {', '.join(FIT_TEST_STATISTICS)}"
         )
+    if "results.json" not in params.outputs:
+        raise InvalidRequest("a pyhf_fit task must declare the output results.json")
+    if steered:
+        return
     if not params.jobParameters:
         raise InvalidRequest("a pyhf_fit task needs jobParameters: one {'patches': [...]} per job")
     for index, job in enumerate(params.jobParameters):
@@ -134,8 +145,6 @@ def check_fit_parameters(params: TaskCreate) -> None:
             or not all(isinstance(p, str) for p in patches)
         ):
             raise InvalidRequest(f"jobParameters[{index}].patches must be a list of patch names")
-    if "results.json" not in params.outputs:
-        raise InvalidRequest("a pyhf_fit task must declare the output results.json")
 
 
 def get_task(session: Session, task_id: int) -> Task:

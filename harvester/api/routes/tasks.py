@@ -20,7 +20,9 @@ from harvester.api.schemas import (
     TaskSubmitted,
 )
 from harvester.api.views import job_public, task_public
+from harvester.errors import InvalidRequest
 from harvester.services import results as results_service
+from harvester.services import steering as steering_service
 from harvester.services import tasks as task_service
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
@@ -130,6 +132,17 @@ def results(task_id: int, ctx: Context, principal: CurrentPrincipal) -> dict[str
         task = task_service.get_task(session, task_id)
         task_service.check_owner(principal, task, action="read its results")
         return results_service.task_results(session, ctx, task)
+
+
+@router.get("/{task_id}/points")
+def points(task_id: int, ctx: Context, principal: CurrentPrincipal) -> dict[str, Any]:
+    """The points of a scan (phpo, pfit --adaptive) with their metrics and the best so far."""
+    with ctx.sessions() as session:
+        task = task_service.get_task(session, task_id)
+        task_service.check_owner(principal, task, action="read its results")
+        if not task.params.get("steering"):
+            raise InvalidRequest(f"task {task_id} is not a scan; it has no points")
+        return steering_service.scan_summary(session, task)
 
 
 @router.get("/{task_id}/history", response_model=list[HistoryEntry])

@@ -1,0 +1,180 @@
+"""``phpo``: submit a hyperparameter scan as one task, as ATLAS ``phpo`` does.
+
+Each point of the scan is one job that runs ``--exec`` with the point's values
+in place of its ``%{name}`` placeholders and leaves ``metrics.json`` in its
+work dir. The harvester keeps at most ``--nParallelEvaluation`` points in
+flight and proposes new ones (grid, random or Optuna's TPE) as results come
+back, until ``--maxPoints`` are done or the task is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from harvester.client.common import client, err, fail, out, split_list
+from harvester.client.pbook import print_points, wait_for_task
+from harvester.errors import InvalidRequest
+from harvester.scans.proposers import ALGORITHMS
+from harvester.scans.space import check_placeholders, parse_search_space
+
+app = typer.Typer(add_completion=False, help="Submit a hyperparameter scan to hpcaf.")
+
+METRICS_FILE = "metrics.json"
+
+
+def read_search_space(value: str) -> Any:
+    """A search space from a JSON file, or inline JSON text."""
+    text = value
+    if not value.lstrip().startswith("{"):
+        try:
+            text = Path(value).read_text()
+        except OSError as exc:
+            raise fail(f"--searchSpace {value}: {exc.strerror or exc}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise fail(f"--searchSpace {value}: not valid JSON ({exc})") from exc
+
+
+@app.command()
+def main(
+    containerImage: Annotated[
+        str, typer.Option("--containerImage", help="image that runs the evaluations")
+    ],
+    exec_: Annotated[
+        str, typer.Option("--exec", help="evaluation command with %{name} placeholders")
+    ],
+    searchSpace: Annotated[
+        str,
+        typer.Option(
+            "--searchSpace", "--searchSpaceFile", help="search space: a JSON file or JSON text"
+        ),
+    ],
+    maxPoints: Annotated[int, typer.Option("--maxPoints", help="points to evaluate")] = 10,
+    nParallelEvaluation: Annotated[
+        int, typer.Option("--nParallelEvaluation", help="evaluations running at once")
+    ] = 1,
+    algorithm: Annotated[
+        str, typer.Option("--algorithm", help="grid, random or tpe (Optuna)")
+    ] = "tpe",
+    minimize: Annotated[
+        bool, typer.Option("--minimize/--maximize", help="optimise the metric down or up")
+    ] = True,
+    metric: Annotated[
+        str, typer.Option("--metric", help=f"the key of {METRICS_FILE} that is optimised")
+    ] = "loss",
+    seed: Annotated[int | None, typer.Option("--seed", help="seed of the proposals")] = None,
+    outDS: Annotated[str | None, typer.Option("--outDS", help="output dataset user.NAME.X")] = None,
+    outputs: Annotated[
+        str | None, typer.Option("--outputs", help=f"more output files besides {METRICS_FILE}")
+    ] = None,
+    inputFiles: Annotated[
+        str | None,
+        typer.Option("--inputFiles", help="local files put in every evaluation's work dir"),
+    ] = None,
+    site: Annotated[str | None, typer.Option("--site", help="queue to run on")] = None,
+    architecture: Annotated[
+        str | None, typer.Option("--architecture", help="e.g. nvidia-gpu")
+    ] = None,
+    nCore: Annotated[int | None, typer.Option("--nCore", help="cores per evaluation")] = None,
+    memory: Annotated[int | None, typer.Option("--memory", help="MiB per evaluation")] = None,
+    maxWalltime: Annotated[
+        int | None, typer.Option("--maxWalltime", help="seconds per evaluation")
+    ] = None,
+    maxAttempt: Annotated[int, typer.Option("--maxAttempt", help="attempts per point")] = 2,
+    taskName: Annotated[str | None, typer.Option("--taskName")] = None,
+    dumpJson: Annotated[
+        Path | None, typer.Option("--dumpJson", help="write the task parameters to JSON")
+    ] = None,
+    noSubmit: Annotated[bool, typer.Option("--noSubmit", help="do not submit")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="wait and print the points")] = False,
+    timeout: Annotated[
+        float, typer.Option(help="--wait gives up after this many seconds")
+    ] = 7200.0,
+) -> None:
+    """Submit a scan; prints jediTaskID=<id>."""
+    if maxPoints < 1:
+        raise fail("--maxPoints must be at least 1")
+    if nParallelEvaluation < 1:
+        raise fail("--nParallelEvaluation must be at least 1")
+    if algorithm not in ALGORITHMS:
+        raise fail(f"--algorithm must be one of {', '.join(ALGORITHMS)}")
+    if not exec_.strip():
+        raise fail("--exec must not be empty")
+    document = read_search_space(searchSpace)
+    try:
+        space = parse_search_space(document)
+        check_placeholders(exec_, space)
+        n_points = min(maxPoints, space.grid_size()) if algorithm == "grid" else maxPoints
+    except InvalidRequest as exc:
+        raise fail(str(exc)) from exc
+    files = [Path(p) for p in split_list(inputFiles)]
+    for path in files:
+        if not path.is_file():
+            raise fail(f"--inputFiles {path}: no such file")
+    steering: dict[str, Any] = {
+        "kind": "hpo",
+        "algorithm": algorithm,
+        "searchSpace": document,
+        "maxPoints": maxPoints,
+        "nParallelEvaluation": nParallelEvaluation,
+        "minimize": minimize,
+        "metric": metric,
+    }
+    if seed is not None:
+        steering["seed"] = seed
+    params: dict[str, Any] = {
+        "taskName": taskName or f"phpo {algorithm} ({n_points} points)",
+        "containerImage": containerImage,
+        "transform": "hpo_eval",
+        "exec": exec_,
+        "outDS": outDS,
+        "outputs": [METRICS_FILE, *[o for o in split_list(outputs) if o != METRICS_FILE]],
+        "steering": steering,
+        "site": site,
+        "architecture": architecture,
+        "coreCount": nCore,
+        "ramCount": memory,
+        "maxWalltime": maxWalltime,
+        "maxAttempt": maxAttempt,
+    }
+    if dumpJson:
+        dumpJson.write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+        err.print(f"task parameters written to {dumpJson}")
+    if noSubmit:
+        return
+    with client() as c:
+        if params["outDS"] is None:
+            params["outDS"] = f"user.{c.get('/api/v1/whoami')['user']}.phpo.{int(time.time())}"
+        params["inputs"] = [
+            {"name": path.name, "sha256": c.upload(path, path.name)["sha256"]} for path in files
+        ]
+        reply = c.submit_task({k: v for k, v in params.items() if v is not None})
+        task_id = reply["jediTaskID"]
+        print(f"jediTaskID={task_id}", flush=True)
+        err.print(
+            f"{algorithm} scan of {', '.join(space.names)}: {n_points} points, "
+            f"{nParallelEvaluation} at a time, {'minimising' if minimize else 'maximising'} "
+            f"{metric}"
+        )
+        if not wait:
+            return
+        task = wait_for_task(c, task_id, timeout)
+        summary = c.get(f"/api/v1/tasks/{task_id}/points")
+    print_points(summary)
+    out.print(f"task {task_id} {task['status']}")
+    if task["status"] != "done":
+        raise typer.Exit(1)
+
+
+def run() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,367 @@
+"""Steered tasks: scans whose next points depend on the results of the last ones.
+
+Two kinds share the machinery: hyperparameter scans (``phpo``; each point a
+``hpo_eval`` job whose ``metrics.json`` says how good it was) and adaptive fit
+scans (``pfit --adaptive``; each point one patch, its metric CLs_obs). The
+whole steering state is in the database: the task's ``steering`` parameters,
+its :class:`ScanPoint` rows and their jobs. A point and its job are created in
+one transaction, and the proposers are pure functions of that record, so a
+restarted (or a second) harvester continues the scan exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import Job, ScanPoint, Task, utcnow
+from db.queue import record_creation
+from db.states import JOB_TERMINAL, JobStatus
+from harvester.api.schemas import OutputFile, TaskCreate
+from harvester.context import HarvesterContext
+from harvester.errors import InvalidRequest
+from harvester.scans.adaptive import AdaptivePlan, next_patches
+from harvester.scans.proposers import ALGORITHMS, Evaluation, make_proposer
+from harvester.scans.space import check_placeholders, parse_search_space
+from harvester.services.lifecycle import build_job, current_attempts, refresh_task
+
+HPO = "hpo"
+ADAPTIVE = "adaptive_cls"
+METRICS_FILE = "metrics.json"
+FIT_RESULTS_FILE = "results.json"
+MAX_METRICS_BYTES = 1 << 20
+MAX_PARALLEL = 10_000
+
+
+class EvaluationError(Exception):
+    """A finished evaluation whose result cannot be read; the message says what is wrong."""
+
+
+# -- submission ----------------------------------------------------------------------------
+
+
+def check_steering(params: TaskCreate, max_jobs: int) -> tuple[dict[str, Any], int]:
+    """Validate a steered task's parameters; the normalised steering and the task's size."""
+    steering = params.steering or {}
+    kind = steering.get("kind")
+    if params.jobParameters is not None:
+        raise InvalidRequest("a steered task makes its own jobs; do not give jobParameters")
+    if kind == HPO:
+        return _check_hpo(params, steering, max_jobs)
+    if kind == ADAPTIVE:
+        return _check_adaptive(params, steering, max_jobs)
+    raise InvalidRequest(f"steering.kind must be {HPO!r} or {ADAPTIVE!r}, not {kind!r}")
+
+
+def _positive_int(steering: dict[str, Any], key: str, *, default: int | None = None) -> int:
+    value = steering.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequest(f"steering.{key} must be an integer of at least 1, not {value!r}")
+    return value
+
+
+def _check_hpo(
+    params: TaskCreate, steering: dict[str, Any], max_jobs: int
+) -> tuple[dict[str, Any], int]:
+    if params.transform != "hpo_eval":
+        raise InvalidRequest("a hyperparameter scan runs the hpo_eval transform")
+    known = {
+        "kind",
+        "algorithm",
+        "searchSpace",
+        "maxPoints",
+        "nParallelEvaluation",
+        "minimize",
+        "metric",
+        "seed",
+        "nStartup",
+    }
+    unknown = set(steering) - known
+    if unknown:
+        raise InvalidRequest(f"unknown steering keys: {', '.join(sorted(unknown))}")
+    space = parse_search_space(steering.get("searchSpace"))
+    check_placeholders(params.exec, space)
+    algorithm = steering.get("algorithm", "tpe")
+    if algorithm not in ALGORITHMS:
+        raise InvalidRequest(f"algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}")
+    max_points = _positive_int(steering, "maxPoints")
+    parallel = _positive_int(steering, "nParallelEvaluation", default=1)
+    if parallel > MAX_PARALLEL:
+        raise InvalidRequest(f"steering.nParallelEvaluation must be at most {MAX_PARALLEL}")
+    n_points = min(max_points, space.grid_size()) if algorithm == "grid" else max_points
+    if n_points > max_jobs:
+        raise InvalidRequest(f"maxPoints={n_points} is over the limit of {max_jobs} jobs per task")
+    metric = steering.get("metric", "loss")
+    if not isinstance(metric, str) or not metric or len(metric) > 128:
+        raise InvalidRequest("steering.metric must be the name of a key of metrics.json")
+    seed = steering.get("seed")
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise InvalidRequest("steering.seed must be an integer from 0 to 2**31-1")
+    minimize = steering.get("minimize", True)
+    if not isinstance(minimize, bool):
+        raise InvalidRequest("steering.minimize must be true or false")
+    if METRICS_FILE not in params.outputs:
+        raise InvalidRequest(f"a hyperparameter scan must declare the output {METRICS_FILE}")
+    normalised = {
+        "kind": HPO,
+        "algorithm": algorithm,
+        "searchSpace": space.to_json(),
+        "maxPoints": max_points,
+        "nParallelEvaluation": parallel,
+        "minimize": minimize,
+        "metric": metric,
+        "seed": seed,
+        "nStartup": _positive_int(steering, "nStartup", default=min(10, max(2, n_points // 3))),
+    }
+    return normalised, n_points
+
+
+def _check_adaptive(
+    params: TaskCreate, steering: dict[str, Any], max_jobs: int
+) -> tuple[dict[str, Any], int]:
+    if params.transform != "pyhf_fit":
+        raise InvalidRequest("an adaptive fit scan runs the pyhf_fit transform")
+    known = {"kind", "points", "initial", "nParallelEvaluation", "target", "neighbours"}
+    unknown = set(steering) - known
+    if unknown:
+        raise InvalidRequest(f"unknown steering keys: {', '.join(sorted(unknown))}")
+    points = steering.get("points")
+    if not isinstance(points, dict) or len(points) < 2:
+        raise InvalidRequest("steering.points must map at least two patch names to coordinates")
+    if len(points) > max_jobs:
+        raise InvalidRequest(f"{len(points)} patches is over the limit of {max_jobs} jobs per task")
+    dims = None
+    for name, values in points.items():
+        if (
+            not isinstance(values, list)
+            or not 1 <= len(values) <= 3
+            or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                for v in values
+            )
+        ):
+            raise InvalidRequest(f"steering.points[{name!r}] must be a list of 1 to 3 numbers")
+        if dims is not None and len(values) != dims:
+            raise InvalidRequest("every patch needs the same number of coordinates")
+        dims = len(values)
+    target = steering.get("target", 0.05)
+    if not isinstance(target, float) or not 0 < target < 1:
+        raise InvalidRequest("steering.target must be a CLs level between 0 and 1")
+    normalised = {
+        "kind": ADAPTIVE,
+        "points": points,
+        "initial": min(
+            len(points), _positive_int(steering, "initial", default=max(4, len(points) // 4))
+        ),
+        "nParallelEvaluation": _positive_int(steering, "nParallelEvaluation", default=8),
+        "target": target,
+        "neighbours": _positive_int(steering, "neighbours", default=4),
+    }
+    return normalised, len(points)
+
+
+# -- steering ------------------------------------------------------------------------------
+
+
+@dataclass
+class ScanState:
+    """A steered task as the database records it."""
+
+    points: list[ScanPoint]
+    jobs: dict[int, Job]
+
+    def status(self, point: ScanPoint) -> JobStatus:
+        return self.jobs[point.point_index].status
+
+    def pending(self) -> list[ScanPoint]:
+        return [p for p in self.points if self.status(p) not in JOB_TERMINAL]
+
+    def evaluated(self) -> list[ScanPoint]:
+        return [p for p in self.points if self.status(p) is JobStatus.FINISHED]
+
+    def failed(self) -> list[ScanPoint]:
+        return [p for p in self.points if self.status(p) in (JobStatus.FAILED, JobStatus.CANCELLED)]
+
+
+def load_state(session: Session, task: Task) -> ScanState:
+    points = list(
+        session.scalars(
+            select(ScanPoint).where(ScanPoint.task_id == task.id).order_by(ScanPoint.point_index)
+        )
+    )
+    jobs = {j.job_index: j for j in current_attempts(session, task.id)}
+    return ScanState(points=points, jobs=jobs)
+
+
+def steer(session: Session, task: Task) -> int:
+    """Create the next points of ``task`` where there is room; how many were created."""
+    steering = task.params["steering"]
+    state = load_state(session, task)
+    room = min(
+        int(steering["nParallelEvaluation"]) - len(state.pending()),
+        task.n_jobs - len(state.points),
+    )
+    if steering["kind"] == ADAPTIVE:
+        return _steer_adaptive(session, task, state, room)
+    if room <= 0:
+        return 0
+    space = parse_search_space(steering["searchSpace"])
+    proposer = make_proposer(
+        steering["algorithm"],
+        space,
+        seed=int(steering["seed"]),
+        minimize=bool(steering["minimize"]),
+        n_startup=int(steering.get("nStartup", 10)),
+    )
+    evaluated = [Evaluation(p.params, p.metric) for p in state.evaluated()]
+    evaluated += [Evaluation(p.params, None) for p in state.failed()]
+    pending = [p.params for p in state.pending()]
+    created = 0
+    for _ in range(room):
+        index = len(state.points) + created
+        params = proposer.propose(index, evaluated, pending)
+        _add_point(session, task, index, params, {"point": params})
+        pending.append(params)
+        created += 1
+    return created
+
+
+def _steer_adaptive(session: Session, task: Task, state: ScanState, room: int) -> int:
+    steering = task.params["steering"]
+    plan = AdaptivePlan(
+        initial=int(steering["initial"]),
+        neighbours=int(steering["neighbours"]),
+        target=float(steering["target"]),
+    )
+    fitted = {p.params["patch"]: p.metric for p in state.evaluated() if p.metric is not None}
+    chosen = next_patches(
+        steering["points"],
+        fitted,
+        failed={p.params["patch"] for p in state.failed()},
+        pending={p.params["patch"] for p in state.pending()},
+        plan=plan,
+        room=max(room, 0),
+    )
+    if chosen is None:
+        if task.n_jobs != len(state.points):
+            task.n_jobs = len(state.points)  # converged: the scan is this many fits
+            refresh_task(session, task)
+        return 0
+    for offset, patch in enumerate(chosen):
+        _add_point(
+            session, task, len(state.points) + offset, {"patch": patch}, {"patches": [patch]}
+        )
+    return len(chosen)
+
+
+def _add_point(
+    session: Session, task: Task, index: int, params: dict[str, Any], job_parameters: dict[str, Any]
+) -> None:
+    session.add(ScanPoint(task_id=task.id, point_index=index, params=params))
+    job = build_job(task, index, job_parameters)
+    session.add(job)
+    session.flush()  # a second steerer creating the same point fails here, on the unique key
+    record_creation(session, job, reason=f"scan point {index} proposed")
+
+
+# -- results -------------------------------------------------------------------------------
+
+
+def read_evaluation(
+    ctx: HarvesterContext, task: Task, job: Job, outputs: list[OutputFile]
+) -> tuple[float, dict[str, Any]]:
+    """The metric (and everything reported with it) of a finished evaluation."""
+    steering = task.params["steering"]
+    wanted = METRICS_FILE if steering["kind"] == HPO else FIT_RESULTS_FILE
+    item = next((o for o in outputs if o.name == wanted), None)
+    if item is None or not ctx.files.exists(item.sha256):
+        raise EvaluationError(f"the evaluation reported no {wanted}")
+    path = ctx.files.path(item.sha256)
+    if path.stat().st_size > MAX_METRICS_BYTES:
+        raise EvaluationError(f"{wanted} is larger than {MAX_METRICS_BYTES} bytes")
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise EvaluationError(f"{wanted} is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise EvaluationError(f"{wanted} must hold a JSON object")
+    if steering["kind"] == HPO:
+        key = steering["metric"]
+        results = document
+    else:
+        patch = (job.spec.get("parameters") or {}).get("patches", [None])[0]
+        entry = document.get(patch)
+        results = entry if isinstance(entry, dict) else {}
+        key = "CLs_obs"
+    value = results.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise EvaluationError(f"{wanted} has no finite number under {key!r} (got {value!r})")
+    return float(value), results
+
+
+def record_evaluation(
+    session: Session, task: Task, job: Job, value: float, results: dict[str, Any]
+) -> None:
+    point = session.scalar(
+        select(ScanPoint).where(
+            ScanPoint.task_id == task.id, ScanPoint.point_index == job.job_index
+        )
+    )
+    if point is None:
+        return
+    point.metric = value
+    point.results = results
+    point.job_id = job.id
+    point.evaluated_at = utcnow()
+
+
+# -- views ---------------------------------------------------------------------------------
+
+
+def scan_summary(session: Session, task: Task) -> dict[str, Any]:
+    """The points with their state and metric, and the best so far (for pbook and the API)."""
+    steering = task.params.get("steering") or {}
+    state = load_state(session, task)
+    minimize = bool(steering.get("minimize", True)) if steering.get("kind") == HPO else None
+    rows: list[dict[str, Any]] = []
+    for point in state.points:
+        job = state.jobs[point.point_index]
+        rows.append(
+            {
+                "index": point.point_index,
+                "params": point.params,
+                "status": job.status.value,
+                "metric": point.metric,
+                "results": point.results,
+                "job_id": job.id,
+                "attempt_nr": job.attempt_nr,
+                "error": job.pilot_error_diag if job.status is JobStatus.FAILED else None,
+            }
+        )
+    scored = [r for r in rows if r["metric"] is not None]
+    best = None
+    if scored and minimize is not None:
+        best = (min if minimize else max)(scored, key=lambda r: float(r["metric"]))
+    return {
+        "jediTaskID": task.id,
+        "status": task.status.value,
+        "kind": steering.get("kind"),
+        "algorithm": steering.get(
+            "algorithm", ADAPTIVE if steering.get("kind") == ADAPTIVE else None
+        ),
+        "metric": steering.get("metric", "CLs_obs"),
+        "searchSpace": steering.get("searchSpace"),
+        "minimize": minimize,
+        "maxPoints": task.n_jobs,
+        "nParallelEvaluation": steering.get("nParallelEvaluation"),
+        "best": best,
+        "points": rows,
+    }
