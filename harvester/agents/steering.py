@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from db.models import Task
 from db.states import TaskStatus
 from harvester.agents.base import Agent
-from harvester.services.steering import steer
+from harvester.services.steering import break_task, steer
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +51,11 @@ class Steering(Agent):
                     log.info("task %s: %d new scan points", task_id, created)
         except IntegrityError:
             log.info("task %s: another steerer made the same point first; retrying", task_id)
+        except SQLAlchemyError:
+            raise  # the database, not the scan: the next cycle tries again
+        except Exception as exc:
+            log.exception("task %s: steering failed; the task is broken", task_id)
+            with self.ctx.sessions.begin() as session:
+                task = session.get(Task, task_id)
+                if task is not None:
+                    break_task(session, task, f"steering failed: {type(exc).__name__}: {exc}")

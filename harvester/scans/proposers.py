@@ -79,7 +79,7 @@ class TPEProposer(Proposer):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         distributions = self._distributions()
         sampler = optuna.samplers.TPESampler(
-            seed=self.seed * 100_003 + index,
+            seed=(self.seed * 100_003 + index) % 2**32,
             constant_liar=True,
             n_startup_trials=self.n_startup,
         )

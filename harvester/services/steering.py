@@ -21,8 +21,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Job, ScanPoint, Task, utcnow
-from db.queue import record_creation
-from db.states import JOB_TERMINAL, JobStatus
+from db.queue import record_creation, transition
+from db.states import JOB_TERMINAL, TASK_TERMINAL, JobStatus, TaskStatus
 from harvester.api.schemas import OutputFile, TaskCreate
 from harvester.context import HarvesterContext
 from harvester.errors import InvalidRequest
@@ -232,6 +232,17 @@ def steer(session: Session, task: Task) -> int:
         pending.append(params)
         created += 1
     return created
+
+
+def break_task(session: Session, task: Task, reason: str) -> None:
+    """A scan that cannot be steered any further: its pending points are cancelled."""
+    if task.status in TASK_TERMINAL:
+        return
+    for job in current_attempts(session, task.id):
+        if job.status not in JOB_TERMINAL:
+            transition(session, job, JobStatus.CANCELLED, reason=reason)
+    task.error_dialog = reason[:2000]
+    transition(session, task, TaskStatus.BROKEN, reason=reason[:500])
 
 
 def _steer_adaptive(session: Session, task: Task, state: ScanState, room: int) -> int:
