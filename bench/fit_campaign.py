@@ -22,8 +22,6 @@ import argparse
 import gzip
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,7 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from local_harvester import REPO, local_harvester
+
 MODIFIERS = {"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}}
 
 
@@ -114,54 +113,9 @@ def parsl_htex(workspace: dict[str, Any], patches: list[dict[str, Any]], workers
         parsl.dfk().cleanup()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def hpcaf(folder: Path, backend: str, slots: int) -> tuple[float, dict[str, Any]]:
     """pfit → results through a fresh harvester with one local pilot per core."""
-    home = Path(tempfile.mkdtemp(prefix="hpcaf-bench-"))
-    port = free_port()
-    (home / "harvester.toml").write_text(f"""
-[queues.ANALY_LOCAL]
-provider = "local"
-maxWorkers = {slots}
-nQueueLimitWorker = {slots}
-maxNewWorkersPerCycle = {slots}
-""")
-    env = {
-        **os.environ,
-        "HPCAF_HOME": str(home),
-        "HPCAF_PORT": str(port),
-        "HPCAF_AGENT_INTERVAL_S": "0.5",
-        "HPCAF_PILOT_MAX_IDLE_S": "5",
-        "HPCAF_IMAGE_CACHE": os.environ.get("HPCAF_IMAGE_CACHE", str(REPO / ".cache" / "images")),
-    }
-    token = subprocess.run(
-        [sys.executable, "-m", "harvester.cli", "token", "create", "bench"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "harvester.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        import httpx
-
-        for _ in range(100):
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        cenv = {**env, "HPCAF_URL": f"http://127.0.0.1:{port}", "HPCAF_TOKEN": token}
+    with local_harvester(slots) as cenv:
         start = time.time()
         subprocess.run(
             [
@@ -189,10 +143,6 @@ maxNewWorkersPerCycle = {slots}
             text=True,
         )
         return wall, json.loads(out.stdout)
-    finally:
-        server.terminate()
-        server.wait()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def main() -> None:

@@ -288,3 +288,61 @@ def test_gpu_fit_on_a_node_without_a_visible_gpu_fails_with_its_own_code(
     assert h.wait_task(task_id, 180)["status"] == "failed"
     job = h.jobs(task_id)[0]
     assert job["pilot_error_code"] == 1304 and job["exit_code"] == 66
+
+
+def test_adaptive_scan_on_staus_reaches_the_full_contour_with_fewer_fits(
+    hv: Harvester, staus: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """pfit --adaptive against the whole pallet: the same exclusion decisions for every
+    patch next to the CLs = 0.05 contour, from fewer fits than the pallet has patches."""
+    from harvester.scans.adaptive import AdaptivePlan, decisions, neighbours, normalise
+
+    workspace, patchset = staus
+    common = ["--workspace", str(workspace), "--patchset", str(patchset), "--backend", "jax"]
+    full_run = pfit(hv, *common, "--outDS", "user.alice.full", "--wait")
+    assert full_run.returncode == 0, full_run.output
+    full_id = int(full_run.stdout.split("jediTaskID=")[1].split()[0])
+    full = json.loads(hv.pbook("results", str(full_id), "--json").stdout)
+    adaptive_run = pfit(
+        hv,
+        *common,
+        "--adaptive",
+        "--nParallelEvaluation",
+        "4",
+        "--outDS",
+        "user.alice.adapt",
+        "--wait",
+    )
+    assert adaptive_run.returncode == 0, adaptive_run.output
+    task_id = int(adaptive_run.stdout.split("jediTaskID=")[1].split()[0])
+    with hv.api("alice") as c:
+        summary = c.get(f"/api/v1/tasks/{task_id}/points").json()
+    assert summary["status"] == "done"
+    fitted = {p["params"]["patch"]: p["metric"] for p in summary["points"]}
+    assert len(fitted) == len(summary["points"]), "no patch fitted twice"
+    assert len(fitted) < len(full), f"{len(fitted)} fits for {len(full)} patches"
+    assert f"adaptive scan: {len(fitted)} fits for {len(full)} patches" in adaptive_run.stdout
+    for name, cls in fitted.items():
+        assert abs(cls - full[name]["CLs_obs"]) < 1e-4, name
+
+    points = {name: entry["metadata"]["values"] for name, entry in full.items()}
+    truth = {name: entry["CLs_obs"] for name, entry in full.items()}
+    coords = normalise(points)
+    boundary = [
+        name
+        for name in points
+        if len(
+            {truth[o] < 0.05 for _, o in neighbours(coords, truth, name, 4)} | {truth[name] < 0.05}
+        )
+        > 1
+    ]
+    assert boundary, "the staus contour crosses the pallet"
+    predicted = decisions(points, fitted, AdaptivePlan(initial=len(fitted)))
+    wrong = [name for name in boundary if predicted[name] != (truth[name] < 0.05)]
+    assert wrong == [], f"decisions differ near the contour: {wrong}"
+    everywhere = sum(predicted[n] != (truth[n] < 0.05) for n in points)
+    print(
+        f"\nadaptive staus scan: {len(fitted)} fits for {len(points)} patches; "
+        f"{len(boundary)} patches next to the contour all agree; "
+        f"{everywhere} decisions differ over the whole pallet"
+    )
