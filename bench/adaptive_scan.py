@@ -31,7 +31,7 @@ from local_harvester import REPO, local_harvester
 
 sys.path.insert(0, str(REPO))
 
-from harvester.scans.adaptive import (  # noqa: E402
+from harvester.scans.adaptive import (
     AdaptivePlan,
     decisions,
     neighbours,
