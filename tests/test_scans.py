@@ -176,3 +176,70 @@ def test_adaptive_scan_waits_for_the_coarse_picture() -> None:
     assert rest is not None and len(rest) == 3, "the other three of the coarse design"
     fitted = {n: truth[n] for n in first}
     assert next_patches(points, fitted, set(), set(rest), plan, room=5) == [], "wait for them"
+
+
+def _scan_task(session: Any, searchspace: Any, **steering: Any) -> int:
+    from db.models import Task
+    from db.states import TaskStatus
+
+    task = Task(
+        name="scan",
+        owner="alice",
+        status=TaskStatus.READY,
+        kind="hpo_eval",
+        params={
+            "steering": {
+                "kind": "hpo",
+                "algorithm": "random",
+                "searchSpace": searchspace,
+                "maxPoints": 5,
+                "nParallelEvaluation": 2,
+                "minimize": True,
+                "metric": "loss",
+                "seed": 1,
+                **steering,
+            }
+        },
+        image="base",
+        out_ds="user.alice.scan",
+        n_jobs=5,
+    )
+    session.add(task)
+    session.commit()
+    return int(task.id)
+
+
+def test_steering_makes_k_points_with_their_jobs(session_factory: Any) -> None:
+    from types import SimpleNamespace
+
+    from sqlalchemy import select
+
+    from db.models import Job, ScanPoint
+    from harvester.agents.steering import Steering
+
+    with session_factory() as session:
+        task_id = _scan_task(session, {"x": [1, 2, 3]})
+    agent = Steering(SimpleNamespace(sessions=session_factory), interval_s=1)  # type: ignore[arg-type]
+    agent.run_once()
+    agent.run_once()  # nothing has ended: no room for more
+    with session_factory() as session:
+        points = session.scalars(select(ScanPoint).where(ScanPoint.task_id == task_id)).all()
+        jobs = session.scalars(select(Job).where(Job.task_id == task_id)).all()
+        assert sorted(p.point_index for p in points) == [0, 1]
+        assert sorted(j.job_index for j in jobs) == [0, 1]
+        assert all(j.spec["parameters"]["point"]["x"] in (1, 2, 3) for j in jobs)
+
+
+def test_a_scan_that_cannot_be_steered_is_broken_with_the_reason(session_factory: Any) -> None:
+    from types import SimpleNamespace
+
+    from db.models import Task
+    from harvester.agents.steering import Steering
+
+    with session_factory() as session:
+        task_id = _scan_task(session, {"x": {"method": "nope", "dimension": {}}})
+    Steering(SimpleNamespace(sessions=session_factory), interval_s=1).run_once()  # type: ignore[arg-type]
+    with session_factory() as session:
+        task = session.get(Task, task_id)
+        assert task is not None and task.status.value == "broken"
+        assert "steering failed" in (task.error_dialog or "") and "method" in task.error_dialog
