@@ -167,6 +167,10 @@ class Job(Base):
         Index("ix_jobs_task_index", "task_id", "job_index", "attempt_nr", unique=True),
         Index("ix_jobs_heartbeat", "status", "heartbeat_at"),
         Index("ix_jobs_worker", "worker_id"),
+        Index("ix_jobs_queue_status", "queue", "status"),
+        Index("ix_jobs_created", "created_at"),
+        Index("ix_jobs_ended", "ended_at"),
+        Index("ix_jobs_error", "pilot_error_code"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

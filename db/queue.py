@@ -149,3 +149,55 @@ def claim_jobs(
         .execution_options(populate_existing=True)
     ).all()
     return jobs
+
+
+def advance_jobs(
+    session: Session,
+    moves: dict[int, JobStatus],
+    new: JobStatus,
+    *,
+    pilot_id: str,
+    reason: str,
+    values: dict[str, object] | None = None,
+) -> list[int]:
+    """Set-based :func:`transition` for many jobs of one pilot: one guarded UPDATE per current
+    state and one INSERT of their history rows.
+
+    ``moves`` maps job id → the state the caller read. A job that changed state since
+    (or is not held by ``pilot_id``) is left alone and not in the returned ids.
+    """
+    now = utcnow()
+    by_current: dict[JobStatus, list[int]] = {}
+    for job_id, current in moves.items():
+        check_transition(current, new)
+        by_current.setdefault(current, []).append(job_id)
+    row_values: dict[str, object] = {"status": new, "modified_at": now, **(values or {})}
+    if new in JOB_TERMINAL:
+        row_values["ended_at"] = now
+    moved: list[tuple[int, JobStatus]] = []
+    for current, ids in by_current.items():
+        done = session.scalars(
+            update(Job)
+            .where(Job.id.in_(ids), Job.status == current, Job.pilot_id == pilot_id)
+            .values(row_values)
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        ).all()
+        moved += [(job_id, current) for job_id in done]
+    if moved:
+        session.execute(
+            insert(StateHistory),
+            [
+                {
+                    "entity": EntityKind.JOB,
+                    "entity_id": job_id,
+                    "from_status": current.value,
+                    "to_status": new.value,
+                    "at": now,
+                    "reason": reason,
+                    "actor": pilot_id,
+                }
+                for job_id, current in moved
+            ],
+        )
+    return [job_id for job_id, _ in moved]

@@ -6,6 +6,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,9 +27,15 @@ def image_cache() -> Path:
 def harvester_factory(tmp_path: Path, image_cache: Path) -> Iterator[Callable[..., Harvester]]:
     started: list[Harvester] = []
 
-    def start(config_text: str | None = None, **env: str) -> Harvester:
+    def start(
+        config_text: str | None = None, serve_args: tuple[str, ...] = (), **env: str
+    ) -> Harvester:
         h = make_harvester(
-            tmp_path / f"h{len(started)}", image_cache, config_text or harvester_settings(), env
+            tmp_path / f"h{len(started)}",
+            image_cache,
+            config_text or harvester_settings(),
+            env,
+            serve_args,
         )
         started.append(h)
         return h
@@ -60,3 +67,32 @@ def session_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
 def session(session_factory):  # type: ignore[no-untyped-def]
     with session_factory() as s:
         yield s
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium driven by chromedriver (Debian's chromium and chromium-driver)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if chromium is None or driver_path is None:
+        pytest.fail(
+            "the dashboard tests need chromium and chromium-driver (make test installs them)"
+        )
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()

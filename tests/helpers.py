@@ -82,13 +82,22 @@ class Harvester:
     config_file: Path
     proc: subprocess.Popen[bytes] | None = None
     pilots: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    serve_args: tuple[str, ...] = ()
 
     # -- processes ---------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> None:
         log = (self.home / "serve.log").open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "harvester.cli", "serve", "--config", str(self.config_file)],
+            [
+                sys.executable,
+                "-m",
+                "harvester.cli",
+                "serve",
+                "--config",
+                str(self.config_file),
+                *self.serve_args,
+            ],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -265,7 +274,11 @@ def harvester_settings(extra_queues: str = "", *, max_workers: int = 2) -> str:
 
 
 def make_harvester(
-    tmp: Path, image_cache: Path, config_text: str, env_overrides: dict[str, str] | None = None
+    tmp: Path,
+    image_cache: Path,
+    config_text: str,
+    env_overrides: dict[str, str] | None = None,
+    serve_args: tuple[str, ...] = (),
 ) -> Harvester:
     """Write the config, create the tokens (through the real CLI) and start the service."""
     home = tmp / "home"
@@ -312,7 +325,12 @@ def make_harvester(
         assert proc.returncode == 0, proc.stderr
         tokens[user] = proc.stdout.strip().splitlines()[-1]
     harvester = Harvester(
-        home=home, url=f"http://127.0.0.1:{port}", env=env, tokens=tokens, config_file=config_file
+        home=home,
+        url=f"http://127.0.0.1:{port}",
+        env=env,
+        tokens=tokens,
+        config_file=config_file,
+        serve_args=serve_args,
     )
     harvester.start()
     return harvester

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -50,3 +52,32 @@ def test_metrics_follow_the_jobs(harvester: Harvester) -> None:
     assert after[("hpcaf_tasks", (("status", "done"),))] == 1
     latency = [k for k in after if k[0] == "hpcaf_http_request_duration_seconds_count"]
     assert any(dict(labels).get("route") == "/api/v1/pilot/acquire_jobs" for _, labels in latency)
+
+
+def test_provider_call_failures_are_counted(session_factory: Any) -> None:
+    """The agents' failed batch-system calls show as hpcaf_provider_call_failures_total."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from harvester.api.metrics import QueueStateCollector
+    from harvester.providers import telemetry
+
+    registry = CollectorRegistry()
+    registry.register(QueueStateCollector(SimpleNamespace(sessions=session_factory)))  # type: ignore[arg-type]
+
+    def failures() -> dict[tuple[str, ...], float]:
+        text = generate_latest(registry).decode()
+        return {
+            (s.labels["provider"], s.labels["queue"], s.labels["call"]): s.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "hpcaf_provider_call_failures"
+            for s in family.samples
+            if s.name.endswith("_total")
+        }
+
+    before = failures().get(("slurm", "ANALY_TEST_Q", "submit"), 0)
+    telemetry.record_failure("slurm", "ANALY_TEST_Q", "submit")
+    telemetry.record_failure("slurm", "ANALY_TEST_Q", "submit")
+    assert failures()[("slurm", "ANALY_TEST_Q", "submit")] == before + 2

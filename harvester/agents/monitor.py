@@ -20,6 +20,7 @@ from db.states import JOB_ACTIVE, WORKER_ACTIVE, WORKER_TERMINAL, WorkerStatus
 from harvester.agents.base import Agent
 from harvester.context import HarvesterContext
 from harvester.errors import HarvesterError
+from harvester.providers import telemetry
 from harvester.providers.base import Provider
 from harvester.services.lifecycle import fail_job
 from pilot.errors import PilotErrorCode
@@ -97,6 +98,7 @@ class Monitor(Agent):
         try:
             statuses = provider.status([w.batch_id for w in workers if w.batch_id])
         except HarvesterError as exc:
+            telemetry.record_failure(workers[0].provider, queue_name, "status")
             log.error("queue %s: status query failed: %s", queue_name, exc)
             return
         timeout = timedelta(seconds=self.ctx.settings.worker_queue_timeout_s)

@@ -22,6 +22,7 @@ from harvester.agents.base import Agent
 from harvester.config import QueueConfig
 from harvester.context import HarvesterContext
 from harvester.errors import HarvesterError
+from harvester.providers import telemetry
 from harvester.providers.base import Provider, WorkerResources
 from harvester.services.queues import queue_status
 
@@ -134,6 +135,7 @@ class Submitter(Agent):
                 Path(workdir),
             )
         except HarvesterError as exc:
+            telemetry.record_failure(queue.provider, queue.name, "submit")
             self._fail(worker_id, str(exc), queue)
             return False
         with self.ctx.sessions.begin() as session:

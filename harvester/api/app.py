@@ -6,15 +6,17 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 
 from db.errors import IllegalTransition
 from harvester.agents.base import AgentRunner
 from harvester.api.auth import CurrentPrincipal
 from harvester.api.metrics import Metrics
+from harvester.api.query import reject_unknown_query_params
 from harvester.api.routes import files, jobs, pilot, queues, tasks, workers
 from harvester.context import HarvesterContext
+from harvester.dashboard import routes as dashboard
 from harvester.errors import HarvesterError
 
 log = logging.getLogger(__name__)
@@ -50,10 +52,13 @@ def create_app(ctx: HarvesterContext, runner: AgentRunner | None = None) -> Fast
         workers.router,
         pilot.router,
     ):
-        app.include_router(router)
+        app.include_router(router, dependencies=[Depends(reject_unknown_query_params)])
+    dashboard.install(app)
 
     @app.exception_handler(HarvesterError)
-    async def _harvester_error(_request: Request, exc: HarvesterError) -> JSONResponse:
+    async def _harvester_error(request: Request, exc: HarvesterError) -> Response:
+        if dashboard.is_page(request):
+            return dashboard.error_page(request, exc)
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
 
     @app.exception_handler(IllegalTransition)
@@ -69,12 +74,5 @@ def create_app(ctx: HarvesterContext, runner: AgentRunner | None = None) -> Fast
     def whoami(principal: CurrentPrincipal) -> dict[str, str]:
         """The user and role of the calling token."""
         return {"user": principal.user, "role": principal.role.value}
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index() -> str:
-        return (
-            "<!doctype html><title>hpcaf</title><h1>hpcaf harvester</h1>"
-            '<p>REST API under <code>/api/v1</code>; <a href="/docs">OpenAPI docs</a>.</p>'
-        )
 
     return app

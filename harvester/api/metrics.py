@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -30,6 +30,7 @@ from sqlalchemy import func, select
 from db.models import Job, Task, Worker
 from harvester.api.auth import CurrentPrincipal
 from harvester.context import HarvesterContext
+from harvester.providers import telemetry
 
 
 class QueueStateCollector(Collector):
@@ -38,7 +39,7 @@ class QueueStateCollector(Collector):
     def __init__(self, ctx: HarvesterContext) -> None:
         self.ctx = ctx
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         jobs = GaugeMetricFamily(
             "hpcaf_jobs", "Job attempts by status and queue", labels=["status", "queue"]
         )
@@ -64,6 +65,14 @@ class QueueStateCollector(Collector):
         yield jobs
         yield workers
         yield tasks
+        failures = CounterMetricFamily(
+            "hpcaf_provider_call_failures",
+            "Failed batch-system calls of this process's agents",
+            labels=["provider", "queue", "call"],
+        )
+        for (provider, queue, call), n in sorted(telemetry.failures().items()):
+            failures.add_metric([provider, queue, call], n)
+        yield failures
 
 
 class Metrics:

@@ -97,6 +97,7 @@ class TaskPublic(BaseModel):
     started_at: datetime | None
     ended_at: datetime | None
     job_counts: dict[str, int] = Field(default_factory=dict)
+    progress: float = Field(0.0, description="share of the jobs that ended, 0 to 1")
     params: dict[str, Any] | None = None
 
 
@@ -149,6 +150,26 @@ class Page(BaseModel, Generic[T]):
     limit: int
     offset: int
     items: list[T]
+
+
+class JobCountRow(BaseModel):
+    key: str | int | None
+    counts: dict[str, int]
+    total: int
+
+
+class JobSummary(BaseModel):
+    group_by: str
+    rows: list[JobCountRow]
+
+
+class ErrorRow(BaseModel):
+    code: int
+    name: str
+    count: int
+    tasks: int
+    example_job_id: int
+    example_diag: str | None
 
 
 class QueuePublic(BaseModel):
@@ -266,6 +287,25 @@ class UpdateJobReply(BaseModel):
     status: JobStatus
     changed: bool
     command: Literal["tobekilled"] | None = None
+
+
+class BulkUpdateRequest(BaseModel):
+    """Many ``update_job`` reports at once (PanDA's updateJobsInBulk)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    updates: list[UpdateJobRequest] = Field(min_length=1, max_length=1000)
+
+
+class BulkUpdateItem(BaseModel):
+    """The answer for one report of a bulk update: as ``update_job``'s, or its error."""
+
+    job_id: int
+    status: JobStatus | None
+    changed: bool
+    command: Literal["tobekilled"] | None = None
+    error: str | None = None
+    status_code: int = 200
 
 
 class WorkerReport(BaseModel):

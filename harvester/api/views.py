@@ -5,7 +5,15 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from db.models import Job, Task, Worker
+from db.states import JOB_TERMINAL, JobStatus
 from harvester.api.schemas import JobPublic, TaskPublic
+
+
+def progress(counts: dict[str, int], n_jobs: int) -> float:
+    """The share of the task's jobs that ended (a retried job counts once, by its newest
+    attempt), from 0 to 1."""
+    ended = sum(counts.get(s.value, 0) for s in JOB_TERMINAL if s is not JobStatus.CLOSED)
+    return round(ended / max(n_jobs, 1), 4)
 
 
 def task_public(task: Task, counts: dict[str, int], *, with_params: bool = False) -> TaskPublic:
@@ -28,6 +36,7 @@ def task_public(task: Task, counts: dict[str, int], *, with_params: bool = False
         started_at=task.started_at,
         ended_at=task.ended_at,
         job_counts=counts,
+        progress=progress(counts, task.n_jobs),
         params=dict(task.params) if with_params else None,
     )
 

@@ -1,17 +1,24 @@
-"""Job endpoints: show, log, history."""
+"""Job endpoints: list with filters, summaries (counts, errors), show, log, history."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import EntityKind, File, FileKind, Job, Role, StateHistory
+from db.states import JobStatus
 from harvester.api.auth import Context, CurrentPrincipal
-from harvester.api.schemas import HistoryEntry, JobPublic
+from harvester.api.query import MAX_PAGE
+from harvester.api.schemas import ErrorRow, HistoryEntry, JobPublic, JobSummary, Page
 from harvester.api.views import job_public
 from harvester.errors import NotFoundError
+from harvester.services import summaries
+from harvester.services.listing import JOB_SORTS, JobFilter, TimeRange, job_query, page
 from harvester.services.tasks import check_owner, get_task
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
@@ -22,6 +29,74 @@ def _job(session: Session, job_id: int) -> Job:
     if job is None:
         raise NotFoundError(f"job {job_id} not found")
     return job
+
+
+def _filter(
+    task: Annotated[int | None, Query(description="jediTaskID")] = None,
+    owner: Annotated[str | None, Query(description="owner of the task")] = None,
+    status: Annotated[list[JobStatus] | None, Query(description="repeatable")] = None,
+    queue: str | None = None,
+    error_code: Annotated[int | None, Query(description="pilot error code")] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    ended_after: datetime | None = None,
+    ended_before: datetime | None = None,
+) -> JobFilter:
+    return JobFilter(
+        task=task,
+        owner=owner,
+        status=list(status or []),
+        queue=queue,
+        error_code=error_code,
+        created=TimeRange(created_after, created_before),
+        ended=TimeRange(ended_after, ended_before),
+    )
+
+
+Filter = Annotated[JobFilter, Depends(_filter)]
+
+
+@router.get("", response_model=Page[JobPublic])
+def list_jobs(
+    ctx: Context,
+    principal: CurrentPrincipal,
+    f: Filter,
+    sort: Annotated[
+        str, Query(description="id, created_at, ended_at, status, queue, task; '-' descending")
+    ] = "-id",
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[JobPublic]:
+    """Job attempts (PandaIDs), newest first by default, filtered and paged."""
+    principal.require(Role.USER)
+    with ctx.sessions() as session:
+        total, rows = page(
+            session, job_query(f), sort=sort, sorts=JOB_SORTS, limit=limit, offset=offset
+        )
+        items = [job_public(session, j) for j in rows]
+        return Page[JobPublic](total=total, limit=limit, offset=offset, items=items)
+
+
+@router.get("/summary", response_model=JobSummary)
+def summary(
+    ctx: Context,
+    principal: CurrentPrincipal,
+    f: Filter,
+    group_by: Literal["queue", "task", "status"] = "queue",
+) -> JobSummary:
+    """Job attempts by status per queue (or per task, or by status alone)."""
+    principal.require(Role.USER)
+    with ctx.sessions() as session:
+        rows = summaries.job_counts(session, f, group_by)
+    return JobSummary.model_validate({"group_by": group_by, "rows": rows})
+
+
+@router.get("/errors", response_model=list[ErrorRow])
+def errors(ctx: Context, principal: CurrentPrincipal, f: Filter) -> list[ErrorRow]:
+    """Error codes of failed attempts with counts, tasks hit and an example diagnostic."""
+    principal.require(Role.USER)
+    with ctx.sessions() as session:
+        return [ErrorRow.model_validate(r) for r in summaries.error_summary(session, f)]
 
 
 @router.get("/{job_id}", response_model=JobPublic)

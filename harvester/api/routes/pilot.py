@@ -1,4 +1,4 @@
-"""Pilot endpoints: acquire_jobs, heartbeat, update_job, worker-node report."""
+"""Pilot endpoints: acquire_jobs, heartbeat, update_job (one or in bulk), worker-node report."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ from harvester.api.auth import Context, CurrentPrincipal
 from harvester.api.schemas import (
     AcquireReply,
     AcquireRequest,
+    BulkUpdateItem,
+    BulkUpdateRequest,
     HeartbeatReply,
     HeartbeatRequest,
     UpdateJobReply,
     UpdateJobRequest,
     WorkerReport,
 )
-from harvester.services import dispatch
+from harvester.services import bulk, dispatch
 
 router = APIRouter(prefix="/api/v1/pilot", tags=["pilot"])
 
@@ -51,6 +53,19 @@ def update_job(
         reply = dispatch.update_job(session, ctx, principal, req)
     request.app.state.metrics.updates.labels(req.state).inc()
     return reply
+
+
+@router.post("/update_jobs", response_model=list[BulkUpdateItem])
+def update_jobs(
+    req: BulkUpdateRequest, request: Request, ctx: Context, principal: CurrentPrincipal
+) -> list[BulkUpdateItem]:
+    """Many reports in one transaction; the common ones applied set-based. Each item is
+    answered (an item's error does not stop the others)."""
+    with ctx.sessions.begin() as session:
+        replies = bulk.update_jobs_bulk(session, ctx, principal, req.updates)
+    for item in req.updates:
+        request.app.state.metrics.updates.labels(item.state).inc()
+    return replies
 
 
 @router.post("/worker_node", status_code=204)

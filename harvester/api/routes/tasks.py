@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, status
@@ -10,6 +11,7 @@ from sqlalchemy import select
 from db.models import EntityKind, FileKind, Job, Role, StateHistory
 from db.states import JobStatus, TaskStatus
 from harvester.api.auth import Context, CurrentPrincipal
+from harvester.api.query import MAX_PAGE
 from harvester.api.schemas import (
     FilePublic,
     HistoryEntry,
@@ -20,14 +22,13 @@ from harvester.api.schemas import (
     TaskSubmitted,
 )
 from harvester.api.views import job_public, task_public
-from harvester.errors import InvalidRequest
+from harvester.errors import Forbidden, InvalidRequest
 from harvester.services import results as results_service
 from harvester.services import steering as steering_service
 from harvester.services import tasks as task_service
+from harvester.services.listing import TASK_SORTS, TaskFilter, TimeRange, page, task_query
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
-
-MAX_PAGE = 1000
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TaskSubmitted)
@@ -42,15 +43,34 @@ def submit(params: TaskCreate, ctx: Context, principal: CurrentPrincipal) -> Tas
 def list_tasks(
     ctx: Context,
     principal: CurrentPrincipal,
-    owner: str | None = None,
-    status: TaskStatus | None = None,
+    owner: Annotated[str | None, Query(description="a user, or '*' for everyone")] = None,
+    status: Annotated[list[TaskStatus] | None, Query(description="repeatable")] = None,
+    kind: Annotated[str | None, Query(description="runcontainer, pyhf_fit, hpo_eval")] = None,
+    name: Annotated[str | None, Query(description="pattern with * and ?")] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    sort: Annotated[
+        str,
+        Query(description="id, created_at, modified_at, status, name, owner; '-' for descending"),
+    ] = "-id",
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> Page[TaskPublic]:
-    """Tasks newest first; your own unless ``owner`` names another user."""
+    """Tasks, newest first by default; your own unless ``owner`` names another user (or *)."""
+    if principal.role is Role.PILOT:
+        raise Forbidden("a pilot token cannot list tasks")
+    if owner is None and not principal.is_admin:
+        owner = principal.user
+    f = TaskFilter(
+        owner=None if owner == "*" else owner,
+        status=list(status or []),
+        kind=kind,
+        name=name,
+        created=TimeRange(created_after, created_before),
+    )
     with ctx.sessions() as session:
-        total, rows = task_service.list_tasks(
-            session, principal, owner=owner, status=status, limit=limit, offset=offset
+        total, rows = page(
+            session, task_query(f), sort=sort, sorts=TASK_SORTS, limit=limit, offset=offset
         )
         counts = task_service.job_counts(session, [t.id for t in rows])
         items = [task_public(t, counts.get(t.id, {})) for t in rows]

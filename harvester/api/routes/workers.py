@@ -1,35 +1,56 @@
-"""Worker endpoints: the harvester's batch slots."""
+"""Worker endpoints: the harvester's batch slots, listed and counted per queue."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
 
-from db.models import Worker
 from db.states import WorkerStatus
 from harvester.api.auth import Context, CurrentPrincipal
-from harvester.api.schemas import WorkerPublic
+from harvester.api.query import MAX_PAGE
+from harvester.api.schemas import Page, WorkerPublic
+from harvester.services.listing import WORKER_SORTS, TimeRange, WorkerFilter, page, worker_query
+from harvester.services.queues import worker_counts
 
 router = APIRouter(prefix="/api/v1/workers", tags=["workers"])
 
 
-@router.get("", response_model=list[WorkerPublic])
+@router.get("", response_model=Page[WorkerPublic])
 def list_workers(
     ctx: Context,
     principal: CurrentPrincipal,
     queue: str | None = None,
-    status: WorkerStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    status: Annotated[list[WorkerStatus] | None, Query(description="repeatable")] = None,
+    batch_id: str | None = None,
+    node: Annotated[str | None, Query(description="pattern with * and ?")] = None,
+    submitted_after: datetime | None = None,
+    submitted_before: datetime | None = None,
+    sort: Annotated[
+        str, Query(description="id, submitted_at, ended_at, status, queue; '-' descending")
+    ] = "-id",
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> list[WorkerPublic]:
-    """Workers newest first, filtered by queue and status."""
-    query = select(Worker)
-    if queue is not None:
-        query = query.where(Worker.queue == queue)
-    if status is not None:
-        query = query.where(Worker.status == status)
+) -> Page[WorkerPublic]:
+    """Workers newest first by default, filtered by queue, state, batch id, node and time."""
+    f = WorkerFilter(
+        queue=queue,
+        status=list(status or []),
+        batch_id=batch_id,
+        node=node,
+        submitted=TimeRange(submitted_after, submitted_before),
+    )
     with ctx.sessions() as session:
-        rows = session.scalars(query.order_by(Worker.id.desc()).limit(limit).offset(offset))
-        return [WorkerPublic.model_validate(w, from_attributes=True) for w in rows]
+        total, rows = page(
+            session, worker_query(f), sort=sort, sorts=WORKER_SORTS, limit=limit, offset=offset
+        )
+        items = [WorkerPublic.model_validate(w, from_attributes=True) for w in rows]
+        return Page[WorkerPublic](total=total, limit=limit, offset=offset, items=items)
+
+
+@router.get("/summary")
+def summary(ctx: Context, principal: CurrentPrincipal) -> dict[str, dict[str, int]]:
+    """Workers per queue and state: ``{queue: {state: n}}``."""
+    with ctx.sessions() as session:
+        return worker_counts(session)
