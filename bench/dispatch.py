@@ -127,12 +127,12 @@ async def pilot(
         if not jobs:
             await asyncio.sleep(1.0)
             continue
-        for state in ("running", "finished"):
+        for report in ("running", "finished"):
             body = {
                 "updates": [
-                    {"job_id": j["job_id"], "pilot_id": name, "state": state, "exit_code": 0}
-                    if state == "finished"
-                    else {"job_id": j["job_id"], "pilot_id": name, "state": state}
+                    {"job_id": j["job_id"], "pilot_id": name, "state": report, "exit_code": 0}
+                    if report == "finished"
+                    else {"job_id": j["job_id"], "pilot_id": name, "state": report}
                     for j in jobs
                 ]
             }
@@ -187,7 +187,9 @@ async def drive(
     }
 
 
-def run_one(url: str | None, pilots: int, n_jobs: int, per_acquire: int, seconds: float) -> dict:
+def run_one(
+    url: str | None, pilots: int, n_jobs: int, per_acquire: int, seconds: float, api_workers: int
+) -> dict:
     home = Path(tempfile.mkdtemp(prefix="hpcaf-bench-d-"))
     db_url = url or f"sqlite:///{home / 'harvester.db'}"
     seed(db_url, n_jobs)
@@ -210,11 +212,21 @@ def run_one(url: str | None, pilots: int, n_jobs: int, per_acquire: int, seconds
         .stdout.strip()
         .splitlines()[-1]
     )
+    log = (home / "serve.log").open("wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "harvester.cli", "serve", "--only", "api"],
+        [
+            sys.executable,
+            "-m",
+            "harvester.cli",
+            "serve",
+            "--only",
+            "api",
+            "--workers",
+            str(api_workers),
+        ],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         import httpx
@@ -228,6 +240,9 @@ def run_one(url: str | None, pilots: int, n_jobs: int, per_acquire: int, seconds
         return asyncio.run(
             drive(f"http://127.0.0.1:{port}", token, pilots, per_acquire, seconds, n_jobs)
         )
+    except Exception:
+        print(f"the harvester's log: {home / 'serve.log'}", file=sys.stderr)
+        raise
     finally:
         server.terminate()
         server.wait()
@@ -240,10 +255,12 @@ def main() -> None:
     parser.add_argument("--per-acquire", type=int, default=10, help="jobs per acquire_jobs")
     parser.add_argument("--seconds", type=float, default=20.0, help="time bound per run")
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--api-workers", type=int, default=1, help="harvester API processes")
     args = parser.parse_args()
     backend = (args.database_url or "sqlite").split(":")[0].split("+")[0]
     print(
-        f"{backend}, {os.cpu_count()} cores, {args.per_acquire} jobs per acquire, "
+        f"{backend}, {os.cpu_count()} cores, {args.api_workers} API processes, "
+        f"{args.per_acquire} jobs per acquire, "
         f"{args.jobs} jobs seeded, at most {args.seconds:.0f}s per run"
     )
     print(
@@ -251,7 +268,9 @@ def main() -> None:
         f"{'p99':>7s} {'update p50':>10s} {'p99':>7s} {'calls':>7s}"
     )
     for pilots in [int(p) for p in args.pilots.split(",")]:
-        r = run_one(args.database_url, pilots, args.jobs, args.per_acquire, args.seconds)
+        r = run_one(
+            args.database_url, pilots, args.jobs, args.per_acquire, args.seconds, args.api_workers
+        )
         rate = r["finished"] / r["wall"]
         a, u = r["acquire_ms"], r["update_ms"]
         print(

@@ -27,6 +27,12 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             url,
             echo=echo,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            # One connection per process: SQLite has one writer at a time anyway, and threads
+            # queueing for the pool are served in turn, where threads racing for the file
+            # lock would sleep and poll in SQLite's busy handler.
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
         )
         _configure_sqlite(engine)
         return engine

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -74,8 +75,18 @@ def serve(
         Mode.all
     ),
     log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
+    workers: Annotated[
+        int, typer.Option(help="API processes (with --only api; run the agents separately)")
+    ] = 1,
 ) -> None:
     """Run the REST API and the agents (splitter, brokerage, submitter, monitor, …)."""
+    if workers < 1:
+        raise _fail("--workers must be at least 1")
+    if workers > 1 and only is not Mode.api:
+        raise _fail(
+            "--workers > 1 serves the API from several processes: give --only api, and run "
+            "the agents once, in their own process (--only agents)"
+        )
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -107,6 +118,20 @@ def serve(
         return
     import uvicorn
 
+    if workers > 1:  # each process builds its own context from the same settings
+        ctx.engine.dispose()
+        if config is not None:
+            os.environ["HPCAF_SERVE_CONFIG"] = str(config.resolve())
+        uvicorn.run(
+            "harvester.service:api_app_from_environment",
+            factory=True,
+            workers=workers,
+            host=s.host,
+            port=s.port,
+            log_level=log_level.lower(),
+            access_log=False,
+        )
+        return
     application = build_app(ctx, with_agents=only is Mode.all)
     uvicorn.run(
         application, host=s.host, port=s.port, log_level=log_level.lower(), access_log=False

@@ -93,3 +93,13 @@ def build_app(ctx: HarvesterContext, *, with_agents: bool = True) -> FastAPI:
         ensure_pilot_token(ctx)
         runner = build_agents(ctx)
     return create_app(ctx, runner)
+
+
+def api_app_from_environment() -> FastAPI:
+    """The API alone, for ``harvester serve --only api --workers N`` (uvicorn's factory):
+    each worker process reads the settings (``HPCAF_SERVE_CONFIG``) and opens its own pool."""
+    from harvester.settings import load_settings
+
+    config = os.environ.get("HPCAF_SERVE_CONFIG")
+    settings, document = load_settings(Path(config) if config else None)
+    return build_app(build_context(settings, document), with_agents=False)

@@ -7,10 +7,9 @@ whoever noticed the failure.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import Job, Task, utcnow
@@ -113,27 +112,47 @@ def current_attempts(session: Session, task_id: int) -> list[Job]:
     return list(latest.values())
 
 
-def refresh_task(session: Session, task: Task, *, jobs: Iterable[Job] | None = None) -> None:
-    """Derive the task's state from its current attempts (running, or how it ended)."""
+def refresh_task(session: Session, task: Task) -> None:
+    """Derive the task's state from its jobs (running, or how it ended).
+
+    A few indexed lookups rather than loading the task's jobs, so a pilot's report
+    costs the same for a task of ten jobs and of a hundred thousand. Rows that
+    have not ended are always newest attempts (a superseded attempt is ``closed``),
+    and a ``finished`` attempt is never superseded, so counting rows is exact.
+    """
     if task.status in (TaskStatus.REGISTERED, TaskStatus.ABORTED, TaskStatus.BROKEN):
         return
     session.flush()
-    current = list(jobs) if jobs is not None else current_attempts(session, task.id)
-    if not current:
+    open_states = [s for s in JobStatus if s not in JOB_TERMINAL]
+
+    def any_job(states: list[JobStatus]) -> bool:
+        first = select(Job.id).where(Job.task_id == task.id, Job.status.in_(states)).limit(1)
+        return session.scalar(first) is not None
+
+    if any_job(open_states):
+        if task.status is TaskStatus.READY and any_job(list(JOB_ACTIVE)):
+            task.started_at = task.started_at or utcnow()
+            transition(session, task, TaskStatus.RUNNING, reason="first job dispatched")
         return
-    statuses = [j.status for j in current]
-    complete = len(current) >= task.n_jobs  # a steered task grows until it has n_jobs
-    if complete and all(s in JOB_TERMINAL for s in statuses):
-        n_finished = sum(s is JobStatus.FINISHED for s in statuses)
-        if n_finished == len(statuses):
-            final = TaskStatus.DONE
-        elif n_finished:
-            final = TaskStatus.FINISHED
-        else:
-            final = TaskStatus.FAILED
-        if task.status is not final and task.status not in TASK_TERMINAL:
-            transition(session, task, final, reason=f"{n_finished}/{len(statuses)} jobs finished")
+    units = (
+        session.scalar(
+            select(func.count(func.distinct(Job.job_index))).where(Job.task_id == task.id)
+        )
+        or 0
+    )
+    if units == 0 or units < task.n_jobs:  # a steered task grows until it has n_jobs
         return
-    if task.status is TaskStatus.READY and any(s in JOB_ACTIVE for s in statuses):
-        task.started_at = task.started_at or utcnow()
-        transition(session, task, TaskStatus.RUNNING, reason="first job dispatched")
+    n_finished = (
+        session.scalar(
+            select(func.count()).where(Job.task_id == task.id, Job.status == JobStatus.FINISHED)
+        )
+        or 0
+    )
+    if n_finished == units:
+        final = TaskStatus.DONE
+    elif n_finished:
+        final = TaskStatus.FINISHED
+    else:
+        final = TaskStatus.FAILED
+    if task.status is not final and task.status not in TASK_TERMINAL:
+        transition(session, task, final, reason=f"{n_finished}/{units} jobs finished")
