@@ -75,13 +75,16 @@ def test_claim_respects_slot_size(session_factory) -> None:  # type: ignore[no-u
         )
 
 
-def race_claims(sessions, n_pilots: int = 8, batch: int = 7) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]
-    """Claimers on their own threads and connections, started together, until none is left."""
+def race_claims(url: str, n_pilots: int = 8, batch: int = 7) -> dict[str, list[int]]:
+    """Claimers on their own threads, each with its own engine (as separate harvester
+    processes would have), started together, until none is left."""
     got: dict[str, list[int]] = {}
     barrier = threading.Barrier(n_pilots)
 
     def pilot(name: str) -> None:
         mine: list[int] = []
+        engine = make_engine(url)
+        sessions = make_sessionmaker(engine)
         barrier.wait()
         while True:
             with sessions.begin() as s:
@@ -93,6 +96,7 @@ def race_claims(sessions, n_pilots: int = 8, batch: int = 7) -> dict[str, list[i
                 break
             mine += ids
         got[name] = mine
+        engine.dispose()
 
     threads = [threading.Thread(target=pilot, args=(f"p{i}",)) for i in range(n_pilots)]
     for t in threads:
@@ -114,8 +118,9 @@ def assert_claimed_once(sessions, got: dict[str, list[int]], n_jobs: int) -> Non
 
 def test_racing_claims_never_share_a_job(tmp_path: Path) -> None:
     """Eight threads with their own connections claim 400 jobs from one SQLite file."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'race.db'}")
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    engine = make_engine(url)
     upgrade(engine)
     sessions = make_sessionmaker(engine)
     _seed(sessions, 400)
-    assert_claimed_once(sessions, race_claims(sessions), 400)
+    assert_claimed_once(sessions, race_claims(url), 400)

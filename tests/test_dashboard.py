@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from selenium.common.exceptions import NoSuchElementException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -37,11 +37,33 @@ def login(browser: Any, h: Harvester, user: str) -> None:
 
 
 def text(browser: Any, element_id: str) -> str:
+    """An element's text; the live refresh may swap it out between lookup and read."""
+    for _ in range(5):
+        try:
+            return str(browser.find_element(By.ID, element_id).text)
+        except StaleElementReferenceException:
+            continue
     return str(browser.find_element(By.ID, element_id).text)
 
 
+def click(browser: Any, element_id: str) -> None:
+    """Click an element that the live refresh may replace at any moment."""
+    for _ in range(5):
+        try:
+            browser.find_element(By.ID, element_id).click()
+            return
+        except StaleElementReferenceException:
+            continue
+    browser.find_element(By.ID, element_id).click()
+
+
 def wait(browser: Any, condition: Any, timeout: float = 60) -> Any:
-    return WebDriverWait(browser, timeout, poll_frequency=0.3).until(condition)
+    return WebDriverWait(
+        browser,
+        timeout,
+        poll_frequency=0.3,
+        ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
+    ).until(condition)
 
 
 def test_login_live_progress_and_job_page(
@@ -134,7 +156,7 @@ def test_kill_as_owner_refused_as_another_user(harvester: Harvester, browser: An
     assert harvester.task(task_id)["status"] not in ("aborted",)
 
     browser.get(f"{harvester.url}/tasks/{task_id}")
-    browser.find_element(By.ID, "kill").click()
+    click(browser, "kill")
     wait(browser, lambda b: text(b, "task-status") == "aborted", 30)
     assert harvester.task(task_id)["status"] == "aborted"
     with pytest.raises(NoSuchElementException):

@@ -59,7 +59,7 @@ def test_racing_claims_on_postgres(database_url: str) -> None:
     upgrade(engine)
     sessions = make_sessionmaker(engine)
     _seed(sessions, 400)
-    assert_claimed_once(sessions, race_claims(sessions), 400)
+    assert_claimed_once(sessions, race_claims(database_url), 400)
     engine.dispose()
 
 
