@@ -102,3 +102,42 @@ def test_transition_writes_history(session) -> None:  # type: ignore[no-untyped-
         (EntityKind.TASK, "registered", "ready"),
         (EntityKind.JOB, "defined", "activated"),
     ]
+
+
+def test_job_counts_count_only_the_newest_attempts(session_factory) -> None:  # type: ignore[no-untyped-def]
+    """Superseded attempts are left out: closed ones, and failed ones retried by hand."""
+    from db.models import Job, Task
+    from db.states import JobStatus, TaskStatus
+    from harvester.services.tasks import job_counts
+
+    with session_factory.begin() as s:
+        task = Task(
+            name="t",
+            owner="a",
+            status=TaskStatus.RUNNING,
+            kind="runcontainer",
+            params={},
+            image="base",
+            out_ds="user.a.t",
+            n_jobs=4,
+        )
+        s.add(task)
+        s.flush()
+        rows = [
+            (0, 1, JobStatus.FINISHED),
+            (1, 1, JobStatus.CLOSED),  # retried automatically
+            (1, 2, JobStatus.RUNNING),
+            (2, 1, JobStatus.FAILED),  # retried by hand (pbook retry)
+            (2, 2, JobStatus.FAILED),
+            (2, 3, JobStatus.FINISHED),
+            (3, 1, JobStatus.CANCELLED),
+        ]
+        for index, attempt, status in rows:
+            s.add(Job(task_id=task.id, job_index=index, attempt_nr=attempt, status=status, spec={}))
+        task_id = task.id
+    with session_factory() as s:
+        assert job_counts(s, [task_id])[task_id] == {
+            "finished": 2,
+            "running": 1,
+            "cancelled": 1,
+        }

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import exists, func, select
+from sqlalchemy.orm import Session, aliased
 
 from db.models import File, FileKind, Job, Role, Task
 from db.queue import record_creation, transition
@@ -237,28 +237,41 @@ def list_tasks(
 
 
 def job_counts(session: Session, task_ids: list[int]) -> dict[int, dict[str, int]]:
-    """Counts of the current attempts by status, per task."""
+    """Counts of the newest attempts by status, per task.
+
+    Read off the (task_id, status) index: every row but the superseded attempts. A
+    superseded attempt is ``closed`` (automatic retry) or, after ``pbook retry``,
+    ``failed``/``cancelled`` with a newer attempt beside it; those few are subtracted.
+    """
     counts: dict[int, dict[str, int]] = defaultdict(dict)
     if not task_ids:
         return counts
-    latest = (
-        select(Job.task_id, Job.job_index, func.max(Job.attempt_nr).label("attempt"))
-        .where(Job.task_id.in_(task_ids))
-        .group_by(Job.task_id, Job.job_index)
-        .subquery()
-    )
     rows = session.execute(
         select(Job.task_id, Job.status, func.count())
-        .join(
-            latest,
-            (Job.task_id == latest.c.task_id)
-            & (Job.job_index == latest.c.job_index)
-            & (Job.attempt_nr == latest.c.attempt),
-        )
+        .where(Job.task_id.in_(task_ids), Job.status != JobStatus.CLOSED)
         .group_by(Job.task_id, Job.status)
     ).all()
     for task_id, status, n in rows:
         counts[task_id][JobStatus(status).value] = n
+    newer = aliased(Job)
+    superseded = session.execute(
+        select(Job.task_id, Job.status, func.count())
+        .where(
+            Job.task_id.in_(task_ids),
+            Job.status.in_([JobStatus.FAILED, JobStatus.CANCELLED]),
+            exists().where(
+                newer.task_id == Job.task_id,
+                newer.job_index == Job.job_index,
+                newer.attempt_nr > Job.attempt_nr,
+            ),
+        )
+        .group_by(Job.task_id, Job.status)
+    ).all()
+    for task_id, status, n in superseded:
+        key = JobStatus(status).value
+        counts[task_id][key] -= n
+        if not counts[task_id][key]:
+            del counts[task_id][key]
     return counts
 
 
