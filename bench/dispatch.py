@@ -102,6 +102,23 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+async def post(client: object, path: str, body: dict) -> object:
+    """POST with the retries of a real pilot: a connection the server closed is re-opened."""
+    import httpx
+
+    assert isinstance(client, httpx.AsyncClient)
+    for attempt in range(5):
+        try:
+            reply = await client.post(path, json=body)
+            reply.raise_for_status()
+            return reply
+        except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ConnectError):
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 async def pilot(
     client: object,
     name: str,
@@ -117,13 +134,13 @@ async def pilot(
     assert isinstance(client, httpx.AsyncClient)
     while time.monotonic() < deadline and not state["end"]:
         start = time.perf_counter()
-        reply = await client.post(
+        reply = await post(
+            client,
             "/api/v1/pilot/acquire_jobs",
-            json={"queue": QUEUE, "pilot_id": name, "n_jobs": per_acquire},
+            {"queue": QUEUE, "pilot_id": name, "n_jobs": per_acquire},
         )
         acquire_ms.append((time.perf_counter() - start) * 1000)
-        reply.raise_for_status()
-        jobs = reply.json()["jobs"]
+        jobs = reply.json()["jobs"]  # type: ignore[attr-defined]
         if not jobs:
             await asyncio.sleep(1.0)
             continue
@@ -137,10 +154,9 @@ async def pilot(
                 ]
             }
             start = time.perf_counter()
-            reply = await client.post("/api/v1/pilot/update_jobs", json=body)
+            reply = await post(client, "/api/v1/pilot/update_jobs", body)
             update_ms.append((time.perf_counter() - start) * 1000)
-            reply.raise_for_status()
-            errors = [item for item in reply.json() if item.get("error")]
+            errors = [item for item in reply.json() if item.get("error")]  # type: ignore[attr-defined]
             if errors:
                 raise RuntimeError(f"{name}: {errors[0]}")
         finished.append(len(jobs))

@@ -60,6 +60,10 @@ def _context(config: Path | None) -> HarvesterContext:
         raise _fail(str(exc)) from exc
 
 
+KEEP_ALIVE_S = 30
+"""Pilots poll every few seconds; keep their connections open between polls."""
+
+
 class Mode(StrEnum):
     all = "all"
     api = "api"
@@ -130,11 +134,17 @@ def serve(
             port=s.port,
             log_level=log_level.lower(),
             access_log=False,
+            timeout_keep_alive=KEEP_ALIVE_S,
         )
         return
     application = build_app(ctx, with_agents=only is Mode.all)
     uvicorn.run(
-        application, host=s.host, port=s.port, log_level=log_level.lower(), access_log=False
+        application,
+        host=s.host,
+        port=s.port,
+        log_level=log_level.lower(),
+        access_log=False,
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
 
 
