@@ -7,15 +7,21 @@ parameters instead (400 naming them and the known ones).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Path, Query, Request
 from sqlalchemy import Select
 from sqlalchemy.sql.elements import ColumnElement
 
+from harvester.api.schemas import MAX_ID
 from harvester.errors import InvalidRequest
 
 MAX_PAGE = 1000
+MAX_OFFSET = MAX_ID
+
+TaskIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="jediTaskID")]
+JobIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="PandaID")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 
 
 def reject_unknown_query_params(request: Request) -> None:

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from db.states import JobStatus, TaskStatus, WorkerStatus
+
+MAX_ID = 2**31 - 1
+"""Ids and codes live in 32-bit INTEGER columns; larger values are refused (422)."""
+MAX_FILE_BYTES = 2**62
 
 MAX_EXEC_LENGTH = 65_536
 T = TypeVar("T")
@@ -210,7 +214,7 @@ class AcquireRequest(BaseModel):
     queue: str = Field(max_length=128)
     pilot_id: str = Field(min_length=1, max_length=256)
     n_jobs: int = Field(1, ge=1, le=1000)
-    worker_id: int | None = None
+    worker_id: int | None = Field(None, ge=1, le=MAX_ID)
     node: str | None = Field(None, max_length=256)
     cores: int | None = Field(None, ge=1)
     memory_mb: int | None = Field(None, ge=1)
@@ -252,8 +256,10 @@ class HeartbeatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     pilot_id: str = Field(min_length=1, max_length=256)
-    worker_id: int | None = None
-    job_ids: list[int] = Field(default_factory=list, max_length=1000)
+    worker_id: int | None = Field(None, ge=1, le=MAX_ID)
+    job_ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] = Field(
+        default_factory=list, max_length=1000
+    )
 
 
 class HeartbeatReply(BaseModel):
@@ -265,17 +271,17 @@ class OutputFile(BaseModel):
 
     name: str
     sha256: str
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, le=MAX_FILE_BYTES)
 
 
 class UpdateJobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    job_id: int
+    job_id: int = Field(ge=1, le=MAX_ID)
     pilot_id: str = Field(min_length=1, max_length=256)
     state: Literal["starting", "running", "finished", "failed"]
-    exit_code: int | None = None
-    pilot_error_code: int | None = None
+    exit_code: int | None = Field(None, ge=-(2**31), le=MAX_ID)
+    pilot_error_code: int | None = Field(None, ge=0, le=MAX_ID)
     pilot_error_diag: str | None = Field(None, max_length=8192)
     outputs: list[OutputFile] = Field(default_factory=list, max_length=100)
     log: OutputFile | None = None
@@ -314,7 +320,7 @@ class WorkerReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     pilot_id: str = Field(min_length=1, max_length=256)
-    worker_id: int | None = None
+    worker_id: int | None = Field(None, ge=1, le=MAX_ID)
     node: str = Field(max_length=256)
     cores: int | None = None
     memory_mb: int | None = None

@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from db.models import EntityKind, File, FileKind, Job, Role, StateHistory, Task, Worker
 from db.states import TASK_TERMINAL, JobStatus, TaskStatus
+from harvester.api.query import JobIdPath, Offset, TaskIdPath
 from harvester.api.views import progress
 from harvester.context import HarvesterContext
 from harvester.dashboard.session import COOKIE, csrf_token, csrf_valid, load_secret
@@ -160,7 +161,7 @@ def task_list(
     name: str | None = None,
     kind: str | None = None,
     sort: str = "-id",
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     fragment: bool = False,
 ) -> HTMLResponse:
     viewer = _viewer(request)
@@ -244,7 +245,7 @@ def _task_values(request: Request, viewer: Principal, task_id: int) -> dict[str,
 
 
 @router.get("/tasks/{task_id}", response_class=HTMLResponse)
-def task_page(request: Request, task_id: int, fragment: bool = False) -> HTMLResponse:
+def task_page(request: Request, task_id: TaskIdPath, fragment: bool = False) -> HTMLResponse:
     viewer = _viewer(request)
     values = _task_values(request, viewer, task_id)
     return render(request, "_task_live.html" if fragment else "task.html", **values)
@@ -252,7 +253,7 @@ def task_page(request: Request, task_id: int, fragment: bool = False) -> HTMLRes
 
 @router.post("/tasks/{task_id}/{action}")
 def task_action(
-    request: Request, task_id: int, action: str, csrf: Annotated[str, Form()] = ""
+    request: Request, task_id: TaskIdPath, action: str, csrf: Annotated[str, Form()] = ""
 ) -> Response:
     viewer = _viewer(request)
     if action not in ("kill", "retry"):
@@ -274,7 +275,7 @@ def task_action(
 
 
 @router.get("/tasks/{task_id}/plot.png")
-def task_plot(request: Request, task_id: int) -> Response:
+def task_plot(request: Request, task_id: TaskIdPath) -> Response:
     """The exclusion plot of a fit task, or the metric plot of a scan (cached per state)."""
     viewer = _viewer(request)
     ctx = _ctx(request)
@@ -324,7 +325,7 @@ def _draw(kind: str, document: Any, title: str, labels: list[str]) -> bytes:
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(request: Request, job_id: int) -> HTMLResponse:
+def job_page(request: Request, job_id: JobIdPath) -> HTMLResponse:
     viewer = _viewer(request)
     ctx = _ctx(request)
     with ctx.sessions() as session:

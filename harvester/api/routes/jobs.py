@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 from db.models import EntityKind, File, FileKind, Job, Role, StateHistory
 from db.states import JobStatus
 from harvester.api.auth import Context, CurrentPrincipal
-from harvester.api.query import MAX_PAGE
-from harvester.api.schemas import ErrorRow, HistoryEntry, JobPublic, JobSummary, Page
+from harvester.api.query import MAX_PAGE, JobIdPath, Offset
+from harvester.api.schemas import MAX_ID, ErrorRow, HistoryEntry, JobPublic, JobSummary, Page
 from harvester.api.views import job_public
 from harvester.errors import NotFoundError
 from harvester.services import summaries
@@ -32,11 +32,13 @@ def _job(session: Session, job_id: int) -> Job:
 
 
 def _filter(
-    task: Annotated[int | None, Query(description="jediTaskID")] = None,
+    task: Annotated[int | None, Query(ge=1, le=MAX_ID, description="jediTaskID")] = None,
     owner: Annotated[str | None, Query(description="owner of the task")] = None,
     status: Annotated[list[JobStatus] | None, Query(description="repeatable")] = None,
     queue: str | None = None,
-    error_code: Annotated[int | None, Query(description="pilot error code")] = None,
+    error_code: Annotated[
+        int | None, Query(ge=0, le=MAX_ID, description="pilot error code")
+    ] = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     ended_after: datetime | None = None,
@@ -65,7 +67,7 @@ def list_jobs(
         str, Query(description="id, created_at, ended_at, status, queue, task; '-' descending")
     ] = "-id",
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Page[JobPublic]:
     """Job attempts (PandaIDs), newest first by default, filtered and paged."""
     principal.require(Role.USER)
@@ -100,7 +102,7 @@ def errors(ctx: Context, principal: CurrentPrincipal, f: Filter) -> list[ErrorRo
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def show(job_id: int, ctx: Context, principal: CurrentPrincipal) -> JobPublic:
+def show(job_id: JobIdPath, ctx: Context, principal: CurrentPrincipal) -> JobPublic:
     """One job attempt: state, queue, worker and batch id, exit and error codes."""
     principal.require(Role.USER)
     with ctx.sessions() as session:
@@ -108,7 +110,7 @@ def show(job_id: int, ctx: Context, principal: CurrentPrincipal) -> JobPublic:
 
 
 @router.get("/{job_id}/log", response_class=PlainTextResponse)
-def log(job_id: int, ctx: Context, principal: CurrentPrincipal) -> PlainTextResponse:
+def log(job_id: JobIdPath, ctx: Context, principal: CurrentPrincipal) -> PlainTextResponse:
     """The payload's log (stdout and stderr), available once the attempt ended."""
     with ctx.sessions() as session:
         job = _job(session, job_id)
@@ -124,7 +126,7 @@ def log(job_id: int, ctx: Context, principal: CurrentPrincipal) -> PlainTextResp
 
 
 @router.get("/{job_id}/history", response_model=list[HistoryEntry])
-def history(job_id: int, ctx: Context, principal: CurrentPrincipal) -> list[HistoryEntry]:
+def history(job_id: JobIdPath, ctx: Context, principal: CurrentPrincipal) -> list[HistoryEntry]:
     """Every state change of the job attempt, oldest first."""
     principal.require(Role.USER)
     with ctx.sessions() as session:

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from db.models import EntityKind, FileKind, Job, Role, StateHistory
 from db.states import JobStatus, TaskStatus
 from harvester.api.auth import Context, CurrentPrincipal
-from harvester.api.query import MAX_PAGE
+from harvester.api.query import MAX_PAGE, Offset, TaskIdPath
 from harvester.api.schemas import (
     FilePublic,
     HistoryEntry,
@@ -54,7 +54,7 @@ def list_tasks(
         Query(description="id, created_at, modified_at, status, name, owner; '-' for descending"),
     ] = "-id",
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Page[TaskPublic]:
     """Tasks, newest first by default; your own unless ``owner`` names another user (or *)."""
     if principal.role is Role.PILOT:
@@ -78,7 +78,7 @@ def list_tasks(
 
 
 @router.get("/{task_id}", response_model=TaskPublic)
-def show(task_id: int, ctx: Context, principal: CurrentPrincipal) -> TaskPublic:
+def show(task_id: TaskIdPath, ctx: Context, principal: CurrentPrincipal) -> TaskPublic:
     """One task with its parameters and job counts by status."""
     with ctx.sessions() as session:
         principal.require(Role.USER)
@@ -88,7 +88,7 @@ def show(task_id: int, ctx: Context, principal: CurrentPrincipal) -> TaskPublic:
 
 
 @router.post("/{task_id}/kill", response_model=TaskPublic)
-def kill(task_id: int, ctx: Context, principal: CurrentPrincipal) -> TaskPublic:
+def kill(task_id: TaskIdPath, ctx: Context, principal: CurrentPrincipal) -> TaskPublic:
     """Abort the task: pending jobs cancelled, running ones killed by their pilots."""
     with ctx.sessions.begin() as session:
         task = task_service.kill_task(session, principal, task_id)
@@ -97,7 +97,7 @@ def kill(task_id: int, ctx: Context, principal: CurrentPrincipal) -> TaskPublic:
 
 
 @router.post("/{task_id}/retry", response_model=TaskPublic)
-def retry(task_id: int, ctx: Context, principal: CurrentPrincipal) -> TaskPublic:
+def retry(task_id: TaskIdPath, ctx: Context, principal: CurrentPrincipal) -> TaskPublic:
     """New attempts for the jobs that failed or were cancelled."""
     with ctx.sessions.begin() as session:
         task, _ = task_service.retry_task(session, principal, task_id)
@@ -107,7 +107,7 @@ def retry(task_id: int, ctx: Context, principal: CurrentPrincipal) -> TaskPublic
 
 @router.get("/{task_id}/jobs", response_model=list[JobPublic])
 def jobs(
-    task_id: int,
+    task_id: TaskIdPath,
     ctx: Context,
     principal: CurrentPrincipal,
     status: JobStatus | None = None,
@@ -133,7 +133,7 @@ def jobs(
 
 @router.get("/{task_id}/files", response_model=list[FilePublic])
 def files(
-    task_id: int, ctx: Context, principal: CurrentPrincipal, kind: FileKind | None = None
+    task_id: TaskIdPath, ctx: Context, principal: CurrentPrincipal, kind: FileKind | None = None
 ) -> list[FilePublic]:
     """Registered outputs and logs of the task (owner or admin)."""
     with ctx.sessions() as session:
@@ -146,7 +146,7 @@ def files(
 
 
 @router.get("/{task_id}/results")
-def results(task_id: int, ctx: Context, principal: CurrentPrincipal) -> dict[str, Any]:
+def results(task_id: TaskIdPath, ctx: Context, principal: CurrentPrincipal) -> dict[str, Any]:
     """The task's results: output files, and merged fit results for fit tasks."""
     with ctx.sessions() as session:
         task = task_service.get_task(session, task_id)
@@ -155,7 +155,7 @@ def results(task_id: int, ctx: Context, principal: CurrentPrincipal) -> dict[str
 
 
 @router.get("/{task_id}/points")
-def points(task_id: int, ctx: Context, principal: CurrentPrincipal) -> dict[str, Any]:
+def points(task_id: TaskIdPath, ctx: Context, principal: CurrentPrincipal) -> dict[str, Any]:
     """The points of a scan (phpo, pfit --adaptive) with their metrics and the best so far."""
     with ctx.sessions() as session:
         task = task_service.get_task(session, task_id)
@@ -166,7 +166,7 @@ def points(task_id: int, ctx: Context, principal: CurrentPrincipal) -> dict[str,
 
 
 @router.get("/{task_id}/history", response_model=list[HistoryEntry])
-def history(task_id: int, ctx: Context, principal: CurrentPrincipal) -> list[HistoryEntry]:
+def history(task_id: TaskIdPath, ctx: Context, principal: CurrentPrincipal) -> list[HistoryEntry]:
     """Every state change of the task, oldest first."""
     with ctx.sessions() as session:
         task_service.get_task(session, task_id)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from db.states import WorkerStatus
 from harvester.api.auth import Context, CurrentPrincipal
-from harvester.api.query import MAX_PAGE
+from harvester.api.query import MAX_PAGE, Offset
 from harvester.api.schemas import Page, WorkerPublic
 from harvester.services.listing import WORKER_SORTS, TimeRange, WorkerFilter, page, worker_query
 from harvester.services.queues import worker_counts
@@ -31,7 +31,7 @@ def list_workers(
         str, Query(description="id, submitted_at, ended_at, status, queue; '-' descending")
     ] = "-id",
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Page[WorkerPublic]:
     """Workers newest first by default, filtered by queue, state, batch id, node and time."""
     f = WorkerFilter(

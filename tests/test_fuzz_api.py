@@ -1,0 +1,56 @@
+"""Schemathesis against the harvester's own OpenAPI schema, on loopback, bounded.
+
+Every operation is called with generated data (valid and invalid) by a user
+token: no answer may be a 5xx, and every 4xx carries a JSON body with a
+``detail`` that says what is wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+
+from tests.helpers import Harvester, harvester_settings, make_harvester
+
+pytestmark = pytest.mark.e2e
+
+FUZZ_EXAMPLES = 12
+
+
+@pytest.fixture(scope="module")
+def fuzz_harvester(
+    tmp_path_factory: pytest.TempPathFactory, image_cache: Path
+) -> Iterator[Harvester]:
+    h = make_harvester(tmp_path_factory.mktemp("fuzz"), image_cache, harvester_settings())
+    yield h
+    h.cleanup()
+
+
+@pytest.fixture(scope="module")
+def api_schema(fuzz_harvester: Harvester) -> Any:
+    return schemathesis.openapi.from_url(fuzz_harvester.url + "/openapi.json")
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+def test_no_server_errors_and_clear_client_errors(case: Any, fuzz_harvester: Harvester) -> None:
+    response = case.call(headers={"Authorization": f"Bearer {fuzz_harvester.tokens['alice']}"})
+    assert response.status_code < 500, (
+        f"{case.method} {case.formatted_path} answered {response.status_code}: "
+        f"{response.text[:300]}"
+    )
+    if 400 <= response.status_code < 500:
+        body = response.json()
+        assert isinstance(body, dict) and body.get("detail"), response.text[:300]
