@@ -22,13 +22,10 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from local_harvester import REPO, free_port
+from local_harvester import REPO, harvester, new_home
 
 sys.path.insert(0, str(REPO))
 
@@ -206,62 +203,15 @@ async def drive(
 def run_one(
     url: str | None, pilots: int, n_jobs: int, per_acquire: int, seconds: float, api_workers: int
 ) -> dict:
-    home = Path(tempfile.mkdtemp(prefix="hpcaf-bench-d-"))
+    home = new_home("hpcaf-bench-d-")
     db_url = url or f"sqlite:///{home / 'harvester.db'}"
     seed(db_url, n_jobs)
-    port = free_port()
-    (home / "harvester.toml").write_text(f'[queues.{QUEUE}]\nprovider = "local"\nmaxWorkers = 0\n')
-    env = {
-        **os.environ,
-        "HPCAF_HOME": str(home),
-        "HPCAF_PORT": str(port),
-        "HPCAF_DATABASE_URL": db_url,
-    }
-    token = (
-        subprocess.run(
-            [sys.executable, "-m", "harvester.cli", "token", "create", "bench", "--role", "pilot"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
-    log = (home / "serve.log").open("wb")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "harvester.cli",
-            "serve",
-            "--only",
-            "api",
-            "--workers",
-            str(api_workers),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        import httpx
-
-        for _ in range(100):
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    config = f'[queues.{QUEUE}]\nprovider = "local"\nmaxWorkers = 0\n'
+    serve_args = ("--only", "api", "--workers", str(api_workers))
+    with harvester(home, config, serve_args=serve_args, database_url=db_url, role="pilot") as env:
         return asyncio.run(
-            drive(f"http://127.0.0.1:{port}", token, pilots, per_acquire, seconds, n_jobs)
+            drive(env["HPCAF_URL"], env["HPCAF_TOKEN"], pilots, per_acquire, seconds, n_jobs)
         )
-    except Exception:
-        print(f"the harvester's log: {home / 'serve.log'}", file=sys.stderr)
-        raise
-    finally:
-        server.terminate()
-        server.wait()
 
 
 def main() -> None:

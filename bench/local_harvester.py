@@ -1,15 +1,14 @@
-"""A throw-away harvester for the benchmarks: free loopback port, temporary home, local pilots."""
+"""A throw-away harvester for the benchmarks: free loopback port, temporary home."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,18 +21,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def new_home(prefix: str = "hpcaf-bench-") -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
 @contextmanager
-def local_harvester(slots: int) -> Iterator[dict[str, str]]:
-    """Yields the environment a client needs (HPCAF_URL, HPCAF_TOKEN) to use the harvester."""
-    home = Path(tempfile.mkdtemp(prefix="hpcaf-bench-"))
+def harvester(
+    home: Path,
+    config_text: str,
+    *,
+    serve_args: Sequence[str] = (),
+    database_url: str | None = None,
+    role: str = "user",
+) -> Iterator[dict[str, str]]:
+    """Start ``harvester serve`` on ``home``; yields the client environment (HPCAF_URL and
+    a token of ``role`` in HPCAF_TOKEN). Its log stays in ``home/serve.log``."""
     port = free_port()
-    (home / "harvester.toml").write_text(f"""
-[queues.ANALY_LOCAL]
-provider = "local"
-maxWorkers = {slots}
-nQueueLimitWorker = {slots}
-maxNewWorkersPerCycle = {slots}
-""")
+    (home / "harvester.toml").write_text(config_text)
     env = {
         **os.environ,
         "HPCAF_HOME": str(home),
@@ -42,19 +46,24 @@ maxNewWorkersPerCycle = {slots}
         "HPCAF_PILOT_MAX_IDLE_S": "5",
         "HPCAF_IMAGE_CACHE": os.environ.get("HPCAF_IMAGE_CACHE", str(REPO / ".cache" / "images")),
     }
-    token = subprocess.run(
-        [sys.executable, "-m", "harvester.cli", "token", "create", "bench"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "harvester.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    if database_url:
+        env["HPCAF_DATABASE_URL"] = database_url
+    command = [sys.executable, "-m", "harvester.cli"]
+    token = (
+        subprocess.run(
+            [*command, "token", "create", "bench", "--role", role],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
     )
+    with (home / "serve.log").open("wb") as log:
+        server = subprocess.Popen(
+            [*command, "serve", *serve_args], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     try:
         import httpx
 
@@ -65,7 +74,24 @@ maxNewWorkersPerCycle = {slots}
             except httpx.HTTPError:
                 time.sleep(0.2)
         yield {**env, "HPCAF_URL": f"http://127.0.0.1:{port}", "HPCAF_TOKEN": token}
+    except Exception:
+        print(f"the harvester's log: {home / 'serve.log'}", file=sys.stderr)
+        raise
     finally:
         server.terminate()
         server.wait()
-        shutil.rmtree(home, ignore_errors=True)
+
+
+@contextmanager
+def local_harvester(slots: int) -> Iterator[dict[str, str]]:
+    """A harvester with one local queue of ``slots`` pilots (agents included)."""
+    home = new_home()
+    config = f"""
+[queues.ANALY_LOCAL]
+provider = "local"
+maxWorkers = {slots}
+nQueueLimitWorker = {slots}
+maxNewWorkersPerCycle = {slots}
+"""
+    with harvester(home, config) as env:
+        yield env

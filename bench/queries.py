@@ -14,17 +14,13 @@ PostgreSQL (e.g. from ``scripts/postgres up``; the database is emptied first).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-from local_harvester import REPO, free_port
+from local_harvester import REPO, harvester, new_home
 
 sys.path.insert(0, str(REPO))
 
@@ -117,38 +113,13 @@ def main() -> None:
     args = parser.parse_args()
     import httpx
 
-    home = Path(tempfile.mkdtemp(prefix="hpcaf-bench-q-"))
+    home = new_home("hpcaf-bench-q-")
     url = args.database_url or f"sqlite:///{home / 'harvester.db'}"
     t0 = time.time()
     seed(url, args.tasks, args.jobs)
     print(
         f"seeded {args.tasks} tasks and {args.jobs} jobs in {time.time() - t0:.1f}s "
         f"({url.split(':')[0]})"
-    )
-    port = free_port()
-    (home / "harvester.toml").write_text("")
-    env = {
-        **os.environ,
-        "HPCAF_HOME": str(home),
-        "HPCAF_PORT": str(port),
-        "HPCAF_DATABASE_URL": url,
-    }
-    token = (
-        subprocess.run(
-            [sys.executable, "-m", "harvester.cli", "token", "create", "alice", "--role", "admin"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
-    server = subprocess.Popen(
-        [sys.executable, "-m", "harvester.cli", "serve", "--only", "api"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
     )
     queries = [
         ("task list, newest 100", "/api/v1/tasks", {"owner": "*"}),
@@ -189,36 +160,29 @@ def main() -> None:
         ("error summary, one queue", "/api/v1/jobs/errors", {"queue": "ANALY_LOCAL"}),
         ("workers per queue", "/api/v1/workers/summary", {}),
     ]
-    try:
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}",
-            headers={"Authorization": f"Bearer {token}"},
+    serve_args = ("--only", "api")
+    with (
+        harvester(home, "", serve_args=serve_args, database_url=url, role="admin") as env,
+        httpx.Client(
+            base_url=env["HPCAF_URL"],
+            headers={"Authorization": f"Bearer {env['HPCAF_TOKEN']}"},
             timeout=30,
-        ) as c:
-            for _ in range(100):
-                try:
-                    c.get("/docs")
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
-            print(f"\n{'query':40s} {'median':>8s} {'worst':>8s} {'rows':>7s}")
-            for label, path, params in queries:
-                times = []
-                total = None
-                for _ in range(args.repeats):
-                    start = time.perf_counter()
-                    reply = c.get(path, params=params)
-                    times.append((time.perf_counter() - start) * 1000)
-                    reply.raise_for_status()
-                    body = reply.json()
-                    total = body.get("total") if isinstance(body, dict) else len(body)
-                print(
-                    f"{label:40s} {statistics.median(times):6.1f}ms {max(times):6.1f}ms "
-                    f"{total!s:>7s}"
-                )
-    finally:
-        server.terminate()
-        server.wait()
+        ) as c,
+    ):
+        print(f"\n{'query':40s} {'median':>8s} {'worst':>8s} {'rows':>7s}")
+        for label, path, params in queries:
+            times = []
+            total = None
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                reply = c.get(path, params=params)
+                times.append((time.perf_counter() - start) * 1000)
+                reply.raise_for_status()
+                body = reply.json()
+                total = body.get("total") if isinstance(body, dict) else len(body)
+            print(
+                f"{label:40s} {statistics.median(times):6.1f}ms {max(times):6.1f}ms {total!s:>7s}"
+            )
 
 
 if __name__ == "__main__":
