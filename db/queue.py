@@ -201,3 +201,14 @@ def advance_jobs(
             ],
         )
     return [job_id for job_id, _ in moved]
+
+
+def state_history(session: Session, entity: EntityKind, entity_id: int) -> list[StateHistory]:
+    """Every state change of one task, job or worker, oldest first."""
+    return list(
+        session.scalars(
+            select(StateHistory)
+            .where(StateHistory.entity == entity, StateHistory.entity_id == entity_id)
+            .order_by(StateHistory.id)
+        )
+    )

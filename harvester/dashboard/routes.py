@@ -22,8 +22,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy import select
 
-from db.models import EntityKind, File, FileKind, Job, Role, StateHistory, Task, Worker
-from db.states import TASK_TERMINAL, JobStatus, TaskStatus
+from db.models import EntityKind, File, FileKind, Job, Role, Task, Worker
+from db.queue import state_history
+from db.states import TASK_TERMINAL, JobStatus, TaskStatus, WorkerStatus
 from harvester.api.query import JobIdPath, Offset, TaskIdPath
 from harvester.api.views import progress
 from harvester.context import HarvesterContext
@@ -335,13 +336,7 @@ def job_page(request: Request, job_id: JobIdPath) -> HTMLResponse:
         task = session.get(Task, job.task_id)
         assert task is not None
         worker = session.get(Worker, job.worker_id) if job.worker_id else None
-        history = list(
-            session.scalars(
-                select(StateHistory)
-                .where(StateHistory.entity == EntityKind.JOB, StateHistory.entity_id == job_id)
-                .order_by(StateHistory.id)
-            )
-        )
+        changes = state_history(session, EntityKind.JOB, job_id)
         attempts = list(
             session.scalars(
                 select(Job)
@@ -366,7 +361,7 @@ def job_page(request: Request, job_id: JobIdPath) -> HTMLResponse:
         job=job,
         task=task,
         worker=worker,
-        history=history,
+        history=changes,
         attempts=attempts,
         is_owner=owner,
         log_tail=log_tail,
@@ -386,7 +381,7 @@ def queues_page(request: Request) -> HTMLResponse:
         workers = queue_service.worker_counts(session)
         activated = queue_service.activated_counts(session)
         recent = list(session.scalars(select(Worker).order_by(Worker.id.desc()).limit(50)))
-    states = ["submitted", "running", "finished", "failed", "cancelled", "missed"]
+    states = [s.value for s in WorkerStatus]
     return render(
         request,
         "queues.html",

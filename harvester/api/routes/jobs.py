@@ -10,7 +10,8 @@ from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import EntityKind, File, FileKind, Job, Role, StateHistory
+from db.models import EntityKind, File, FileKind, Job, Role
+from db.queue import state_history
 from db.states import JobStatus
 from harvester.api.auth import Context, CurrentPrincipal
 from harvester.api.query import MAX_PAGE, JobIdPath, Offset
@@ -131,9 +132,5 @@ def history(job_id: JobIdPath, ctx: Context, principal: CurrentPrincipal) -> lis
     principal.require(Role.USER)
     with ctx.sessions() as session:
         _job(session, job_id)
-        rows = session.scalars(
-            select(StateHistory)
-            .where(StateHistory.entity == EntityKind.JOB, StateHistory.entity_id == job_id)
-            .order_by(StateHistory.id)
-        )
+        rows = state_history(session, EntityKind.JOB, job_id)
         return [HistoryEntry.model_validate(r, from_attributes=True) for r in rows]

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, status
 from sqlalchemy import select
 
-from db.models import EntityKind, FileKind, Job, Role, StateHistory
+from db.models import EntityKind, FileKind, Job, Role
+from db.queue import state_history
 from db.states import JobStatus, TaskStatus
 from harvester.api.auth import Context, CurrentPrincipal
 from harvester.api.query import MAX_PAGE, Offset, TaskIdPath
@@ -170,9 +171,5 @@ def history(task_id: TaskIdPath, ctx: Context, principal: CurrentPrincipal) -> l
     """Every state change of the task, oldest first."""
     with ctx.sessions() as session:
         task_service.get_task(session, task_id)
-        rows = session.scalars(
-            select(StateHistory)
-            .where(StateHistory.entity == EntityKind.TASK, StateHistory.entity_id == task_id)
-            .order_by(StateHistory.id)
-        )
+        rows = state_history(session, EntityKind.TASK, task_id)
         return [HistoryEntry.model_validate(r, from_attributes=True) for r in rows]
