@@ -29,7 +29,6 @@ from typing import Any
 
 from local_harvester import REPO, local_harvester
 
-sys.path.insert(0, str(REPO))
 
 from harvester.scans.adaptive import (
     AdaptivePlan,

@@ -22,29 +22,18 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import time
 
-from local_harvester import REPO, harvester, new_home
-
-sys.path.insert(0, str(REPO))
-
+from local_harvester import fresh_database, harvester, new_home
 from sqlalchemy import insert
 
-from db.engine import make_engine
-from db.migrate import upgrade
-from db.models import Base, Job, Task, utcnow
+from db.models import Job, Task, utcnow
 
 QUEUE = "ANALY_BENCH"
 
 
 def seed(url: str, n_jobs: int) -> None:
-    engine = make_engine(url)
-    if engine.dialect.name == "postgresql":
-        Base.metadata.drop_all(engine)
-        with engine.begin() as conn:
-            conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
-    upgrade(engine)
+    engine = fresh_database(url)
     now = utcnow()
     with engine.begin() as conn:
         conn.execute(

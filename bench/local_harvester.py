@@ -11,14 +11,34 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def fresh_database(url: str) -> Engine:
+    """An engine on an empty, migrated database (PostgreSQL tables are dropped first)."""
+    from db.engine import make_engine
+    from db.migrate import upgrade
+    from db.models import Base
+
+    engine = make_engine(url)
+    if engine.dialect.name == "postgresql":
+        Base.metadata.drop_all(engine)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+    upgrade(engine)
+    return engine
 
 
 def new_home(prefix: str = "hpcaf-bench-") -> Path:

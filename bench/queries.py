@@ -16,19 +16,13 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-from local_harvester import REPO, harvester, new_home
-
-sys.path.insert(0, str(REPO))
-
+from local_harvester import fresh_database, harvester, new_home
 from sqlalchemy import insert
 
-from db.engine import make_engine
-from db.migrate import upgrade
-from db.models import Base, Job, Task
+from db.models import Job, Task
 
 OWNERS = ["alice", "bob", "carol", "dave", "erin"]
 QUEUES = ["ANALY_LOCAL", "ANALY_SLURM", "ANALY_SLURM_GPU", "ANALY_CONDOR"]
@@ -39,12 +33,7 @@ ERRORS = [1305, 1213, 1100, 1137, 1306]
 
 
 def seed(url: str, n_tasks: int, n_jobs: int) -> None:
-    engine = make_engine(url)
-    if engine.dialect.name == "postgresql":
-        Base.metadata.drop_all(engine)
-        with engine.begin() as conn:
-            conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
-    upgrade(engine)
+    engine = fresh_database(url)
     rng = random.Random(1)
     start = datetime.now(UTC) - timedelta(days=30)
     tasks = []

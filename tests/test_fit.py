@@ -353,7 +353,8 @@ def test_fit_task_page_shows_the_exclusion_plot(
 ) -> None:
     """The dashboard's fit task page: the CLs table and the exclusion plot, in Chromium."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.browser import login, shot, wait
 
     workspace, patchset = staus
     args = ["--workspace", str(workspace), "--patchset", str(patchset), "--backend", "jax"]
@@ -363,20 +364,16 @@ def test_fit_task_page_shows_the_exclusion_plot(
     assert result.returncode == 0, result.output
     task_id = int(result.stdout.split("jediTaskID=")[1].split()[0])
 
-    browser.delete_all_cookies()
-    browser.get(hv.url + "/login")
-    browser.find_element(By.ID, "token").send_keys(hv.tokens["alice"])
-    browser.find_element(By.ID, "login").click()
+    login(browser, hv, "alice")
     browser.get(f"{hv.url}/tasks/{task_id}")
     rows = browser.find_elements(By.CSS_SELECTOR, "#fit-results tbody tr")
     assert len(rows) == 5 and all(" ok" in r.text or r.text.endswith("ok") for r in rows)
-    WebDriverWait(browser, 60).until(
+    wait(
+        browser,
         lambda b: b.execute_script(
             "const i = document.getElementById('plot'); return i.complete && i.naturalWidth > 0;"
-        )
+        ),
     )
     width = browser.execute_script("return document.getElementById('plot').naturalWidth;")
     assert width >= 600, "the rendered exclusion plot"
-    shot = REPO / "docs" / "screenshots" / "fit.png"
-    shot.parent.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(shot))
+    shot(browser, "fit")

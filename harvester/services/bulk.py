@@ -23,7 +23,7 @@ from db.states import JOB_TERMINAL, JobStatus, allowed
 from harvester.api.schemas import BulkUpdateItem, UpdateJobReply, UpdateJobRequest
 from harvester.context import HarvesterContext
 from harvester.errors import HarvesterError, InvalidRequest
-from harvester.services.dispatch import _require_pilot, output_lfn, update_job
+from harvester.services.dispatch import _require_pilot, log_lfn, output_lfn, update_job
 from harvester.services.files import check_file_name
 from harvester.services.lifecycle import refresh_task
 from harvester.services.tokens import Principal
@@ -194,9 +194,7 @@ def _file_rows(
         )
     files = [(o, FileKind.OUTPUT, output_lfn(task, job, o.name), task.out_ds) for o in r.outputs]
     if r.log is not None:
-        log_name = (
-            f"{task.out_ds}.{task.id}._{job.job_index + 1:06d}.attempt{job.attempt_nr}.log.txt"
-        )
+        log_name = log_lfn(task, job)
         files.append((r.log, FileKind.LOG, log_name, f"{task.out_ds}.log"))
     rows = []
     for item, kind, name, dataset in files:

@@ -270,6 +270,11 @@ def output_lfn(task: Task, job: Job, name: str) -> str:
     return f"{task.out_ds}.{task.id}._{job.job_index + 1:06d}.{name}"
 
 
+def log_lfn(task: Task, job: Job) -> str:
+    """The log of one attempt: ``<outDS>.<taskID>._<serial>.attempt<N>.log.txt``."""
+    return f"{task.out_ds}.{task.id}._{job.job_index + 1:06d}.attempt{job.attempt_nr}.log.txt"
+
+
 def _register(
     session: Session,
     ctx: HarvesterContext,
@@ -288,7 +293,7 @@ def _register(
     if size != item.size:
         raise InvalidRequest(f"{item.name}: reported size {item.size}, stored size {size}")
     if log:
-        name = f"{task.out_ds}.{task.id}._{job.job_index + 1:06d}.attempt{job.attempt_nr}.log.txt"
+        name = log_lfn(task, job)
         dataset = f"{task.out_ds}.log"
     else:
         name = output_lfn(task, job, item.name)

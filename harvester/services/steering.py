@@ -34,7 +34,7 @@ from harvester.services.lifecycle import build_job, current_attempts, refresh_ta
 HPO = "hpo"
 ADAPTIVE = "adaptive_cls"
 METRICS_FILE = "metrics.json"
-FIT_RESULTS_FILE = "results.json"
+FIT_RESULTS_FILE = "results.json"  # as harvester.services.results (which imports tasks → here)
 MAX_METRICS_BYTES = 1 << 20
 MAX_PARALLEL = 10_000
 
