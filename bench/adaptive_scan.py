@@ -29,7 +29,6 @@ from typing import Any
 
 from local_harvester import REPO, local_harvester
 
-
 from harvester.scans.adaptive import (
     AdaptivePlan,
     decisions,
