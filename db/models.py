@@ -292,3 +292,15 @@ class ScanPoint(Base):
     """The attempt that produced ``metric``."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     evaluated_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Lease(Base):
+    """A named duty held by one harvester instance until ``expires_at`` (Harvester's
+    lock table): who submits a queue's workers, who runs the agents that act on all tasks."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(160), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(256))
+    acquired_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()

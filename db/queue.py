@@ -5,8 +5,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Select, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import EntityKind, Job, StateHistory, Task, Worker, utcnow
@@ -74,6 +75,33 @@ def record_creation(
     )
 
 
+def _claimable(
+    queue: str, max_cores: int | None, max_memory_mb: int | None, max_gpus: int | None
+) -> Select[Any]:
+    """Ids of the activated jobs of ``queue`` that fit the pilot's resources."""
+    query = select(Job.id).where(Job.status == JobStatus.ACTIVATED, Job.queue == queue)
+    if max_cores is not None:
+        query = query.where(Job.cores <= max_cores)
+    if max_memory_mb is not None:
+        query = query.where(Job.memory_mb <= max_memory_mb)
+    if max_gpus is not None:
+        query = query.where(Job.gpus <= max_gpus)
+    return query
+
+
+def claimable_exists(
+    session: Session,
+    *,
+    queue: str,
+    max_cores: int | None = None,
+    max_memory_mb: int | None = None,
+    max_gpus: int | None = None,
+) -> bool:
+    """Whether :func:`claim_jobs` would find a job (one index probe, no lock)."""
+    first = _claimable(queue, max_cores, max_memory_mb, max_gpus).limit(1)
+    return session.scalar(first) is not None
+
+
 def claim_jobs(
     session: Session,
     *,
@@ -88,31 +116,36 @@ def claim_jobs(
 ) -> Sequence[Job]:
     """Atomically move up to ``limit`` activated jobs of ``queue`` to ``sent``.
 
-    One set-based ``UPDATE … WHERE status='activated' … RETURNING``: on
-    PostgreSQL the candidate rows are locked with ``FOR UPDATE SKIP LOCKED``,
-    on SQLite the write lock taken by ``BEGIN IMMEDIATE`` serialises claims.
-    Either way a job can be returned to exactly one caller.
+    Two statements in one transaction: the candidates are read first, then one
+    ``UPDATE … WHERE id IN (…) AND status='activated' … RETURNING`` moves them.
+    On PostgreSQL the read locks them (``FOR UPDATE SKIP LOCKED``: concurrent
+    claimers take other rows); on SQLite the write lock of ``BEGIN IMMEDIATE``
+    serialises claims. Either way a job is returned to exactly one caller.
+
+    Why not one statement with the candidates as a subquery: PostgreSQL may
+    plan it as a nested-loop semi-join that re-runs the ``LIMIT``-ed, locking
+    subquery for every outer row, each run skipping the rows already moved,
+    so that one claim for 1 job takes every job of the queue (it did, on a
+    small table, in the database-outage test); and SQLite's planner scans
+    every activated job through the status index instead of looking the
+    candidates up by key.
     """
     if limit < 1:
         return []
     now = utcnow()
     candidates = (
-        select(Job.id)
-        .where(Job.status == JobStatus.ACTIVATED, Job.queue == queue)
+        _claimable(queue, max_cores, max_memory_mb, max_gpus)
         .order_by(Job.priority.desc(), Job.id)
         .limit(limit)
+        .with_for_update(skip_locked=True)
     )
-    if max_cores is not None:
-        candidates = candidates.where(Job.cores <= max_cores)
-    if max_memory_mb is not None:
-        candidates = candidates.where(Job.memory_mb <= max_memory_mb)
-    if max_gpus is not None:
-        candidates = candidates.where(Job.gpus <= max_gpus)
-    candidates = candidates.with_for_update(skip_locked=True)
+    chosen = list(session.scalars(candidates))
+    if not chosen:
+        return []
     claimed_ids = list(
         session.scalars(
             update(Job)
-            .where(Job.id.in_(candidates.scalar_subquery()), Job.status == JobStatus.ACTIVATED)
+            .where(Job.id.in_(chosen), Job.status == JobStatus.ACTIVATED)
             .values(
                 status=JobStatus.SENT,
                 pilot_id=pilot_id,

@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.leases import HeldLeases, instance_name
 from harvester.config import QueueConfig
 from harvester.images.cache import ImageCache
+from harvester.outage import DatabaseHealth
 from harvester.providers.base import Provider
+from harvester.services.caches import IdleQueues, TokenCache
 from harvester.services.files import FileStore
 from harvester.settings import HarvesterSettings
 
@@ -21,8 +24,15 @@ class HarvesterContext:
     settings: HarvesterSettings
     engine: Engine
     sessions: sessionmaker[Session]
+    reads: sessionmaker[Session]
+    """Read-only sessions, no write lock on SQLite (:func:`db.engine.make_read_sessionmaker`)."""
     queues: dict[str, QueueConfig]
     images: ImageCache
     files: FileStore
     providers: dict[str, Provider] = field(default_factory=dict)
     pilot_token: str | None = field(default=None, repr=False)
+    tokens: TokenCache = field(default_factory=lambda: TokenCache(0.0))
+    idle_queues: IdleQueues = field(default_factory=lambda: IdleQueues(0.0))
+    outage: DatabaseHealth = field(default_factory=DatabaseHealth)
+    leases: HeldLeases = field(default_factory=lambda: HeldLeases(instance_name()))
+    """The leases this process holds (kept by :class:`harvester.agents.leases.LeaseKeeper`)."""

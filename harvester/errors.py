@@ -52,6 +52,12 @@ class PayloadTooLarge(HarvesterError):
     status_code = 413
 
 
+class DatabaseUnavailable(HarvesterError):
+    """The database cannot be reached or is saturated; nothing was changed, retry later."""
+
+    status_code = 503
+
+
 class ProviderError(HarvesterError):
     """A batch-system command failed; carries what the command said."""
 

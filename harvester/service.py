@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from sqlalchemy import event
 
-from db.engine import make_engine, make_sessionmaker
+from db.engine import make_engine, make_read_sessionmaker, make_sessionmaker
 from db.migrate import upgrade
 from db.models import Role
 from harvester.agents.base import AgentRunner
 from harvester.agents.brokerage import Brokerage
+from harvester.agents.leases import LeaseKeeper
 from harvester.agents.monitor import Monitor
 from harvester.agents.splitter import Splitter
 from harvester.agents.steering import Steering
@@ -24,7 +26,9 @@ from harvester.api.app import create_app
 from harvester.config import parse_queues
 from harvester.context import HarvesterContext
 from harvester.images.cache import ImageCache
+from harvester.outage import DatabaseHealth
 from harvester.providers.registry import make_provider
+from harvester.services.caches import IdleQueues, TokenCache
 from harvester.services.files import FileStore
 from harvester.services.queues import sync_queues
 from harvester.services.tokens import create_token
@@ -46,14 +50,21 @@ def build_context(settings: HarvesterSettings, document: dict[str, Any]) -> Harv
     sessions = make_sessionmaker(engine)
     with sessions.begin() as session:
         sync_queues(session, queues)
+    outage = DatabaseHealth()
+    # a new connection is the evidence that an outage is over (pooled ones die with it)
+    event.listen(engine, "connect", lambda *_: outage.succeeded())
     return HarvesterContext(
         settings=settings,
+        outage=outage,
         engine=engine,
         sessions=sessions,
+        reads=make_read_sessionmaker(engine),
         queues={q.name: q for q in queues},
         images=ImageCache(settings.resolved_image_cache),
         files=FileStore(settings.file_store, settings.max_upload_bytes),
         providers=providers,
+        tokens=TokenCache(settings.token_cache_s),
+        idle_queues=IdleQueues(settings.idle_poll_cache_s),
     )
 
 
@@ -73,6 +84,7 @@ def build_agents(ctx: HarvesterContext) -> AgentRunner:
     providers = ctx.providers
     return AgentRunner(
         [
+            LeaseKeeper(ctx),
             Splitter(ctx),
             Steering(ctx),
             Brokerage(ctx),

@@ -40,7 +40,10 @@ class HarvesterSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     public_url: str | None = None
-    """URL pilots use to reach this service; default ``http://host:port``."""
+    """URL pilots use to reach this service; default ``http://host:port``. Instances
+    sharing a database list all their URLs, comma-separated: pilots fail over."""
+    files_dir: Path | None = None
+    """The file store; default ``home/files``. Instances sharing a database share it."""
 
     agent_interval_s: float = Field(2.0, gt=0)
     heartbeat_interval_s: float = Field(30.0, gt=0)
@@ -57,6 +60,15 @@ class HarvesterSettings(BaseSettings):
     max_jobs_per_task: int = Field(10_000, gt=0)
     pilot_max_idle_s: float = Field(10.0, ge=0)
     """Pilots started by the harvester exit after this long without a job."""
+    lease_s: float = Field(30.0, gt=0)
+    """Agents' leases (per queue, and one for the agents acting on all tasks): when an
+    instance dies, another takes its duties over within this long."""
+    token_cache_s: float = Field(5.0, ge=0)
+    """An API process trusts a token it has checked for this long: a revocation takes
+    effect within it. 0: check the database on every request."""
+    idle_poll_cache_s: float = Field(1.0, ge=0)
+    """After a poll found nothing for a queue, polls for the same resources are answered
+    "nothing" for this long without the database. 0: always look."""
 
     @property
     def settings_file(self) -> Path:
@@ -72,7 +84,7 @@ class HarvesterSettings(BaseSettings):
 
     @property
     def file_store(self) -> Path:
-        return self.home / "files"
+        return self.files_dir or self.home / "files"
 
     @property
     def workers_dir(self) -> Path:

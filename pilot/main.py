@@ -23,6 +23,7 @@ from pilot.gpus import discover as discover_gpus
 from pilot.heartbeat import Heartbeat
 from pilot.job import JobRunner
 from pilot.node import discover
+from pilot.polling import PollBackoff
 from pilot.server import PilotServer, ServerError
 
 log = logging.getLogger("pilot")
@@ -50,7 +51,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-idle", type=float, default=10.0, help="exit after this many seconds without a job"
     )
-    parser.add_argument("--poll", type=float, default=1.0, help="seconds between empty acquires")
+    parser.add_argument(
+        "--poll", type=float, default=1.0, help="seconds to wait after the first empty acquire"
+    )
+    parser.add_argument(
+        "--poll-max",
+        type=float,
+        default=30.0,
+        help="longest wait between empty acquires (each wait is 1.5 times the last)",
+    )
     parser.add_argument(
         "--heartbeat",
         type=float,
@@ -170,6 +179,7 @@ def loop(
     """Acquire and run jobs until walltime, max-jobs, idleness or a signal ends the pilot."""
     started = time.monotonic()
     idle_since = time.monotonic()
+    backoff = PollBackoff(first=args.poll, cap=max(args.poll, args.poll_max))
     done = 0
     while not stopping.is_set():
         if args.max_jobs and done >= args.max_jobs:
@@ -197,11 +207,14 @@ def loop(
             log.warning("acquire failed: %s", exc)
             jobs = []
         if not jobs:
-            if time.monotonic() - idle_since > args.max_idle:
+            idle = time.monotonic() - idle_since
+            if idle > args.max_idle:
                 log.info("no job for %.0fs: exiting", args.max_idle)
                 break
-            stopping.wait(args.poll)
+            # one last poll right at max-idle rather than a long wait past it
+            stopping.wait(min(backoff.next_wait(), args.max_idle - idle + 0.05))
             continue
+        backoff.reset()
         for spec in jobs:
             if spec["walltime_s"] > left:
                 spec["walltime_s"] = int(left)

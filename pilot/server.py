@@ -2,7 +2,9 @@
 
 Transient trouble (connection refused while the service restarts, 5xx) is
 retried with back-off for a bounded time; a 4xx is final and raised with the
-server's message.
+server's message. Given several server URLs (comma-separated: harvester
+instances sharing one database), a pilot that cannot reach one goes on with
+the next.
 """
 
 from __future__ import annotations
@@ -38,11 +40,17 @@ class PilotServer:
         timeout_s: float = 30.0,
         stop: threading.Event | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        self.urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
+        if not self.urls:
+            raise ValueError("no server URL")
+        self._current = 0
         self._stop = stop or threading.Event()
-        self._client = httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s
-        )
+        self._client = httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s)
+
+    @property
+    def url(self) -> str:
+        """The server URL now in use."""
+        return self.urls[self._current]
 
     def close(self) -> None:
         self._client.close()
@@ -52,9 +60,12 @@ class PilotServer:
         delay = 0.5
         while True:
             try:
-                response = self._client.request(method, path, **kwargs)
+                response = self._client.request(method, self.url + path, **kwargs)
             except httpx.TransportError as exc:
                 problem = f"cannot reach {self.url}: {exc}"
+                if len(self.urls) > 1:  # fail over: the next call goes to the next instance
+                    self._current = (self._current + 1) % len(self.urls)
+                    problem += f"; next try: {self.url}"
             else:
                 if response.status_code < 400:
                     return response

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
-from tests.helpers import REPO, Harvester, ensure_image, harvester_settings, make_harvester
+from tests.helpers import (
+    PG_ENV,
+    REPO,
+    Harvester,
+    ensure_image,
+    harvester_settings,
+    make_harvester,
+)
 
 
 @pytest.fixture(scope="session")
@@ -96,3 +107,37 @@ def browser() -> Iterator[Any]:
     driver.set_page_load_timeout(30)
     yield driver
     driver.quit()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    env = {**os.environ, **PG_ENV}
+    up = subprocess.run(
+        [str(REPO / "scripts" / "postgres"), "up"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert up.returncode == 0, up.stdout + up.stderr
+    url = up.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    yield url.rsplit("/", 1)[0]
+    subprocess.run(
+        [str(REPO / "scripts" / "postgres"), "down"], env=env, capture_output=True, timeout=120
+    )
+
+
+@pytest.fixture
+def postgres_database_url(postgres_server: str) -> Iterator[str]:
+    """A fresh database for one test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    # no pool: a test may restart the server (an outage) under a pooled connection
+    admin = create_engine(
+        f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT", poolclass=NullPool
+    )
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    yield f"{postgres_server}/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()

@@ -18,6 +18,8 @@ import httpx
 from sqlalchemy import create_engine, text
 
 REPO = Path(__file__).resolve().parent.parent
+PG_ENV: dict[str, str] = {"HPCAF_PG_DIR": "/tmp/hpcaf-pg-tests", "HPCAF_PG_PORT": "54331"}
+"""Where the tests' PostgreSQL server lives (scripts/postgres)."""
 
 
 def ensure_image(cache: Path, definition: str, name: str) -> None:
@@ -283,7 +285,7 @@ def make_harvester(
     """Write the config, create the tokens (through the real CLI) and start the service."""
     home = tmp / "home"
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = int((env_overrides or {}).get("HPCAF_PORT") or free_port())
     config_file = home / "harvester.toml"
     config_file.write_text(config_text)
     env = {key: value for key, value in os.environ.items() if not key.startswith("HPCAF_")}

@@ -124,3 +124,23 @@ def test_racing_claims_never_share_a_job(tmp_path: Path) -> None:
     sessions = make_sessionmaker(engine)
     _seed(sessions, 400)
     assert_claimed_once(sessions, race_claims(url), 400)
+
+
+def claims_exactly_what_was_asked(sessions) -> None:  # type: ignore[no-untyped-def]
+    """A claim for k jobs takes k jobs, on a table small enough for any plan."""
+    from sqlalchemy import func, select
+
+    from db.queue import claim_jobs
+
+    _seed(sessions, 6)
+    for limit, expected, expected_total in ((1, 1, 1), (3, 3, 4), (5, 2, 6), (1, 0, 6)):
+        with sessions.begin() as s:
+            jobs = claim_jobs(s, queue="Q", limit=limit, pilot_id="p", worker_id=None, node=None)
+            assert len(jobs) == expected
+        with sessions.begin() as s:
+            sent = s.scalar(select(func.count()).where(Job.status == JobStatus.SENT))
+            assert sent == expected_total
+
+
+def test_a_claim_takes_no_more_than_asked(session_factory) -> None:  # type: ignore[no-untyped-def]
+    claims_exactly_what_was_asked(session_factory)

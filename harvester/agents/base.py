@@ -6,6 +6,10 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
+
+from db.leases import GLOBAL
 from harvester.context import HarvesterContext
 
 log = logging.getLogger(__name__)
@@ -15,6 +19,11 @@ class Agent(ABC):
     """One periodic duty of the harvester."""
 
     name = "agent"
+    lease: str | None = GLOBAL
+    """The lease this instance must hold for the agent to run; None: the agent checks
+    per-queue leases itself (or needs none)."""
+    runs_first = False
+    """Run one cycle before any agent starts (the lease keeper)."""
 
     def __init__(self, ctx: HarvesterContext, interval_s: float | None = None) -> None:
         self.ctx = ctx
@@ -23,6 +32,9 @@ class Agent(ABC):
     @abstractmethod
     def run_once(self) -> None:
         """Do one cycle of work; commit what it changed."""
+
+    def stop(self) -> None:  # noqa: B027 - a hook most agents leave empty
+        """Called once when the runner stops, after every agent thread ended."""
 
 
 class AgentRunner:
@@ -35,6 +47,9 @@ class AgentRunner:
 
     def start(self) -> None:
         for agent in self.agents:
+            if agent.runs_first:
+                self._cycle(agent)
+        for agent in self.agents:
             thread = threading.Thread(
                 target=self._loop, args=(agent,), name=f"agent-{agent.name}", daemon=True
             )
@@ -43,15 +58,26 @@ class AgentRunner:
 
     def _loop(self, agent: Agent) -> None:
         while not self._stop.is_set():
-            try:
-                agent.run_once()
-            except Exception:
-                log.exception(
-                    "agent %s: cycle failed; next cycle in %.1fs", agent.name, agent.interval_s
-                )
+            if agent.lease is None or agent.ctx.leases.holds(agent.lease):
+                self._cycle(agent)
             self._stop.wait(agent.interval_s)
+
+    def _cycle(self, agent: Agent) -> None:
+        try:
+            agent.run_once()
+        except (OperationalError, SQLAlchemyTimeoutError) as exc:  # logged once per outage
+            agent.ctx.outage.failed(f"agent {agent.name}", exc)
+        except Exception:
+            log.exception(
+                "agent %s: cycle failed; next cycle in %.1fs", agent.name, agent.interval_s
+            )
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout)
+        for agent in self.agents:
+            try:
+                agent.stop()
+            except Exception:
+                log.exception("agent %s: stopping failed", agent.name)

@@ -126,6 +126,12 @@ class Brokerage(Agent):
     batch = 2000
 
     def run_once(self) -> None:
+        brokered: set[str] = set()
+        self._broker(brokered)
+        for name in brokered:  # committed: this process's polls of these queues look again
+            self.ctx.idle_queues.forget_queue(name)
+
+    def _broker(self, brokered: set[str]) -> None:
         with self.ctx.sessions.begin() as session:
             jobs = session.scalars(
                 select(Job)
@@ -166,5 +172,6 @@ class Brokerage(Agent):
                 job.brokerage_message = message
                 if name is not None:
                     load[name] = load.get(name, 0) + 1
+                    brokered.add(name)
                 if job.status is JobStatus.DEFINED:
                     transition(session, job, JobStatus.ACTIVATED, reason=message)

@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db.leases import GLOBAL, queue_lease
 from db.models import Job, Task, Worker, utcnow
 from db.queue import transition
 from db.states import JOB_ACTIVE, WORKER_ACTIVE, WORKER_TERMINAL, WorkerStatus
@@ -51,15 +52,18 @@ def fail_held_jobs(session: Session, worker: Worker, why: str) -> int:
 
 class Monitor(Agent):
     name = "monitor"
+    lease = None  # per queue (and the global lease for orphans), in run_once
 
     def __init__(self, ctx: HarvesterContext, providers: dict[str, Provider]) -> None:
         super().__init__(ctx)
         self.providers = providers
 
     def run_once(self) -> None:
-        self._orphans()
+        if self.ctx.leases.holds(GLOBAL):
+            self._orphans()
         for queue_name, provider in self.providers.items():
-            self._check_queue(queue_name, provider)
+            if self.ctx.leases.holds(queue_lease(queue_name)):
+                self._check_queue(queue_name, provider)
 
     def _orphans(self) -> None:
         """Workers recorded but never given a batch id (the harvester died while

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from db.leases import queue_lease
 from db.models import Job, QueueStatus, Worker
 from db.queue import record_creation, transition
 from db.states import JobStatus, WorkerStatus
@@ -61,6 +62,7 @@ def pilot_command(ctx: HarvesterContext, queue: QueueConfig, worker_id: int) -> 
 
 class Submitter(Agent):
     name = "submitter"
+    lease = None  # per queue, in run_once
 
     def __init__(self, ctx: HarvesterContext, providers: dict[str, Provider]) -> None:
         super().__init__(ctx)
@@ -69,6 +71,8 @@ class Submitter(Agent):
 
     def run_once(self) -> None:
         for queue in self.ctx.queues.values():
+            if not self.ctx.leases.holds(queue_lease(queue.name)):
+                continue  # another harvester instance provisions this queue
             retry_at, _ = self._backoff.get(queue.name, (0.0, 0.0))
             if time.monotonic() < retry_at:
                 continue

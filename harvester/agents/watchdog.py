@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -10,6 +11,7 @@ from sqlalchemy import select
 from db.models import Job, Task, utcnow
 from db.states import JOB_ACTIVE
 from harvester.agents.base import Agent
+from harvester.context import HarvesterContext
 from harvester.services.lifecycle import fail_job
 from pilot.errors import PilotErrorCode
 
@@ -17,10 +19,27 @@ log = logging.getLogger(__name__)
 
 
 class HeartbeatWatchdog(Agent):
+    """Fails held jobs whose pilot stopped heartbeating.
+
+    Not while the harvester itself could not hear them: for one heartbeat
+    timeout after this process started (the harvester was down before) and after
+    the database was last unreachable (heartbeats could not be recorded), it
+    fails nothing; live pilots have heartbeated again by then.
+    """
+
     name = "watchdog"
+
+    def __init__(self, ctx: HarvesterContext) -> None:
+        super().__init__(ctx)
+        self._deaf_until = time.monotonic() + ctx.settings.heartbeat_timeout_s
 
     def run_once(self) -> None:
         timeout = self.ctx.settings.heartbeat_timeout_s
+        last_failure = self.ctx.outage.last_failure
+        if last_failure is not None:
+            self._deaf_until = max(self._deaf_until, last_failure + timeout)
+        if time.monotonic() < self._deaf_until:
+            return
         deadline = utcnow() - timedelta(seconds=timeout)
         with self.ctx.sessions.begin() as session:
             stale = session.scalars(

@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from db.errors import IllegalTransition
 from harvester.agents.base import AgentRunner
@@ -17,7 +19,7 @@ from harvester.api.query import reject_unknown_query_params
 from harvester.api.routes import files, jobs, pilot, queues, tasks, workers
 from harvester.context import HarvesterContext
 from harvester.dashboard import routes as dashboard
-from harvester.errors import HarvesterError
+from harvester.errors import DatabaseUnavailable, HarvesterError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,9 @@ def create_app(ctx: HarvesterContext, runner: AgentRunner | None = None) -> Fast
         version="0.1.0",
         description="PanDA-style workload management: tasks, jobs, queues, workers, pilots.",
         lifespan=lifespan,
+        # Metrics are Prometheus (/metrics). FastAPI's OpenTelemetry hooks, with no
+        # provider configured, still look one up on every request: off.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.context = ctx
     app.state.metrics = Metrics(ctx)
@@ -64,6 +69,19 @@ def create_app(ctx: HarvesterContext, runner: AgentRunner | None = None) -> Fast
     @app.exception_handler(IllegalTransition)
     async def _illegal(_request: Request, exc: IllegalTransition) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(SQLAlchemyTimeoutError)
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        ctx.outage.failed(f"{request.method} {request.url.path}", exc)
+        unavailable = DatabaseUnavailable(
+            "the database is unavailable; nothing was changed, retry in a few seconds"
+        )
+        return JSONResponse(
+            {"detail": str(unavailable)},
+            status_code=unavailable.status_code,
+            headers={"Retry-After": "5"},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

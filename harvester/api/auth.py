@@ -6,6 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from harvester.context import HarvesterContext
 from harvester.services.tokens import Principal, authenticate
@@ -13,21 +15,54 @@ from harvester.services.tokens import Principal, authenticate
 _bearer = HTTPBearer(auto_error=False, description="a token from 'harvester token create'")
 
 
-def get_context(request: Request) -> HarvesterContext:
+def context_of(request: Request) -> HarvesterContext:
+    """The process's :class:`HarvesterContext`, kept on the app."""
     context: HarvesterContext = request.app.state.context
     return context
 
 
-def get_principal(
+async def get_context(request: Request) -> HarvesterContext:
+    """:func:`context_of` as a dependency (``async``, so it costs no worker-thread trip)."""
+    return context_of(request)
+
+
+async def get_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str | None:
+    """The bearer token as sent (``Authorization: Bearer <token>`` or the dashboard cookie)."""
+    return credentials.credentials if credentials else request.cookies.get("hpcaf_token")
+
+
+async def get_principal(
+    request: Request, token: Annotated[str | None, Depends(get_token)]
 ) -> Principal:
-    """The caller, from ``Authorization: Bearer <token>`` (or the dashboard cookie)."""
-    token = credentials.credentials if credentials else request.cookies.get("hpcaf_token")
-    ctx = get_context(request)
-    with ctx.sessions() as session:
-        return authenticate(session, token)
+    """The caller: from the process's token memory, else checked against the token table."""
+    ctx = context_of(request)
+    known = ctx.tokens.get(token)
+    if known is not None:
+        return known
+    return await run_in_threadpool(_look_up, ctx, token)
+
+
+def _look_up(ctx: HarvesterContext, token: str | None) -> Principal:
+    with ctx.reads() as session:
+        return check_token(ctx, session, token)
+
+
+def check_token(ctx: HarvesterContext, session: Session, token: str | None) -> Principal:
+    """The token's principal, remembered for ``token_cache_s``; 401 if unknown or revoked."""
+    known = ctx.tokens.get(token)
+    if known is not None:
+        return known
+    principal = authenticate(session, token)
+    assert token is not None  # authenticate refuses a missing token
+    ctx.tokens.remember(token, principal)
+    return principal
 
 
 Context = Annotated[HarvesterContext, Depends(get_context)]
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+BearerToken = Annotated[str | None, Depends(get_token)]
+"""The unchecked token, for the pilot endpoints that check it in their own transaction:
+a fleet's polls then cost one trip to a worker thread and one session, not two."""

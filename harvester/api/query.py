@@ -24,7 +24,7 @@ JobIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="PandaID")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 
 
-def reject_unknown_query_params(request: Request) -> None:
+async def reject_unknown_query_params(request: Request) -> None:
     """A router dependency: 400 for query parameters the endpoint does not declare."""
     route = request.scope.get("route")
     dependant = getattr(route, "dependant", None)

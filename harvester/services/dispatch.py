@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import File, FileKind, Job, Role, Task, Worker, utcnow
-from db.queue import claim_jobs, transition
+from db.queue import claim_jobs, claimable_exists, transition
 from db.states import JOB_ACTIVE, JOB_TERMINAL, JobStatus, WorkerStatus
 from harvester.api.schemas import (
     AcquireRequest,
@@ -31,6 +31,7 @@ from harvester.context import HarvesterContext
 from harvester.errors import Conflict, Forbidden, InvalidRequest, NotFoundError
 from harvester.images.cache import ImageInfo
 from harvester.services import steering
+from harvester.services.caches import PollKey
 from harvester.services.files import check_file_name
 from harvester.services.lifecycle import fail_job, refresh_task
 from harvester.services.tokens import Principal
@@ -40,6 +41,51 @@ from pilot.errors import PilotErrorCode
 def _require_pilot(principal: Principal) -> None:
     if principal.role is not Role.PILOT and not principal.is_admin:
         raise Forbidden("only pilot tokens may call the pilot endpoints")
+
+
+def poll_key(req: AcquireRequest) -> PollKey:
+    return (req.queue, req.cores, req.memory_mb, req.gpus)
+
+
+def known_idle(ctx: HarvesterContext, principal: Principal, req: AcquireRequest) -> bool:
+    """Whether this process found nothing for such a poll a moment ago (no database)."""
+    _require_pilot(principal)
+    if req.queue not in ctx.queues:
+        raise NotFoundError(f"unknown queue {req.queue!r}")
+    return ctx.idle_queues.is_idle(poll_key(req), req.worker_id)
+
+
+def remember_poll(ctx: HarvesterContext, req: AcquireRequest, *, found: bool) -> None:
+    """Note what a poll that went to the database found, for :func:`known_idle`."""
+    if found:
+        ctx.idle_queues.found_work(poll_key(req))
+    else:
+        ctx.idle_queues.found_nothing(poll_key(req), req.worker_id)
+
+
+def worth_claiming(
+    session: Session, ctx: HarvesterContext, principal: Principal, req: AcquireRequest
+) -> bool:
+    """Whether :func:`acquire_jobs` could do anything for this poll, read without locks.
+
+    Most polls of a large pilot fleet find nothing to do; answering them from a
+    read keeps them from queueing for the write lock behind the claims and
+    reports that do work. A job activated just after this read is taken by
+    the pilot's next poll, as it would be had the poll come a moment earlier.
+    """
+    _require_pilot(principal)
+    if req.queue not in ctx.queues:
+        raise NotFoundError(f"unknown queue {req.queue!r}")
+    worker = _pilot_worker(session, req.worker_id, req.queue)
+    if worker is not None and worker.status is WorkerStatus.SUBMITTED:
+        return True  # the poll itself moves the worker to running
+    return claimable_exists(
+        session,
+        queue=req.queue,
+        max_cores=req.cores,
+        max_memory_mb=req.memory_mb,
+        max_gpus=req.gpus,
+    )
 
 
 def acquire_jobs(

@@ -1,0 +1,82 @@
+"""Tokens: revocation reaches a running API process, secrets stay out of logs and the
+database, and the memory that spares idle polls the database never hides new work.
+(Roles, ownership and uploads are in test_bad_input.py.)"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from tests.helpers import Harvester, wait_for
+
+ACQUIRE = "/api/v1/pilot/acquire_jobs"
+
+
+def test_a_revoked_token_stops_working_within_the_cache_lifetime(
+    harvester_factory: Callable[..., Harvester],
+) -> None:
+    hv = harvester_factory(HPCAF_TOKEN_CACHE_S="1")
+    with hv.api("bob") as c:
+        assert c.get("/api/v1/whoami").json()["user"] == "bob"  # now remembered
+        revoked = subprocess.run(
+            [sys.executable, "-m", "harvester.cli", "token", "revoke", "bob"],
+            env=hv.env,
+            capture_output=True,
+            text=True,
+        )
+        assert revoked.returncode == 0, revoked.stderr
+        assert "revoked 1 token(s) of bob" in revoked.stdout
+        start = time.monotonic()
+        wait_for(lambda: c.get("/api/v1/whoami").status_code == 401, timeout=5, what="a 401")
+        assert time.monotonic() - start < 2.5
+        response = c.get("/api/v1/tasks")
+        assert response.status_code == 401
+        assert "invalid or revoked token" in response.json()["detail"]
+    with hv.api("alice") as c:  # the other users' tokens are untouched
+        assert c.get("/api/v1/whoami").status_code == 200
+
+
+def test_tokens_are_stored_hashed_and_never_logged(harvester: Harvester) -> None:
+    with harvester.api("alice") as c:
+        assert c.get("/api/v1/whoami").status_code == 200
+        c.get("/api/v1/tasks/123456")  # a 404, logged or not
+    with harvester.api("pilot") as c:
+        c.post(ACQUIRE, json={"queue": "ANALY_MANUAL", "pilot_id": "p"})
+    harvester.stop()
+    secrets = [harvester.tokens[u] for u in ("alice", "bob", "admin", "pilot")]
+    logs = harvester.log_text()
+    for path in harvester.home.rglob("*.log"):
+        logs += path.read_text(errors="replace")
+    db = sqlite3.connect(harvester.home / "harvester.db")
+    stored = [row[0] for row in db.execute("SELECT token_hash FROM tokens")]
+    dump = "\n".join(db.iterdump())
+    db.close()
+    assert len(stored) >= 4 and all(len(h) == 64 for h in stored)
+    for secret in secrets:
+        assert secret not in logs
+        assert secret not in dump
+
+
+def test_an_idle_queue_remembered_does_not_hide_new_jobs(harvester: Harvester) -> None:
+    """Polls of an empty queue are answered from memory; a task submitted afterwards is
+    handed out at once (the brokerage of this process forgets the queue's emptiness)."""
+    poll = {"queue": "ANALY_MANUAL", "pilot_id": "waiting-pilot", "n_jobs": 1}
+    with harvester.api("pilot") as pilot:
+        for _ in range(3):
+            assert pilot.post(ACQUIRE, json=poll).json() == {"jobs": []}
+        metrics = pilot.get("/metrics").text
+        assert 'hpcaf_idle_polls_total{queue="ANALY_MANUAL"}' in metrics
+        task_id = harvester.submit(
+            "--containerImage", "base", "--exec", "true", "--outDS", "user.alice.idle",
+            "--site", "ANALY_MANUAL",
+        )  # fmt: skip
+        jobs = wait_for(
+            lambda: pilot.post(ACQUIRE, json=poll).json()["jobs"],
+            timeout=15,
+            what="the new job to be handed out",
+            interval=0.1,
+        )
+        assert [j["task_id"] for j in jobs] == [task_id]
