@@ -63,6 +63,3 @@ def check_token(ctx: HarvesterContext, session: Session, token: str | None) -> P
 
 Context = Annotated[HarvesterContext, Depends(get_context)]
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
-BearerToken = Annotated[str | None, Depends(get_token)]
-"""The unchecked token, for the pilot endpoints that check it in their own transaction:
-a fleet's polls then cost one trip to a worker thread and one session, not two."""

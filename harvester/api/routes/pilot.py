@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from harvester.api.auth import BearerToken, Context, CurrentPrincipal, check_token
+from harvester.api.auth import Context, CurrentPrincipal
 from harvester.api.schemas import (
     AcquireReply,
     AcquireRequest,
@@ -20,29 +20,28 @@ from harvester.api.schemas import (
 )
 from harvester.context import HarvesterContext
 from harvester.services import bulk, dispatch
+from harvester.services.tokens import Principal
 
 router = APIRouter(prefix="/api/v1/pilot", tags=["pilot"])
 
 
 @router.post("/acquire_jobs", response_model=AcquireReply)
 async def acquire_jobs(
-    req: AcquireRequest, request: Request, ctx: Context, token: BearerToken
+    req: AcquireRequest, request: Request, ctx: Context, principal: CurrentPrincipal
 ) -> AcquireReply:
     """Claim up to ``n_jobs`` activated jobs of a queue (atomic; each job to one pilot)."""
-    principal = ctx.tokens.get(token)
-    if principal is not None and dispatch.known_idle(ctx, principal, req):
+    if dispatch.known_idle(ctx, principal, req):
         request.app.state.metrics.idle_polls.labels(req.queue).inc()
         return AcquireReply(jobs=[])  # answered from memory: no thread, no database
-    jobs = await run_in_threadpool(_acquire, ctx, token, req)
+    jobs = await run_in_threadpool(_acquire, ctx, principal, req)
     if jobs:
         request.app.state.metrics.dispatched.labels(req.queue).inc(len(jobs))
     return AcquireReply(jobs=jobs)
 
 
-def _acquire(ctx: HarvesterContext, token: str | None, req: AcquireRequest) -> list[JobSpec]:
+def _acquire(ctx: HarvesterContext, principal: Principal, req: AcquireRequest) -> list[JobSpec]:
     """Look without locks first; claim only when there is something to claim."""
     with ctx.reads() as session:
-        principal = check_token(ctx, session, token)
         if not dispatch.worth_claiming(session, ctx, principal, req):
             dispatch.remember_poll(ctx, req, found=False)
             return []
@@ -54,23 +53,21 @@ def _acquire(ctx: HarvesterContext, token: str | None, req: AcquireRequest) -> l
 
 @router.post("/heartbeat", response_model=HeartbeatReply)
 def heartbeat(
-    req: HeartbeatRequest, request: Request, ctx: Context, token: BearerToken
+    req: HeartbeatRequest, request: Request, ctx: Context, principal: CurrentPrincipal
 ) -> HeartbeatReply:
     """Keep held jobs alive; the reply names jobs the pilot must kill."""
     request.app.state.metrics.heartbeats.inc()
     with ctx.sessions.begin() as session:
-        principal = check_token(ctx, session, token)
         commands = dispatch.heartbeat(session, principal, req)
         return HeartbeatReply(commands=commands)
 
 
 @router.post("/update_job", response_model=UpdateJobReply)
 def update_job(
-    req: UpdateJobRequest, request: Request, ctx: Context, token: BearerToken
+    req: UpdateJobRequest, request: Request, ctx: Context, principal: CurrentPrincipal
 ) -> UpdateJobReply:
     """Report a job's new state (forward only; a repeated final report changes nothing)."""
     with ctx.sessions.begin() as session:
-        principal = check_token(ctx, session, token)
         reply = dispatch.update_job(session, ctx, principal, req)
     request.app.state.metrics.updates.labels(req.state).inc()
     return reply
@@ -78,12 +75,11 @@ def update_job(
 
 @router.post("/update_jobs", response_model=list[BulkUpdateItem])
 def update_jobs(
-    req: BulkUpdateRequest, request: Request, ctx: Context, token: BearerToken
+    req: BulkUpdateRequest, request: Request, ctx: Context, principal: CurrentPrincipal
 ) -> list[BulkUpdateItem]:
     """Many reports in one transaction; the common ones applied set-based. Each item is
     answered (an item's error does not stop the others)."""
     with ctx.sessions.begin() as session:
-        principal = check_token(ctx, session, token)
         replies = bulk.update_jobs_bulk(session, ctx, principal, req.updates)
     for item in req.updates:
         request.app.state.metrics.updates.labels(item.state).inc()
