@@ -9,6 +9,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+import pytest
 
 from tests.helpers import Harvester, wait_for
 
@@ -80,3 +83,30 @@ def test_an_idle_queue_remembered_does_not_hide_new_jobs(harvester: Harvester) -
             interval=0.1,
         )
         assert [j["task_id"] for j in jobs] == [task_id]
+
+
+def test_outputs_cannot_point_outside_the_work_dir(tmp_path: Path) -> None:
+    """A payload that links an output to a host file, or names one outside its work dir,
+    gets a stage-out failure; nothing outside is read."""
+    from pilot.errors import PilotErrorCode
+    from pilot.stage import StageError, collect_output
+
+    host_file = tmp_path / "host-secret.txt"
+    host_file.write_text("do not upload me")
+    workdir = tmp_path / "job"
+    workdir.mkdir()
+    (workdir / "out.txt").symlink_to(host_file)
+    (workdir / "sub").mkdir()
+    (workdir / "ok.txt").write_text("fine")
+    assert collect_output(workdir, "ok.txt") == workdir / "ok.txt"
+    for name, message in (
+        ("out.txt", "is a symlink"),
+        ("../host-secret.txt", "invalid output name"),
+        ("/etc/passwd", "invalid output name"),
+        ("sub", "not a regular file"),
+        ("missing.txt", "not produced"),
+    ):
+        with pytest.raises(StageError) as caught:
+            collect_output(workdir, name)
+        assert caught.value.code is PilotErrorCode.STAGEOUT_FAILED
+        assert message in str(caught.value)
