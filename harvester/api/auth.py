@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from harvester.context import HarvesterContext
@@ -46,16 +45,10 @@ async def get_principal(
 
 
 def _look_up(ctx: HarvesterContext, token: str | None) -> Principal:
+    """The token's principal from the database, remembered for ``token_cache_s``; 401 if
+    unknown or revoked."""
     with ctx.reads() as session:
-        return check_token(ctx, session, token)
-
-
-def check_token(ctx: HarvesterContext, session: Session, token: str | None) -> Principal:
-    """The token's principal, remembered for ``token_cache_s``; 401 if unknown or revoked."""
-    known = ctx.tokens.get(token)
-    if known is not None:
-        return known
-    principal = authenticate(session, token)
+        principal = authenticate(session, token)
     assert token is not None  # authenticate refuses a missing token
     ctx.tokens.remember(token, principal)
     return principal

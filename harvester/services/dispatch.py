@@ -47,11 +47,16 @@ def poll_key(req: AcquireRequest) -> PollKey:
     return (req.queue, req.cores, req.memory_mb, req.gpus)
 
 
-def known_idle(ctx: HarvesterContext, principal: Principal, req: AcquireRequest) -> bool:
-    """Whether this process found nothing for such a poll a moment ago (no database)."""
+def _check_poll(ctx: HarvesterContext, principal: Principal, req: AcquireRequest) -> None:
+    """A poll needs a pilot token and a queue this harvester serves."""
     _require_pilot(principal)
     if req.queue not in ctx.queues:
         raise NotFoundError(f"unknown queue {req.queue!r}")
+
+
+def known_idle(ctx: HarvesterContext, principal: Principal, req: AcquireRequest) -> bool:
+    """Whether this process found nothing for such a poll a moment ago (no database)."""
+    _check_poll(ctx, principal, req)
     return ctx.idle_queues.is_idle(poll_key(req), req.worker_id)
 
 
@@ -73,9 +78,7 @@ def worth_claiming(
     reports that do work. A job activated just after this read is taken by
     the pilot's next poll, as it would be had the poll come a moment earlier.
     """
-    _require_pilot(principal)
-    if req.queue not in ctx.queues:
-        raise NotFoundError(f"unknown queue {req.queue!r}")
+    _check_poll(ctx, principal, req)
     worker = _pilot_worker(session, req.worker_id, req.queue)
     if worker is not None and worker.status is WorkerStatus.SUBMITTED:
         return True  # the poll itself moves the worker to running
@@ -92,10 +95,7 @@ def acquire_jobs(
     session: Session, ctx: HarvesterContext, principal: Principal, req: AcquireRequest
 ) -> list[JobSpec]:
     """Claim up to ``n_jobs`` activated jobs of the pilot's queue."""
-    _require_pilot(principal)
-    queue = ctx.queues.get(req.queue)
-    if queue is None:
-        raise NotFoundError(f"unknown queue {req.queue!r}")
+    _check_poll(ctx, principal, req)
     worker = _pilot_worker(session, req.worker_id, req.queue)
     if worker is not None:
         if worker.status is WorkerStatus.SUBMITTED:
