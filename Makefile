@@ -16,9 +16,15 @@ demo:
 	scripts/install-deps.sh fit
 	scripts/demo.sh
 
-## test: install what the tests need, then lint, type-check and run the test suite
+## test: install what the tests need, then lint, type-check and run the test suite on
+## each database of TEST_DATABASES (a throw-away PostgreSQL server on loopback for the second)
+TEST_DATABASES ?= sqlite postgresql
 test: deps lint typecheck
-	$(PYTHON) -m pytest -ra -q $(PYTEST_ARGS)
+	@failed=""; for db in $(TEST_DATABASES); do \
+	  echo "== the test suite on $$db"; \
+	  $(PYTHON) -m pytest -ra -q --database $$db $(PYTEST_ARGS) || failed="$$failed $$db"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "== tests failed on:$$failed"; exit 1; fi
 
 lint:
 	$(PYTHON) -m ruff check .

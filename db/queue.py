@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, insert, select, update
 from sqlalchemy.orm import Session
@@ -14,6 +14,23 @@ from db.models import EntityKind, Job, StateHistory, Task, Worker, utcnow
 from db.states import JOB_TERMINAL, TASK_TERMINAL, WORKER_TERMINAL, JobStatus, check_transition
 
 Stateful = Task | Job | Worker
+
+ROW_LOCK: dict[str, bool] = {"key_share": True}
+"""The ``with_for_update`` of :func:`for_change`, for ``Session.get`` and ``refresh``."""
+
+_SelectT = TypeVar("_SelectT", bound=Select[Any])
+
+
+def for_change(stmt: _SelectT, *, skip_locked: bool = False) -> _SelectT:
+    """Lock the rows a writer reads before changing them, in the order it reads them.
+
+    Without it, on PostgreSQL, the watchdog and a pilot's report could both read a job
+    as running, and the second to commit would overwrite what the first did. ``FOR NO
+    KEY UPDATE``, so that inserting rows that refer to them (files) does not wait.
+    SQLite's writers take turns, and it renders nothing. Order several by id.
+    """
+    return stmt.with_for_update(key_share=True, skip_locked=skip_locked)
+
 
 _ENTITY = {Task: EntityKind.TASK, Job: EntityKind.JOB, Worker: EntityKind.WORKER}
 

@@ -18,6 +18,15 @@ log = logging.getLogger("harvester.database")
 
 REMIND_S = 30.0
 
+CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
+"""Serialization failure and deadlock: the database is fine, this transaction lost a race
+and was rolled back; running it again will do."""
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """Whether a database error is a lost race (retry it) rather than an outage."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) in CONFLICT_SQLSTATES
+
 
 class DatabaseHealth:
     """Outage bookkeeping, shared by the API and the agents of one process."""

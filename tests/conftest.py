@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,13 +36,64 @@ def image_cache() -> Path:
     return cache
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default=os.environ.get("HPCAF_TEST_DATABASE", "sqlite"),
+        help="the database of every test that does not pick one: a SQLite file per test "
+        "(default), or a fresh database per test on a throw-away PostgreSQL server on "
+        "loopback (scripts/postgres). Also set by HPCAF_TEST_DATABASE.",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"database: {config.getoption('--database')}"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How much the API fuzzing tried, when it ran (a figure for docs/reliability.md)."""
+    fuzz = sys.modules.get("tests.test_fuzz_api")
+    tally: Counter[str] = getattr(fuzz, "TALLY", Counter())
+    if not tally:
+        return
+    by_class = {k: v for k, v in tally.items() if k.endswith("xx")}
+    operations = len(tally) - len(by_class)
+    terminalreporter.write_line(
+        f"API fuzzing: {sum(by_class.values())} requests over {operations} operations; "
+        + ", ".join(f"{k}: {v}" for k, v in sorted(by_class.items()))
+    )
+
+
+def on_postgres(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--database") == "postgresql")
+
+
 @pytest.fixture
-def harvester_factory(tmp_path: Path, image_cache: Path) -> Iterator[Callable[..., Harvester]]:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty database for this test, on the database ``--database`` names."""
+    if on_postgres(request):
+        new_database: Callable[[], str] = request.getfixturevalue("postgres_databases")
+        return new_database()
+    return f"sqlite:///{tmp_path / 'unit.db'}"
+
+
+@pytest.fixture
+def harvester_factory(
+    request: pytest.FixtureRequest, tmp_path: Path, image_cache: Path
+) -> Iterator[Callable[..., Harvester]]:
+    """Start harvester processes; each gets its own database unless the test gives one."""
     started: list[Harvester] = []
+    # requested now, so that the databases are dropped after the harvesters stopped
+    new_database: Callable[[], str] | None = (
+        request.getfixturevalue("postgres_databases") if on_postgres(request) else None
+    )
 
     def start(
         config_text: str | None = None, serve_args: tuple[str, ...] = (), **env: str
     ) -> Harvester:
+        if "HPCAF_DATABASE_URL" not in env and new_database is not None:
+            env["HPCAF_DATABASE_URL"] = new_database()
         h = make_harvester(
             tmp_path / f"h{len(started)}",
             image_cache,
@@ -63,12 +116,12 @@ def harvester(harvester_factory: Callable[..., Harvester]) -> Harvester:
 
 
 @pytest.fixture
-def session_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A migrated SQLite database file and its session maker."""
+def session_factory(database_url: str):  # type: ignore[no-untyped-def]
+    """A migrated database (see ``--database``) and its session maker."""
     from db.engine import make_engine, make_sessionmaker
     from db.migrate import upgrade
 
-    engine = make_engine(f"sqlite:///{tmp_path / 'unit.db'}")
+    engine = make_engine(database_url)
     upgrade(engine)
     yield make_sessionmaker(engine)
     engine.dispose()
@@ -127,17 +180,51 @@ def postgres_server() -> Iterator[str]:
     )
 
 
+class PostgresDatabases:
+    """Fresh databases on the test server, each dropped by :meth:`drop_all`."""
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+        # no pool: a test may restart the server (an outage) under a pooled connection
+        self.admin = create_engine(
+            f"{server}/postgres", isolation_level="AUTOCOMMIT", poolclass=NullPool
+        )
+        self.names: list[str] = []
+
+    def new(self) -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with self.admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+        self.names.append(name)
+        return f"{self.server}/{name}"
+
+    def drop_all(self) -> None:
+        with self.admin.connect() as conn:
+            for name in self.names:
+                conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+        self.admin.dispose()
+
+
 @pytest.fixture
-def postgres_database_url(postgres_server: str) -> Iterator[str]:
-    """A fresh database for one test."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    # no pool: a test may restart the server (an outage) under a pooled connection
-    admin = create_engine(
-        f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT", poolclass=NullPool
-    )
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    yield f"{postgres_server}/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
-    admin.dispose()
+def postgres_databases(postgres_server: str) -> Iterator[Callable[[], str]]:
+    """Make fresh databases on the test server; all are dropped after the test."""
+    databases = PostgresDatabases(postgres_server)
+    yield databases.new
+    databases.drop_all()
+
+
+@pytest.fixture(scope="module")
+def module_database_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The environment that points a module's shared harvester at ``--database``."""
+    if not on_postgres(request):
+        yield {}
+        return
+    databases = PostgresDatabases(request.getfixturevalue("postgres_server"))
+    yield {"HPCAF_DATABASE_URL": databases.new()}
+    databases.drop_all()
+
+
+@pytest.fixture
+def postgres_database_url(postgres_databases: Callable[[], str]) -> str:
+    """A fresh PostgreSQL database for a test that needs PostgreSQL whatever ``--database``."""
+    return postgres_databases()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, text
+from sqlalchemy import MetaData, create_engine, text
 
 REPO = Path(__file__).resolve().parent.parent
 PG_ENV: dict[str, str] = {"HPCAF_PG_DIR": "/tmp/hpcaf-pg-tests", "HPCAF_PG_PORT": "54331"}
@@ -233,16 +233,34 @@ class Harvester:
         jobs = [j for j in self.jobs(task_id) if j["job_index"] == index]
         return jobs[-1]["status"] if jobs else None
 
+    @property
+    def database_url(self) -> str:
+        return self.env.get("HPCAF_DATABASE_URL") or f"sqlite:///{self.home / 'harvester.db'}"
+
     def query(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
         """Read the harvester's database directly (the tests' view of the truth)."""
-        engine = create_engine(
-            self.env.get("HPCAF_DATABASE_URL") or f"sqlite:///{self.home / 'harvester.db'}"
-        )
+        engine = create_engine(self.database_url)
         try:
             with engine.connect() as conn:
                 return [tuple(r) for r in conn.execute(text(sql), params)]
         finally:
             engine.dispose()
+
+
+def database_dump(url: str) -> str:
+    """Every row of every table of a database, as text (what a leaked backup would show)."""
+    engine = create_engine(url)
+    try:
+        tables = MetaData()
+        tables.reflect(engine)
+        with engine.connect() as conn:
+            return "\n".join(
+                repr(tuple(row))
+                for table in tables.sorted_tables
+                for row in conn.execute(table.select())
+            )
+    finally:
+        engine.dispose()
 
 
 def _kill_group(pid: int) -> None:

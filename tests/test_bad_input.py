@@ -18,12 +18,20 @@ MAX_UPLOAD = 4096
 
 
 @pytest.fixture(scope="module")
-def hv(tmp_path_factory: pytest.TempPathFactory, image_cache: Path) -> Iterator[Harvester]:
+def hv(
+    tmp_path_factory: pytest.TempPathFactory,
+    image_cache: Path,
+    module_database_env: dict[str, str],
+) -> Iterator[Harvester]:
     h = make_harvester(
         tmp_path_factory.mktemp("bad"),
         image_cache,
         harvester_settings(max_workers=0),
-        {"HPCAF_MAX_UPLOAD_BYTES": str(MAX_UPLOAD), "HPCAF_MAX_JOBS_PER_TASK": "500"},
+        {
+            "HPCAF_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+            "HPCAF_MAX_JOBS_PER_TASK": "500",
+            **module_database_env,
+        },
     )
     yield h
     h.cleanup()

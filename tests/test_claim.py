@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -95,6 +96,8 @@ def race_claims(url: str, n_pilots: int = 8, batch: int = 7) -> dict[str, list[i
             if not ids:
                 break
             mine += ids
+            time.sleep(0.02)  # the pilot runs what it got; without a pause one thread
+            # can win every turn of SQLite's lock while the others back off
         got[name] = mine
         engine.dispose()
 

@@ -55,9 +55,16 @@ def fit_images(image_cache: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def hv(tmp_path_factory: pytest.TempPathFactory, fit_images: Path) -> Iterator[Harvester]:
+def hv(
+    tmp_path_factory: pytest.TempPathFactory,
+    fit_images: Path,
+    module_database_env: dict[str, str],
+) -> Iterator[Harvester]:
     h = make_harvester(
-        tmp_path_factory.mktemp("fit"), fit_images, harvester_settings(max_workers=2)
+        tmp_path_factory.mktemp("fit"),
+        fit_images,
+        harvester_settings(max_workers=2),
+        module_database_env,
     )
     yield h
     h.cleanup()

@@ -7,6 +7,7 @@ token: no answer may be a 5xx, and every 4xx carries a JSON body with a
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,19 @@ pytestmark = pytest.mark.e2e
 
 FUZZ_EXAMPLES = 12
 
+TALLY: Counter[str] = Counter()
+"""Requests sent, by operation and by status class (printed at the end of the run)."""
+
 
 @pytest.fixture(scope="module")
 def fuzz_harvester(
-    tmp_path_factory: pytest.TempPathFactory, image_cache: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    image_cache: Path,
+    module_database_env: dict[str, str],
 ) -> Iterator[Harvester]:
-    h = make_harvester(tmp_path_factory.mktemp("fuzz"), image_cache, harvester_settings())
+    h = make_harvester(
+        tmp_path_factory.mktemp("fuzz"), image_cache, harvester_settings(), module_database_env
+    )
     yield h
     h.cleanup()
 
@@ -48,6 +56,8 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 )
 def test_no_server_errors_and_clear_client_errors(case: Any, fuzz_harvester: Harvester) -> None:
     response = case.call(headers={"Authorization": f"Bearer {fuzz_harvester.tokens['alice']}"})
+    TALLY[case.operation.label] += 1
+    TALLY[f"{response.status_code // 100}xx"] += 1
     assert response.status_code < 500, (
         f"{case.method} {case.formatted_path} answered {response.status_code}: "
         f"{response.text[:300]}"

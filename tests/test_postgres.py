@@ -1,8 +1,9 @@
 """The same queue on a real PostgreSQL server (scripts/postgres, loopback, fsync off).
 
-Claims use ``FOR UPDATE SKIP LOCKED`` there; these tests check that racing
-claimers never share a job and that a whole task runs with the harvester on
-PostgreSQL.
+Claims use ``FOR UPDATE SKIP LOCKED`` there, and writers run side by side
+(SQLite takes one at a time): these tests check that racing claimers never
+share a job, that two jobs ending at once still end their task, and that whole
+tasks run, and survive faults, with the harvester on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -10,13 +11,21 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from db.engine import make_engine, make_sessionmaker
 from db.migrate import upgrade
+from db.models import EntityKind, Job, StateHistory, Task, utcnow
+from db.queue import ROW_LOCK, transition
+from db.states import JobStatus, TaskStatus
+from harvester.agents.watchdog import fail_silent_jobs
+from harvester.services.lifecycle import roll_up_at_commit
 from tests.helpers import PG_ENV, REPO, Harvester, harvester_settings, wait_for
 from tests.test_claim import (
     _seed,
@@ -41,6 +50,97 @@ def test_a_claim_takes_no_more_than_asked_on_postgres(postgres_database_url: str
     engine = make_engine(postgres_database_url)
     upgrade(engine)
     claims_exactly_what_was_asked(make_sessionmaker(engine))
+    engine.dispose()
+
+
+def _running_task(url: str, n_jobs: int, heartbeat_age_s: float = 0):  # type: ignore[no-untyped-def]
+    """A migrated database with one running task of ``n_jobs`` running jobs of pilot p."""
+    engine = make_engine(url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    _seed(sessions, n_jobs)
+    with sessions.begin() as s:
+        task = s.scalars(select(Task)).one()
+        task.status = TaskStatus.RUNNING
+        for job in s.scalars(select(Job)):
+            job.status, job.pilot_id = JobStatus.RUNNING, "p"
+            job.heartbeat_at = utcnow() - timedelta(seconds=heartbeat_age_s)
+    return engine, sessions
+
+
+def _in_threads(*functions: Callable[[], None]) -> None:
+    """Run each function on its own thread; re-raise the first error."""
+    errors: list[BaseException] = []
+
+    def run(function: Callable[[], None]) -> None:
+        try:
+            function()
+        except BaseException as exc:  # re-raised in the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(f,)) for f in functions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+
+
+def _report_finished(sessions, job_id: int, between: Callable[[], None]) -> None:  # type: ignore[no-untyped-def]
+    """What update_job does for a finished report, with ``between`` run before the commit."""
+    with sessions.begin() as s:
+        job = s.get_one(Job, job_id, with_for_update=ROW_LOCK)
+        transition(s, job, JobStatus.FINISHED, reason="reported by pilot")
+        roll_up_at_commit(s, s.get_one(Task, job.task_id))
+        s.flush()
+        between()
+
+
+def test_the_last_two_jobs_ending_together_end_the_task(postgres_database_url: str) -> None:
+    """Two pilots report the last two jobs of a task at the same moment. Each transaction
+    has ended its job before either looks at the task, so without the task's row lock
+    each would see the other's job still running and the task would never end."""
+    engine, sessions = _running_task(postgres_database_url, 2)
+    with sessions() as s:
+        task_id, (a, b) = s.scalars(select(Task.id)).one(), list(s.scalars(select(Job.id)))
+    both_ended_their_job = threading.Barrier(2, timeout=20)
+    _in_threads(
+        lambda: _report_finished(sessions, a, both_ended_their_job.wait),
+        lambda: _report_finished(sessions, b, both_ended_their_job.wait),
+    )
+    with sessions() as s:
+        assert s.get_one(Task, task_id).status is TaskStatus.DONE
+    engine.dispose()
+
+
+def test_the_watchdog_never_overwrites_a_report_in_flight(postgres_database_url: str) -> None:
+    """The watchdog finds two silent jobs while the pilot of one is reporting it finished.
+    The report wins, the other job is retried, and neither transaction deadlocks (the
+    watchdog skips the job being reported; task rows are locked last, at commit)."""
+    engine, sessions = _running_task(postgres_database_url, 2, heartbeat_age_s=60)
+    with sessions() as s:
+        a, b = list(s.scalars(select(Job.id).order_by(Job.id)))
+    reporting = threading.Event()
+
+    def pilot_reports_b() -> None:
+        _report_finished(sessions, b, lambda: (reporting.set(), time.sleep(1.0)))
+
+    def watchdog() -> None:
+        assert reporting.wait(20)
+        with sessions.begin() as s:
+            assert fail_silent_jobs(s, timeout_s=30) == 1  # b is being reported: skipped
+
+    _in_threads(pilot_reports_b, watchdog)
+    with sessions() as s:
+        jobs = {(j.job_index, j.attempt_nr): j.status for j in s.scalars(select(Job))}
+        b_history = s.scalars(
+            select(StateHistory.to_status).where(
+                StateHistory.entity == EntityKind.JOB, StateHistory.entity_id == b
+            )
+        ).all()
+    index = {a: 0, b: 1}
+    assert jobs[(index[b], 1)] is JobStatus.FINISHED and b_history == ["finished"]
+    assert jobs[(index[a], 1)] is JobStatus.CLOSED and jobs[(index[a], 2)] is JobStatus.DEFINED
     engine.dispose()
 
 

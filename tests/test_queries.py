@@ -25,7 +25,7 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 def seed(h: Harvester) -> dict[str, Any]:
     """Alice: 3 tasks (one with an HTML name), Bob: 1; 40 jobs over two queues; workers."""
-    engine = create_engine(f"sqlite:///{h.home / 'harvester.db'}")
+    engine = create_engine(h.database_url)
     ids: dict[str, Any] = {}
     with Session(engine) as s:
         tasks = []
@@ -89,13 +89,16 @@ def seed(h: Harvester) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def seeded(
-    tmp_path_factory: pytest.TempPathFactory, image_cache: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    image_cache: Path,
+    module_database_env: dict[str, str],
 ) -> Iterator[tuple[Harvester, dict[str, Any]]]:
     """One seeded harvester for the module: these tests only read."""
     h = make_harvester(
         tmp_path_factory.mktemp("queries"),
         image_cache,
         harvester_settings(),
+        module_database_env,
         serve_args=("--only", "api"),
     )
     try:

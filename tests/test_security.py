@@ -4,7 +4,6 @@ database, and the memory that spares idle polls the database never hides new wor
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Harvester, wait_for
+from tests.helpers import Harvester, database_dump, wait_for
 
 ACQUIRE = "/api/v1/pilot/acquire_jobs"
 
@@ -53,10 +52,8 @@ def test_tokens_are_stored_hashed_and_never_logged(harvester: Harvester) -> None
     logs = harvester.log_text()
     for path in harvester.home.rglob("*.log"):
         logs += path.read_text(errors="replace")
-    db = sqlite3.connect(harvester.home / "harvester.db")
-    stored = [row[0] for row in db.execute("SELECT token_hash FROM tokens")]
-    dump = "\n".join(db.iterdump())
-    db.close()
+    stored = [row[0] for row in harvester.query("SELECT token_hash FROM tokens")]
+    dump = database_dump(harvester.database_url)
     assert len(stored) >= 4 and all(len(h) == 64 for h in stored)
     for secret in secrets:
         assert secret not in logs

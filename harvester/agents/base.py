@@ -11,6 +11,7 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from db.leases import GLOBAL
 from harvester.context import HarvesterContext
+from harvester.outage import is_conflict
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,11 @@ class AgentRunner:
     def _cycle(self, agent: Agent) -> None:
         try:
             agent.run_once()
-        except (OperationalError, SQLAlchemyTimeoutError) as exc:  # logged once per outage
-            agent.ctx.outage.failed(f"agent {agent.name}", exc)
+        except (OperationalError, SQLAlchemyTimeoutError) as exc:
+            if is_conflict(exc):  # lost a race with another transaction: the next cycle
+                log.info("agent %s: cycle rolled back by a concurrent transaction", agent.name)
+            else:  # logged once per outage
+                agent.ctx.outage.failed(f"agent {agent.name}", exc)
         except Exception:
             log.exception(
                 "agent %s: cycle failed; next cycle in %.1fs", agent.name, agent.interval_s

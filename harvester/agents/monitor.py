@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from db.leases import GLOBAL, queue_lease
 from db.models import Job, Task, Worker, utcnow
-from db.queue import transition
+from db.queue import for_change, transition
 from db.states import JOB_ACTIVE, WORKER_ACTIVE, WORKER_TERMINAL, WorkerStatus
 from harvester.agents.base import Agent
 from harvester.context import HarvesterContext
@@ -34,7 +34,11 @@ ORPHAN_GRACE_S = 600.0
 def fail_held_jobs(session: Session, worker: Worker, why: str) -> int:
     """Fail (and retry) every job the worker's pilot still holds."""
     jobs = session.scalars(
-        select(Job).where(Job.worker_id == worker.id, Job.status.in_(list(JOB_ACTIVE)))
+        for_change(
+            select(Job)
+            .where(Job.worker_id == worker.id, Job.status.in_(list(JOB_ACTIVE)))
+            .order_by(Job.id)
+        )
     ).all()
     for job in jobs:
         task = session.get(Task, job.task_id)

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from db.models import Task
+from db.queue import for_change
 from db.states import TaskStatus
 from harvester.agents.base import Agent
 from harvester.services.steering import break_task, steer
@@ -38,7 +39,7 @@ class Steering(Agent):
         try:
             with self.ctx.sessions.begin() as session:
                 task = session.scalar(
-                    select(Task).where(Task.id == task_id).with_for_update(skip_locked=True)
+                    for_change(select(Task).where(Task.id == task_id), skip_locked=True)
                 )
                 if (
                     task is None

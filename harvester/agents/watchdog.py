@@ -7,8 +7,10 @@ import time
 from datetime import timedelta
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from db.models import Job, Task, utcnow
+from db.queue import for_change
 from db.states import JOB_ACTIVE
 from harvester.agents.base import Agent
 from harvester.context import HarvesterContext
@@ -16,6 +18,33 @@ from harvester.services.lifecycle import fail_job
 from pilot.errors import PilotErrorCode
 
 log = logging.getLogger(__name__)
+
+
+def fail_silent_jobs(session: Session, timeout_s: float) -> int:
+    """Fail (and retry) the held jobs with no heartbeat for ``timeout_s``; how many."""
+    deadline = utcnow() - timedelta(seconds=timeout_s)
+    stale = session.scalars(
+        for_change(  # a job being reported right now is alive: skipped
+            select(Job)
+            .where(Job.status.in_(list(JOB_ACTIVE)), Job.heartbeat_at < deadline)
+            .order_by(Job.id)
+            .limit(1000),
+            skip_locked=True,
+        )
+    ).all()
+    for job in stale:
+        task = session.get(Task, job.task_id)
+        assert task is not None
+        log.warning("job %d: no heartbeat from pilot %s for %.0fs", job.id, job.pilot_id, timeout_s)
+        fail_job(
+            session,
+            job,
+            task,
+            error_code=PilotErrorCode.LOST_HEARTBEAT,
+            diagnostics=f"no heartbeat from pilot {job.pilot_id} for {timeout_s:.0f}s",
+            actor="watchdog",
+        )
+    return len(stale)
 
 
 class HeartbeatWatchdog(Agent):
@@ -40,24 +69,5 @@ class HeartbeatWatchdog(Agent):
             self._deaf_until = max(self._deaf_until, last_failure + timeout)
         if time.monotonic() < self._deaf_until:
             return
-        deadline = utcnow() - timedelta(seconds=timeout)
         with self.ctx.sessions.begin() as session:
-            stale = session.scalars(
-                select(Job)
-                .where(Job.status.in_(list(JOB_ACTIVE)), Job.heartbeat_at < deadline)
-                .limit(1000)
-            ).all()
-            for job in stale:
-                task = session.get(Task, job.task_id)
-                assert task is not None
-                log.warning(
-                    "job %d: no heartbeat from pilot %s for %.0fs", job.id, job.pilot_id, timeout
-                )
-                fail_job(
-                    session,
-                    job,
-                    task,
-                    error_code=PilotErrorCode.LOST_HEARTBEAT,
-                    diagnostics=f"no heartbeat from pilot {job.pilot_id} for {timeout:.0f}s",
-                    actor="watchdog",
-                )
+            fail_silent_jobs(session, timeout)

@@ -20,6 +20,7 @@ from harvester.api.routes import files, jobs, pilot, queues, tasks, workers
 from harvester.context import HarvesterContext
 from harvester.dashboard import routes as dashboard
 from harvester.errors import DatabaseUnavailable, HarvesterError
+from harvester.outage import is_conflict
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +74,19 @@ def create_app(ctx: HarvesterContext, runner: AgentRunner | None = None) -> Fast
     @app.exception_handler(OperationalError)
     @app.exception_handler(SQLAlchemyTimeoutError)
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:
-        ctx.outage.failed(f"{request.method} {request.url.path}", exc)
-        unavailable = DatabaseUnavailable(
-            "the database is unavailable; nothing was changed, retry in a few seconds"
-        )
+        where = f"{request.method} {request.url.path}"
+        if is_conflict(exc):
+            log.info("%s: rolled back, it conflicted with a concurrent transaction", where)
+            message, retry_after = "a concurrent update conflicted; nothing was changed, retry", 1
+        else:
+            ctx.outage.failed(where, exc)
+            message = "the database is unavailable; nothing was changed, retry in a few seconds"
+            retry_after = 5
+        unavailable = DatabaseUnavailable(message)
         return JSONResponse(
             {"detail": str(unavailable)},
             status_code=unavailable.status_code,
-            headers={"Retry-After": "5"},
+            headers={"Retry-After": str(retry_after)},
         )
 
     @app.exception_handler(Exception)

@@ -25,7 +25,7 @@ from harvester.context import HarvesterContext
 from harvester.errors import HarvesterError, InvalidRequest
 from harvester.services.dispatch import _require_pilot, log_lfn, output_lfn, update_job
 from harvester.services.files import check_file_name
-from harvester.services.lifecycle import refresh_task
+from harvester.services.lifecycle import roll_up_at_commit
 from harvester.services.tokens import Principal
 
 PROGRESS = (JobStatus.STARTING, JobStatus.RUNNING)
@@ -93,10 +93,10 @@ def update_jobs_bulk(
         _finish(session, ctx, jobs, tasks, finishing, replies, touched_tasks, one_by_one)
     session.flush()
     session.expire_all()
-    for task_id in sorted(touched_tasks):
+    for task_id in touched_tasks:
         task = session.get(Task, task_id)
         if task is not None:
-            refresh_task(session, task)
+            roll_up_at_commit(session, task)
     for r in one_by_one:
         try:
             with session.begin_nested():

@@ -15,8 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import File, FileKind, Job, Role, Task, Worker, utcnow
-from db.queue import claim_jobs, claimable_exists, transition
-from db.states import JOB_ACTIVE, JOB_TERMINAL, JobStatus, WorkerStatus
+from db.queue import ROW_LOCK, claim_jobs, claimable_exists, transition
+from db.states import JOB_ACTIVE, JOB_TERMINAL, JobStatus, TaskStatus, WorkerStatus
 from harvester.api.schemas import (
     AcquireRequest,
     HeartbeatRequest,
@@ -33,7 +33,7 @@ from harvester.images.cache import ImageInfo
 from harvester.services import steering
 from harvester.services.caches import PollKey
 from harvester.services.files import check_file_name
-from harvester.services.lifecycle import fail_job, refresh_task
+from harvester.services.lifecycle import fail_job, roll_up_at_commit
 from harvester.services.tokens import Principal
 from pilot.errors import PilotErrorCode
 
@@ -119,7 +119,8 @@ def acquire_jobs(
         t.id: t for t in session.scalars(select(Task).where(Task.id.in_({j.task_id for j in jobs})))
     }
     for task in tasks.values():
-        refresh_task(session, task)
+        if task.status is TaskStatus.READY:  # a claim can only start a task, never end one
+            roll_up_at_commit(session, task)
     images = {t.id: ctx.images.get(t.image) for t in tasks.values()}
     return [_job_spec(ctx, job, tasks[job.task_id], images[job.task_id]) for job in jobs]
 
@@ -223,7 +224,9 @@ def update_job(
     """Apply a pilot's report: forward moves only, idempotent final states."""
     _require_pilot(principal)
     job_id = req.job_id
-    job = session.get(Job, job_id)
+    # Locked and read fresh: the watchdog or a kill may be ending this job right now,
+    # and whichever commits second must see what the first did, not overwrite it.
+    job = session.get(Job, job_id, with_for_update=ROW_LOCK, populate_existing=True)
     if job is None:
         raise NotFoundError(f"job {job_id} not found")
     if job.pilot_id != req.pilot_id:
@@ -249,7 +252,8 @@ def update_job(
         if wanted is JobStatus.RUNNING:
             job.started_at = job.started_at or now
         transition(session, job, wanted, reason="reported by pilot", actor=req.pilot_id)
-        refresh_task(session, task)
+        if task.status is TaskStatus.READY:
+            roll_up_at_commit(session, task)
         return UpdateJobReply(job_id=job.id, status=job.status, changed=True)
 
     if req.log is not None:
@@ -271,7 +275,7 @@ def update_job(
             reason=f"finished with {registered} outputs",
             actor=req.pilot_id,
         )
-        refresh_task(session, task)
+        roll_up_at_commit(session, task)
     else:
         code = req.pilot_error_code or PilotErrorCode.PAYLOAD_FAILED.value
         diagnostics = req.pilot_error_diag or "no diagnostics from the pilot"

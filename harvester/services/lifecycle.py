@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from db.models import Job, Task, utcnow
-from db.queue import record_creation, transition
+from db.queue import ROW_LOCK, record_creation, transition
 from db.states import JOB_ACTIVE, JOB_TERMINAL, TASK_TERMINAL, JobStatus, TaskStatus
 from harvester.architecture import parse_architecture
 from harvester.errors import InvalidRequest
@@ -67,10 +67,10 @@ def fail_job(
     if retryable and job.attempt_nr < task.max_attempt and task.status not in TASK_TERMINAL:
         transition(session, job, JobStatus.CLOSED, reason=f"{reason}; retried", actor=actor)
         retry = new_attempt(session, job, reason=f"retry of job {job.id}")
-        refresh_task(session, task)
+        roll_up_at_commit(session, task)
         return retry
     transition(session, job, JobStatus.FAILED, reason=reason, actor=actor)
-    refresh_task(session, task)
+    roll_up_at_commit(session, task)
     return None
 
 
@@ -112,9 +112,34 @@ def current_attempts(session: Session, task_id: int) -> list[Job]:
     return list(latest.values())
 
 
+_ROLL_UP = "hpcaf.tasks_to_roll_up"
+
+
+def roll_up_at_commit(session: Session, task: Task) -> None:
+    """Have :func:`refresh_task` run on ``task`` when this session commits.
+
+    Every writer changes its job rows first and locks task rows last, in task-id
+    order, at commit: two writers then cannot each hold a row the other waits for
+    (a pilot finishing a job while the watchdog fails others of the same task).
+    """
+    session.info.setdefault(_ROLL_UP, set()).add(task.id)
+
+
+@event.listens_for(Session, "before_commit")
+def _roll_up_tasks(session: Session) -> None:
+    if session.in_nested_transaction():  # a savepoint: the outer commit rolls up
+        return
+    for task_id in sorted(session.info.pop(_ROLL_UP, ())):
+        task = session.get(Task, task_id)
+        if task is not None:
+            refresh_task(session, task)
+
+
 def refresh_task(session: Session, task: Task) -> None:
     """Derive the task's state from its jobs (running, or how it ended).
 
+    It takes the task's row lock, held until the caller commits; services call
+    :func:`roll_up_at_commit` instead, so that the lock is the transaction's last.
     A few indexed lookups rather than loading the task's jobs, so a pilot's report
     costs the same for a task of ten jobs and of a hundred thousand. Rows that
     have not ended are always newest attempts (a superseded attempt is ``closed``),
@@ -123,6 +148,13 @@ def refresh_task(session: Session, task: Task) -> None:
     if task.status in (TaskStatus.REGISTERED, TaskStatus.ABORTED, TaskStatus.BROKEN):
         return
     session.flush()
+    # Two pilots reporting the last two jobs at once must not each see the other's job
+    # still open (on PostgreSQL both would leave the task running for ever): the task's
+    # row lock orders them, and the second reads the first's committed job. NO KEY
+    # UPDATE, so that it does not wait for writers that only insert jobs of the task.
+    session.refresh(task, with_for_update=ROW_LOCK)
+    if task.status in (TaskStatus.REGISTERED, TaskStatus.ABORTED, TaskStatus.BROKEN):
+        return
     open_states = [s for s in JobStatus if s not in JOB_TERMINAL]
 
     def any_job(states: list[JobStatus]) -> bool:

@@ -9,7 +9,7 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session, aliased
 
 from db.models import File, FileKind, Job, Role, Task
-from db.queue import record_creation, transition
+from db.queue import for_change, record_creation, transition
 from db.states import JOB_TERMINAL, TASK_TERMINAL, JobStatus, TaskStatus
 from harvester.api.schemas import TaskCreate
 from harvester.architecture import parse_architecture
@@ -168,7 +168,13 @@ def kill_task(session: Session, principal: Principal, task_id: int) -> Task:
     check_owner(principal, task, action="kill it")
     if task.status in TASK_TERMINAL:
         raise Conflict(f"task {task_id} already ended {task.status.value}; nothing to kill")
-    jobs = session.scalars(select(Job).where(Job.task_id == task_id)).all()
+    jobs = session.scalars(
+        for_change(
+            select(Job)
+            .where(Job.task_id == task_id, Job.status.not_in(list(JOB_TERMINAL)))
+            .order_by(Job.id)
+        )
+    ).all()
     for job in jobs:
         if job.status not in JOB_TERMINAL:
             transition(
@@ -178,6 +184,7 @@ def kill_task(session: Session, principal: Principal, task_id: int) -> Task:
                 reason=f"task killed by {principal.user}",
                 actor=principal.user,
             )
+    session.flush()  # job rows before the task row, as every writer locks them
     transition(
         session,
         task,
