@@ -150,6 +150,8 @@ class Task(Base):
     priority: Mapped[int] = mapped_column(Integer, default=1000)
     max_attempt: Mapped[int] = mapped_column(Integer, default=3)
     error_dialog: Mapped[str | None] = mapped_column(Text, default=None)
+    readers: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    """Users the owner shared the task with: they may read its logs, outputs and results."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     modified_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)

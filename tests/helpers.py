@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,13 @@ import httpx
 from sqlalchemy import MetaData, create_engine, text
 
 REPO = Path(__file__).resolve().parent.parent
-PG_ENV: dict[str, str] = {"HPCAF_PG_DIR": "/tmp/hpcaf-pg-tests", "HPCAF_PG_PORT": "54331"}
-"""Where the tests' PostgreSQL server lives (scripts/postgres)."""
+_CHECKOUT = zlib.crc32(str(REPO).encode())
+PG_ENV: dict[str, str] = {
+    "HPCAF_PG_DIR": f"/tmp/hpcaf-pg-tests-{_CHECKOUT:08x}",
+    "HPCAF_PG_PORT": str(54331 + _CHECKOUT % 600),
+}
+"""Where the tests' PostgreSQL server lives (scripts/postgres): one per checkout, so that
+test runs of two checkouts on one machine do not stop each other's server."""
 
 
 def ensure_image(cache: Path, definition: str, name: str) -> None:

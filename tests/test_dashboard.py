@@ -27,10 +27,15 @@ def test_login_live_progress_and_job_page(
     browser.get(harvester.url + "/login")
     browser.find_element(By.ID, "token").send_keys("not-a-token")
     browser.find_element(By.ID, "login").click()
-    assert "invalid or revoked token" in text(browser, "login-error")
+    wait(browser, lambda b: "invalid or revoked token" in text(b, "login-error"), timeout=10)
     browser.find_element(By.ID, "token").send_keys(harvester.tokens["pilot"])
     browser.find_element(By.ID, "login").click()
-    assert "pilot token cannot use the dashboard" in text(browser, "login-error")
+    # the first refusal stays on screen until the second answer has loaded
+    wait(
+        browser,
+        lambda b: "pilot token cannot use the dashboard" in text(b, "login-error"),
+        timeout=10,
+    )
 
     task_id = harvester.submit(
         "--containerImage",

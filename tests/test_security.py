@@ -107,3 +107,54 @@ def test_outputs_cannot_point_outside_the_work_dir(tmp_path: Path) -> None:
             collect_output(workdir, name)
         assert caught.value.code is PilotErrorCode.STAGEOUT_FAILED
         assert message in str(caught.value)
+
+
+def test_a_shared_task_can_be_read_but_not_changed(harvester: Harvester) -> None:
+    """Bob cannot read Alice's logs, outputs or results until she shares the task with
+    him (pbook share); then he can read them, still not kill or retry it, and cannot
+    after she revokes it."""
+    task_id = harvester.submit(
+        "--containerImage", "base", "--exec", "echo secret > out.txt",
+        "--outputs", "out.txt", "--outDS", "user.alice.shared",
+    )  # fmt: skip
+    assert harvester.wait_task(task_id)["status"] == "done"
+    job_id = harvester.jobs(task_id)[0]["id"]
+    with harvester.api("alice") as c:
+        output = c.get(f"/api/v1/tasks/{task_id}/files", params={"kind": "output"}).json()[0]
+    reads = [
+        f"/api/v1/jobs/{job_id}/log",
+        f"/api/v1/tasks/{task_id}/files",
+        f"/api/v1/tasks/{task_id}/results",
+        f"/api/v1/files/{output['sha256']}",
+    ]
+
+    def statuses(user: str) -> list[int]:
+        with harvester.api(user) as c:
+            return [c.get(path).status_code for path in reads]
+
+    assert statuses("bob") == [403] * 4
+    with harvester.api("bob") as c:
+        refused = c.patch(f"/api/v1/tasks/{task_id}/readers", json={"add": ["bob"]})
+        assert refused.status_code == 403 and "belongs to alice" in refused.json()["detail"]
+
+    shared = harvester.pbook("share", str(task_id), "bob")
+    assert shared.returncode == 0 and f"task {task_id} is shared with bob" in shared.stdout
+    assert statuses("bob") == [200] * 4
+    with harvester.api("bob") as c:
+        assert c.get(reads[3]).content == b"secret\n"
+        assert c.post(f"/api/v1/tasks/{task_id}/retry").status_code == 403
+        assert c.post(f"/api/v1/tasks/{task_id}/kill").status_code == 403
+    with harvester.api("pilot") as c:
+        assert [c.get(path).status_code for path in reads[:3]] == [403] * 3
+    assert harvester.task(task_id)["readers"] == ["bob"]
+
+    revoked = harvester.pbook("share", str(task_id), "bob", "--revoke")
+    assert revoked.returncode == 0 and "shared with nobody" in revoked.stdout
+    assert statuses("bob") == [403] * 4
+
+    with harvester.api("alice") as c:
+        bad = c.patch(f"/api/v1/tasks/{task_id}/readers", json={"add": ["Not A User"]})
+        assert bad.status_code == 400 and "invalid user name" in bad.json()["detail"]
+        unknown_field = c.patch(f"/api/v1/tasks/{task_id}/readers", json={"grant": ["bob"]})
+        assert unknown_field.status_code == 422
+    assert harvester.task(task_id)["readers"] == []

@@ -82,6 +82,15 @@ class TaskSubmitted(BaseModel):
     status: TaskStatus
 
 
+class TaskReaders(BaseModel):
+    """Users to let read a task's logs, outputs and results, and users to stop."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    add: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=100)
+    remove: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=100)
+
+
 class TaskPublic(BaseModel):
     id: int
     name: str
@@ -96,6 +105,9 @@ class TaskPublic(BaseModel):
     priority: int
     max_attempt: int
     error_dialog: str | None
+    readers: list[str] = Field(
+        default_factory=list, description="users the owner shared the task with"
+    )
     created_at: datetime
     modified_at: datetime
     started_at: datetime | None

@@ -31,6 +31,7 @@ def task_public(task: Task, counts: dict[str, int], *, with_params: bool = False
         priority=task.priority,
         max_attempt=task.max_attempt,
         error_dialog=task.error_dialog,
+        readers=list(task.readers),
         created_at=task.created_at,
         modified_at=task.modified_at,
         started_at=task.started_at,

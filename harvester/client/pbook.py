@@ -226,6 +226,22 @@ def retry(task_id: int) -> None:
 
 
 @app.command()
+def share(
+    task_id: int,
+    users: Annotated[list[str], typer.Argument(help="user names")],
+    revoke: Annotated[
+        bool, typer.Option("--revoke", help="stop sharing with these users instead")
+    ] = False,
+) -> None:
+    """Let other users read a task's logs, outputs and results (or stop, with --revoke)."""
+    change = {"remove": users} if revoke else {"add": users}
+    with client() as c:
+        task = c.request("PATCH", f"/api/v1/tasks/{task_id}/readers", json=change).json()
+    readers = ", ".join(task["readers"]) or "nobody"
+    out.print(f"task {task_id} is shared with {readers}", highlight=False)
+
+
+@app.command()
 def logs(job_id: int) -> None:
     """Print the payload log of one job attempt (PandaID)."""
     with client() as c:

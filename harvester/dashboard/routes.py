@@ -282,7 +282,7 @@ def task_plot(request: Request, task_id: TaskIdPath) -> Response:
     ctx = _ctx(request)
     with ctx.sessions() as session:
         task = task_service.get_task(session, task_id)
-        task_service.check_owner(viewer, task, action="read its results")
+        task_service.check_reader(viewer, task, action="read its results")
         key = (task.id, task.modified_at.isoformat(), task.status.value)
         cached = _plots.get(key)
         if cached is not None:

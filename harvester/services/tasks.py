@@ -18,9 +18,12 @@ from harvester.errors import Conflict, Forbidden, ImageError, InvalidRequest, No
 from harvester.services.files import check_file_name, check_sha256
 from harvester.services.lifecycle import current_attempts, new_attempt
 from harvester.services.steering import check_steering
-from harvester.services.tokens import Principal
+from harvester.services.tokens import USER_NAME_PATTERN, Principal
 
 DATASET_SUFFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,200}$")
+
+MAX_READERS = 100
+"""How many users one task may be shared with."""
 
 
 def validate_out_ds(out_ds: str, owner: str) -> str:
@@ -155,11 +158,48 @@ def get_task(session: Session, task_id: int) -> Task:
 
 
 def check_owner(principal: Principal, task: Task, *, action: str) -> None:
-    """Only the owner (or an admin) may change a task or read its logs and outputs."""
+    """Only the owner (or an admin) may change a task or say who may read it."""
     if principal.role is Role.PILOT:
         raise Forbidden(f"a pilot token cannot {action}")
     if task.owner != principal.user and not principal.is_admin:
         raise Forbidden(f"task {task.id} belongs to {task.owner}; you cannot {action}")
+
+
+def may_read(principal: Principal, task: Task) -> bool:
+    """The owner, an admin, or a user the owner shared the task with."""
+    if principal.role is Role.PILOT:
+        return False
+    return principal.is_admin or principal.user in (task.owner, *task.readers)
+
+
+def check_reader(principal: Principal, task: Task, *, action: str) -> None:
+    """Logs, outputs and results are the owner's, and those the owner shared them with."""
+    if principal.role is Role.PILOT:
+        raise Forbidden(f"a pilot token cannot {action}")
+    if not may_read(principal, task):
+        raise Forbidden(
+            f"task {task.id} belongs to {task.owner} and is not shared with you; "
+            f"you cannot {action} (its owner can run: pbook share {task.id} {principal.user})"
+        )
+
+
+def share_task(
+    session: Session, principal: Principal, task_id: int, add: list[str], remove: list[str]
+) -> Task:
+    """Let more users read the task, or fewer; the owner and admins only."""
+    task = get_task(session, task_id)
+    check_owner(principal, task, action="share it")
+    for user in (*add, *remove):
+        if not re.match(USER_NAME_PATTERN, user):
+            raise InvalidRequest(
+                f"invalid user name {user!r}: lowercase letters, digits, '_' or '-', "
+                "starting with a letter"
+            )
+    readers = (set(task.readers) | set(add)) - set(remove) - {task.owner}
+    if len(readers) > MAX_READERS:
+        raise InvalidRequest(f"a task can be shared with at most {MAX_READERS} users")
+    task.readers = sorted(readers)
+    return task
 
 
 def kill_task(session: Session, principal: Principal, task_id: int) -> Task:

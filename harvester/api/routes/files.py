@@ -8,13 +8,16 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from db.models import File, FileKind, Role
+from db.models import File, FileKind, Job, Role, Task
 from harvester.api.auth import Context, CurrentPrincipal
 from harvester.api.schemas import FilePublic
 from harvester.context import HarvesterContext
 from harvester.errors import Forbidden, InvalidRequest, NotFoundError
 from harvester.services.files import check_file_name, check_sha256
+from harvester.services.tasks import may_read
+from harvester.services.tokens import Principal
 
 router = APIRouter(prefix="/api/v1/files", tags=["files"])
 
@@ -68,16 +71,27 @@ def _register_input(
         return FilePublic.model_validate(row, from_attributes=True).model_dump(mode="json")
 
 
+def _shared_with(session: Session, principal: Principal, row: File) -> bool:
+    if row.job_id is None:
+        return False
+    job = session.get(Job, row.job_id)
+    task = session.get(Task, job.task_id) if job is not None else None
+    return task is not None and may_read(principal, task)
+
+
 @router.get("/{sha256}")
 def download(sha256: str, ctx: Context, principal: CurrentPrincipal) -> FileResponse:
-    """Download a file by checksum: pilots and admins any, users files of their own."""
+    """Download a file by checksum: pilots and admins any; users their own files, and the
+    outputs and logs of tasks shared with them."""
     check_sha256(sha256)
     with ctx.sessions() as session:
         rows = session.scalars(select(File).where(File.sha256 == sha256)).all()
         if not rows and principal.role is not Role.PILOT:
             raise NotFoundError(f"no file with sha256 {sha256}")
-        if principal.role is Role.USER and all(r.owner != principal.user for r in rows):
-            raise Forbidden("this file belongs to another user")
+        if principal.role is Role.USER and not any(
+            row.owner == principal.user or _shared_with(session, principal, row) for row in rows
+        ):
+            raise Forbidden("this file belongs to another user, who has not shared its task")
         name = rows[0].name if rows else sha256
     path = ctx.files.path(sha256)
     if not path.is_file():

@@ -20,7 +20,7 @@ from harvester.api.views import job_public
 from harvester.errors import NotFoundError
 from harvester.services import summaries
 from harvester.services.listing import JOB_SORTS, JobFilter, TimeRange, job_query, page
-from harvester.services.tasks import check_owner, get_task
+from harvester.services.tasks import check_reader, get_task
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
@@ -115,7 +115,7 @@ def log(job_id: JobIdPath, ctx: Context, principal: CurrentPrincipal) -> PlainTe
     """The payload's log (stdout and stderr), available once the attempt ended."""
     with ctx.sessions() as session:
         job = _job(session, job_id)
-        check_owner(principal, get_task(session, job.task_id), action="read its logs")
+        check_reader(principal, get_task(session, job.task_id), action="read its logs")
         row = session.scalar(select(File).where(File.job_id == job_id, File.kind == FileKind.LOG))
         if row is None:
             raise NotFoundError(

@@ -20,6 +20,7 @@ from harvester.api.schemas import (
     Page,
     TaskCreate,
     TaskPublic,
+    TaskReaders,
     TaskSubmitted,
 )
 from harvester.api.views import job_public, task_public
@@ -106,6 +107,17 @@ def retry(task_id: TaskIdPath, ctx: Context, principal: CurrentPrincipal) -> Tas
         return task_public(task, counts)
 
 
+@router.patch("/{task_id}/readers", response_model=TaskPublic)
+def share(
+    task_id: TaskIdPath, body: TaskReaders, ctx: Context, principal: CurrentPrincipal
+) -> TaskPublic:
+    """Share the task's logs, outputs and results with other users, or stop (owner only)."""
+    with ctx.sessions.begin() as session:
+        task = task_service.share_task(session, principal, task_id, body.add, body.remove)
+        counts = task_service.job_counts(session, [task_id]).get(task_id, {})
+        return task_public(task, counts)
+
+
 @router.get("/{task_id}/jobs", response_model=list[JobPublic])
 def jobs(
     task_id: TaskIdPath,
@@ -136,10 +148,10 @@ def jobs(
 def files(
     task_id: TaskIdPath, ctx: Context, principal: CurrentPrincipal, kind: FileKind | None = None
 ) -> list[FilePublic]:
-    """Registered outputs and logs of the task (owner or admin)."""
+    """Registered outputs and logs of the task (its owner, its readers, admins)."""
     with ctx.sessions() as session:
         task = task_service.get_task(session, task_id)
-        task_service.check_owner(principal, task, action="read its files")
+        task_service.check_reader(principal, task, action="read its files")
         return [
             FilePublic.model_validate(f, from_attributes=True)
             for f in task_service.task_files(session, task_id, kind)
@@ -151,7 +163,7 @@ def results(task_id: TaskIdPath, ctx: Context, principal: CurrentPrincipal) -> d
     """The task's results: output files, and merged fit results for fit tasks."""
     with ctx.sessions() as session:
         task = task_service.get_task(session, task_id)
-        task_service.check_owner(principal, task, action="read its results")
+        task_service.check_reader(principal, task, action="read its results")
         return results_service.task_results(session, ctx, task)
 
 
@@ -160,7 +172,7 @@ def points(task_id: TaskIdPath, ctx: Context, principal: CurrentPrincipal) -> di
     """The points of a scan (phpo, pfit --adaptive) with their metrics and the best so far."""
     with ctx.sessions() as session:
         task = task_service.get_task(session, task_id)
-        task_service.check_owner(principal, task, action="read its results")
+        task_service.check_reader(principal, task, action="read its results")
         if not task.params.get("steering"):
             raise InvalidRequest(f"task {task_id} is not a scan; it has no points")
         return steering_service.scan_summary(session, task)
