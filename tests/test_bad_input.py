@@ -7,12 +7,13 @@ checks that the database holds no new task and the file store no new blob.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import Harvester, harvester_settings, make_harvester
+from tests.helpers import Harvester, harvester_settings, make_harvester, wait_for
 
 MAX_UPLOAD = 4096
 
@@ -211,6 +212,27 @@ def test_upload_over_limit_stores_nothing(hv: Harvester) -> None:
         [p for p in (hv.home / "files").glob(".upload-*")] if (hv.home / "files").exists() else []
     )
     assert leftovers == []
+
+
+def test_interrupted_upload_stores_nothing(hv: Harvester) -> None:
+    """A client that dies a third of the way through an upload leaves no file, no
+    partial blob and no traceback."""
+    store = hv.home / "files"
+    before = n_blobs(hv)
+    host, port = hv.url.removeprefix("http://").split(":")
+    head = (
+        f"POST /api/v1/files?name=half.bin HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {hv.tokens['alice']}\r\nContent-Length: 3000\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode() + b"z" * 1000)
+        wait_for(lambda: list(store.glob(".upload-*")), 10, "the server to receive the body")
+    wait_for(lambda: not list(store.glob(".upload-*")), 10, "the partial upload to be deleted")
+    assert n_blobs(hv) == before
+    with hv.api("alice") as c:
+        assert c.get("/api/v1/whoami").status_code == 200  # still serving
+    assert "Traceback" not in hv.log_text()
+    assert hv.query("SELECT count(*) FROM files WHERE name = 'half.bin'") == [(0,)]
 
 
 def test_other_users_task(hv: Harvester) -> None:

@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.requests import ClientDisconnect
 
 from db.models import File, FileKind, Job, Role, Task
 from harvester.api.auth import Context, CurrentPrincipal
@@ -44,9 +45,14 @@ async def upload(
         declared_size = int(declared) if declared is not None else None
     except ValueError as exc:
         raise InvalidRequest("invalid Content-Length header") from exc
-    digest, size = await ctx.files.put_stream(
-        request.stream(), expected_sha256=sha256, declared_size=declared_size
-    )
+    try:
+        digest, size = await ctx.files.put_stream(
+            request.stream(), expected_sha256=sha256, declared_size=declared_size
+        )
+    except ClientDisconnect as exc:  # the part received is already deleted
+        raise InvalidRequest(
+            "the upload was interrupted before its end; nothing was stored"
+        ) from exc
     if principal.role is Role.PILOT:
         return {"name": name, "sha256": digest, "size": size}
     return await run_in_threadpool(_register_input, ctx, principal.user, name, digest, size)
