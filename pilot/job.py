@@ -395,7 +395,7 @@ def _report_message(workdir: Path, limit: int = 1000) -> str | None:
     message = report.get("exitMsg") if isinstance(report, dict) else None
     if not isinstance(message, str) or message in ("", "OK"):
         return None
-    return message[:limit]
+    return message.replace("\x00", "")[:limit]  # the server refuses NULs in text
 
 
 def _classify(code: int, workdir: Path) -> PilotErrorCode:

@@ -72,6 +72,10 @@ GOOD = {"containerImage": "base", "exec": "true", "outDS": "user.alice.ok"}
         ({"architecture": "{not json"}, 400, "invalid architecture JSON"),
         ({"env": {"BAD NAME": "x"}}, 422, "invalid environment variable name"),
         ({"unknownOption": 1}, 422, "unknownOption"),
+        ({"taskName": "nul\x00name"}, 422, "NUL character"),
+        ({"exec": "echo \x00"}, 422, "NUL character"),
+        ({"transformArgs": {"k\x00": 1}}, 422, "NUL character"),
+        ({"architecture": "x" * 300}, 422, "architecture"),
     ],
 )
 def test_submit_refused(
@@ -108,6 +112,44 @@ def test_pcontainer_refused(hv: Harvester, args: list[str], message: str) -> Non
     assert message in result.stderr
     assert "Traceback" not in result.output
     assert n_tasks(hv) == before
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/tasks?owner=al%00ice",
+        "/api/v1/jobs?queue=ANALY%00",
+        "/api/v1/tasks?name=%00*",
+        "/api/v1/queues/ANALY_LOCAL%00",
+    ],
+)
+def test_nul_in_a_parameter_is_refused(hv: Harvester, path: str) -> None:
+    """PostgreSQL cannot compare text holding a NUL; both databases answer 400."""
+    with hv.api("admin") as c:
+        if path.startswith("/api/v1/queues/"):
+            response = c.patch(path, json={"status": "offline"})
+        else:
+            response = c.get(path)
+    assert response.status_code == 400, response.text
+    assert "NUL character" in response.json()["detail"]
+
+
+def test_nul_in_a_dashboard_filter_is_a_400_page(hv: Harvester) -> None:
+    import httpx
+
+    response = httpx.get(hv.url + "/?owner=al%00ice")
+    assert response.status_code == 400
+    assert "text/html" in response.headers["content-type"]
+    assert "NUL character" in response.text
+
+
+def test_a_pilot_offering_absurd_cores_is_refused(hv: Harvester) -> None:
+    with hv.api("pilot") as c:
+        response = c.post(
+            "/api/v1/pilot/acquire_jobs",
+            json={"queue": "ANALY_MANUAL", "pilot_id": "p", "cores": 2**70},
+        )
+    assert response.status_code == 422 and "cores" in response.text
 
 
 def test_malformed_load_json(hv: Harvester, tmp_path: Path) -> None:

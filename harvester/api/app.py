@@ -8,18 +8,18 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from db.errors import IllegalTransition
 from harvester.agents.base import AgentRunner
 from harvester.api.auth import CurrentPrincipal
 from harvester.api.metrics import Metrics
-from harvester.api.query import reject_unknown_query_params
+from harvester.api.query import reject_nul_characters, reject_unknown_query_params
 from harvester.api.routes import files, jobs, pilot, queues, tasks, workers
 from harvester.context import HarvesterContext
 from harvester.dashboard import routes as dashboard
-from harvester.errors import DatabaseUnavailable, HarvesterError
+from harvester.errors import DatabaseUnavailable, HarvesterError, InvalidRequest
 from harvester.outage import is_conflict
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,10 @@ def create_app(ctx: HarvesterContext, runner: AgentRunner | None = None) -> Fast
         workers.router,
         pilot.router,
     ):
-        app.include_router(router, dependencies=[Depends(reject_unknown_query_params)])
+        app.include_router(
+            router,
+            dependencies=[Depends(reject_unknown_query_params), Depends(reject_nul_characters)],
+        )
     dashboard.install(app)
 
     @app.exception_handler(HarvesterError)
@@ -87,6 +90,21 @@ def create_app(ctx: HarvesterContext, runner: AgentRunner | None = None) -> Fast
             {"detail": str(unavailable)},
             status_code=unavailable.status_code,
             headers={"Retry-After": str(retry_after)},
+        )
+
+    @app.exception_handler(DataError)
+    async def _unstorable(request: Request, exc: DataError) -> Response:
+        # SQLSTATE class 22: the value is at fault (out of range, too long, a NUL),
+        # not the database; the transaction was rolled back, so nothing was stored.
+        reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+        log.info(
+            "%s %s: refused a value the database cannot store: %s",
+            request.method,
+            request.url.path,
+            reason,
+        )
+        return await _harvester_error(
+            request, InvalidRequest(f"a value cannot be stored: {reason}")
         )
 
     @app.exception_handler(Exception)

@@ -39,6 +39,18 @@ async def reject_unknown_query_params(request: Request) -> None:
         )
 
 
+async def reject_nul_characters(request: Request) -> None:
+    """A router dependency: 400 for a NUL in a query or path parameter.
+
+    PostgreSQL cannot compare text with a NUL in it; SQLite would just match
+    nothing. Both answer the same way here.
+    """
+    values = [*request.query_params.multi_items(), *request.path_params.items()]
+    for name, value in values:
+        if "\x00" in name or (isinstance(value, str) and "\x00" in value):
+            raise InvalidRequest(f"parameter {name!r} contains a NUL character (\\x00)")
+
+
 def _all_query_params(dependant: Any) -> list[Any]:
     params = list(dependant.query_params)
     for sub in dependant.dependencies:

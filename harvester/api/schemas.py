@@ -23,29 +23,54 @@ MAX_EXEC_LENGTH = 65_536
 T = TypeVar("T")
 
 
-class InputFile(BaseModel):
-    """A file from the file store to put in each job's work dir."""
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("contains a NUL character (\\x00), which no text field may hold")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _without_nul(key)
+            _without_nul(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _without_nul(item)
+    return value
+
+
+class RequestBody(BaseModel):
+    """A body the API accepts: unknown fields and NUL characters are refused (422).
+
+    PostgreSQL cannot store a NUL in text; refusing it on every database keeps
+    the two backends answering alike.
+    """
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return _without_nul(value)
+
+
+class InputFile(RequestBody):
+    """A file from the file store to put in each job's work dir."""
 
     name: str
     sha256: str
 
 
-class TaskCreate(BaseModel):
+class TaskCreate(RequestBody):
     """Task parameters as pcontainer sends them (panda-client names)."""
 
-    model_config = ConfigDict(extra="forbid")
-
     taskName: str | None = Field(None, max_length=256)
-    containerImage: str = Field(min_length=1, max_length=512)
+    containerImage: str = Field(min_length=1, max_length=256)
     exec: str = Field("", max_length=MAX_EXEC_LENGTH)
     outDS: str = Field(max_length=256)
     outputs: list[str] = Field(default_factory=list, max_length=100)
     inputs: list[InputFile] = Field(default_factory=list, max_length=100)
     site: str | None = Field(None, max_length=128)
     excludedSite: list[str] = Field(default_factory=list, max_length=100)
-    architecture: str | None = Field(None, max_length=512)
+    architecture: str | None = Field(None, max_length=256)
     nJobs: int = Field(1, ge=1)
     priority: int = Field(1000, ge=0, le=2000)
     maxAttempt: int = Field(3, ge=1, le=20)
@@ -82,10 +107,8 @@ class TaskSubmitted(BaseModel):
     status: TaskStatus
 
 
-class TaskReaders(BaseModel):
+class TaskReaders(RequestBody):
     """Users to let read a task's logs, outputs and results, and users to stop."""
-
-    model_config = ConfigDict(extra="forbid")
 
     add: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=100)
     remove: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=100)
@@ -197,9 +220,7 @@ class QueuePublic(BaseModel):
     activated_jobs: int = 0
 
 
-class QueueStatusChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class QueueStatusChange(RequestBody):
     status: Literal["online", "offline", "test"]
 
 
@@ -220,16 +241,14 @@ class WorkerPublic(BaseModel):
 # ---- pilot endpoints ---------------------------------------------------------
 
 
-class AcquireRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class AcquireRequest(RequestBody):
     queue: str = Field(max_length=128)
     pilot_id: str = Field(min_length=1, max_length=256)
     n_jobs: int = Field(1, ge=1, le=1000)
     worker_id: int | None = Field(None, ge=1, le=MAX_ID)
     node: str | None = Field(None, max_length=256)
-    cores: int | None = Field(None, ge=1)
-    memory_mb: int | None = Field(None, ge=1)
+    cores: int | None = Field(None, ge=1, le=MAX_ID)
+    memory_mb: int | None = Field(None, ge=1, le=MAX_ID)
     gpus: int = Field(0, ge=0, le=64, description="GPUs the pilot's node offers")
 
 
@@ -264,9 +283,7 @@ class AcquireReply(BaseModel):
     jobs: list[JobSpec]
 
 
-class HeartbeatRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class HeartbeatRequest(RequestBody):
     pilot_id: str = Field(min_length=1, max_length=256)
     worker_id: int | None = Field(None, ge=1, le=MAX_ID)
     job_ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] = Field(
@@ -278,17 +295,13 @@ class HeartbeatReply(BaseModel):
     commands: dict[int, Literal["tobekilled"]] = Field(default_factory=dict)
 
 
-class OutputFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class OutputFile(RequestBody):
     name: str
     sha256: str
     size: int = Field(ge=0, le=MAX_FILE_BYTES)
 
 
-class UpdateJobRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class UpdateJobRequest(RequestBody):
     job_id: int = Field(ge=1, le=MAX_ID)
     pilot_id: str = Field(min_length=1, max_length=256)
     state: Literal["starting", "running", "finished", "failed"]
@@ -307,10 +320,8 @@ class UpdateJobReply(BaseModel):
     command: Literal["tobekilled"] | None = None
 
 
-class BulkUpdateRequest(BaseModel):
+class BulkUpdateRequest(RequestBody):
     """Many ``update_job`` reports at once (PanDA's updateJobsInBulk)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     updates: list[UpdateJobRequest] = Field(min_length=1, max_length=1000)
 
@@ -326,14 +337,12 @@ class BulkUpdateItem(BaseModel):
     status_code: int = 200
 
 
-class WorkerReport(BaseModel):
+class WorkerReport(RequestBody):
     """What a pilot says about the node it runs on (PanDA's worker-node report)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     pilot_id: str = Field(min_length=1, max_length=256)
     worker_id: int | None = Field(None, ge=1, le=MAX_ID)
     node: str = Field(max_length=256)
-    cores: int | None = None
-    memory_mb: int | None = None
+    cores: int | None = Field(None, ge=0, le=MAX_ID)
+    memory_mb: int | None = Field(None, ge=0, le=MAX_ID)
     gpus: list[dict[str, Any]] = Field(default_factory=list, max_length=64)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy import select
@@ -25,7 +25,7 @@ from sqlalchemy import select
 from db.models import EntityKind, File, FileKind, Job, Role, Task, Worker
 from db.queue import state_history
 from db.states import TASK_TERMINAL, JobStatus, TaskStatus, WorkerStatus
-from harvester.api.query import JobIdPath, Offset, TaskIdPath
+from harvester.api.query import JobIdPath, Offset, TaskIdPath, reject_nul_characters
 from harvester.api.views import progress
 from harvester.context import HarvesterContext
 from harvester.dashboard.session import COOKIE, csrf_token, csrf_valid, load_secret
@@ -408,7 +408,7 @@ def static(name: str) -> Response:
 
 def install(app: Any) -> None:
     """Mount the dashboard on ``app``: its routes and its error pages."""
-    app.include_router(router)
+    app.include_router(router, dependencies=[Depends(reject_nul_characters)])
 
     @app.exception_handler(LoginRequired)
     async def _login(request: Request, _exc: LoginRequired) -> Response:
