@@ -57,6 +57,8 @@ class HarvesterSettings(BaseSettings):
     submit_retry_backoff_s: float = Field(30.0, ge=0)
     """After a failed worker submission, wait this long before the next try on that queue."""
     max_upload_bytes: int = Field(1 << 30, gt=0)
+    max_request_bytes: int = Field(32 << 20, gt=0)
+    """Any other request body (task parameters, bulk reports, forms) over this is refused."""
     max_jobs_per_task: int = Field(10_000, gt=0)
     pilot_max_idle_s: float = Field(10.0, ge=0)
     """Pilots started by the harvester exit after this long without a job."""

@@ -16,6 +16,7 @@ import pytest
 from tests.helpers import Harvester, harvester_settings, make_harvester, wait_for
 
 MAX_UPLOAD = 4096
+MAX_REQUEST = 200_000
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,7 @@ def hv(
         harvester_settings(max_workers=0),
         {
             "HPCAF_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+            "HPCAF_MAX_REQUEST_BYTES": str(MAX_REQUEST),
             "HPCAF_MAX_JOBS_PER_TASK": "500",
             **module_database_env,
         },
@@ -226,6 +228,25 @@ def test_roles(hv: Harvester) -> None:
         assert response.json()["status"] == "online"
         response = c.patch("/api/v1/queues/NOPE", json={"status": "online"})
         assert response.status_code == 404
+
+
+def test_a_body_over_the_request_limit_is_refused(hv: Harvester) -> None:
+    """Declared (Content-Length) or streamed (chunked), it is refused before it is all read."""
+    before = n_tasks(hv)
+    body = json.dumps({**GOOD, "transformArgs": {"blob": "x" * MAX_REQUEST}}).encode()
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(body), 16_384):
+            yield body[start : start + 16_384]
+
+    with hv.api("alice") as c:
+        headers = {"Content-Type": "application/json"}
+        for content in (body, chunks()):
+            response = c.post("/api/v1/tasks", content=content, headers=headers)
+            assert response.status_code == 413, response.text
+            assert "max_request_bytes" in response.json()["detail"]
+        assert c.post("/api/v1/tasks", json=GOOD).status_code == 201  # and it still serves
+    assert n_tasks(hv) == before + 1
 
 
 def test_upload_over_limit_stores_nothing(hv: Harvester) -> None:

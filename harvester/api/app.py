@@ -14,6 +14,7 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from db.errors import IllegalTransition
 from harvester.agents.base import AgentRunner
 from harvester.api.auth import CurrentPrincipal
+from harvester.api.body_limit import RequestBodyLimit
 from harvester.api.metrics import Metrics
 from harvester.api.query import reject_nul_characters, reject_unknown_query_params
 from harvester.api.routes import files, jobs, pilot, queues, tasks, workers
@@ -48,6 +49,11 @@ def create_app(ctx: HarvesterContext, runner: AgentRunner | None = None) -> Fast
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.context = ctx
+    app.add_middleware(
+        RequestBodyLimit,
+        max_bytes=ctx.settings.max_request_bytes,
+        exempt_paths=("/api/v1/files",),  # streamed to disk under max_upload_bytes
+    )
     app.state.metrics = Metrics(ctx)
     app.state.metrics.install(app)
     for router in (
