@@ -52,6 +52,14 @@ def n_blobs(h: Harvester) -> int:
 GOOD = {"containerImage": "base", "exec": "true", "outDS": "user.alice.ok"}
 
 
+def nested(depth: int) -> list[object]:
+    """``[[[...]]]``: stored, it could not be serialized back (the task list would fail)."""
+    value: list[object] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize(
     ("change", "status", "message"),
     [
@@ -78,6 +86,8 @@ GOOD = {"containerImage": "base", "exec": "true", "outDS": "user.alice.ok"}
         ({"exec": "echo \x00"}, 422, "NUL character"),
         ({"transformArgs": {"k\x00": 1}}, 422, "NUL character"),
         ({"architecture": "x" * 300}, 422, "architecture"),
+        ({"transformArgs": {"x": nested(500)}}, 422, "nests deeper than 32 levels"),
+        ({"jobParameters": [{"x": nested(40)}]}, 422, "nests deeper than 32 levels"),
     ],
 )
 def test_submit_refused(
@@ -113,6 +123,22 @@ def test_pcontainer_refused(hv: Harvester, args: list[str], message: str) -> Non
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.output
+    assert n_tasks(hv) == before
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_nan_in_a_body_is_refused(hv: Harvester, literal: bytes) -> None:
+    """Python's json reads these; stored, they would fail every reply holding the task."""
+    before = n_tasks(hv)
+    body = json.dumps({**GOOD, "transformArgs": {"x": "HERE"}}).encode()
+    with hv.api("alice") as c:
+        response = c.post(
+            "/api/v1/tasks",
+            content=body.replace(b'"HERE"', literal),
+            headers={"Content-Type": "application/json"},
+        )
+    assert response.status_code == 422, response.text
+    assert "holds NaN or an infinity" in response.text
     assert n_tasks(hv) == before
 
 

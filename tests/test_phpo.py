@@ -198,20 +198,24 @@ def test_scan_survives_a_harvester_restart(harvester: Harvester) -> None:
 
 
 def test_missing_metric_file_fails_the_point_and_the_scan_goes_on(harvester: Harvester) -> None:
+    """x=1 writes no metrics.json; x=3 one nested too deep to serve back (a failed
+    point); x=4 one with a NaN beside its metric (kept, the NaN read as null)."""
     command = (
-        "python3 -c 'import json, sys; x = int(sys.argv[1]); "
-        'x == 1 or json.dump({"loss": x}, open("metrics.json", "w"))\' %{x}'
+        'python3 -c \'import functools, json, sys; x = int(sys.argv[1]); doc = {"loss": x}; '
+        'doc.update({3: {"deep": functools.reduce(lambda a, _: [a], range(40), [])}, '
+        '4: {"odd": float("nan")}}.get(x, {})); '
+        'x == 1 or json.dump(doc, open("metrics.json", "w"))\' %{x}'
     )
     task_id = submit_scan(
         harvester,
         "--exec",
         command,
         "--searchSpace",
-        '{"x": [0, 1, 2]}',
+        '{"x": [0, 1, 2, 3, 4]}',
         "--algorithm",
         "grid",
         "--maxPoints",
-        "3",
+        "5",
         "--nParallelEvaluation",
         "3",
         "--outDS",
@@ -224,6 +228,9 @@ def test_missing_metric_file_fails_the_point_and_the_scan_goes_on(harvester: Har
     assert by_x[0]["metric"] == 0 and by_x[2]["metric"] == 2
     assert by_x[1]["status"] == "failed" and by_x[1]["metric"] is None
     assert "metrics.json" in by_x[1]["error"] and '{"loss": <number>}' in by_x[1]["error"]
+    assert by_x[3]["status"] == "failed" and by_x[3]["metric"] is None
+    assert "metrics.json nests deeper than 32 levels" in by_x[3]["error"]
+    assert by_x[4]["metric"] == 4 and by_x[4]["results"]["odd"] is None
     job = next(j for j in harvester.jobs(task_id) if j["job_index"] == 1)
     assert job["pilot_error_code"] == 1306 and job["attempt_nr"] == 1, "not retried"
     assert summary["best"]["params"] == {"x": 0}

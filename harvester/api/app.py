@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
@@ -75,6 +76,13 @@ def create_app(ctx: HarvesterContext, runner: AgentRunner | None = None) -> Fast
         if dashboard.is_page(request):
             return dashboard.error_page(request, exc)
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own reply echoes each bad input back: a NaN in it cannot be
+        # written as JSON (a 500), and a large body would be sent back whole.
+        errors = [{"type": e["type"], "loc": e["loc"], "msg": e["msg"]} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(IllegalTransition)
     async def _illegal(_request: Request, exc: IllegalTransition) -> JSONResponse:

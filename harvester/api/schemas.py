@@ -14,6 +14,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from db.states import JobStatus, TaskStatus, WorkerStatus
+from harvester.json_documents import check_tree
 
 MAX_ID = 2**31 - 1
 """Ids and codes live in 32-bit INTEGER columns; larger values are refused (422)."""
@@ -23,22 +24,9 @@ MAX_EXEC_LENGTH = 65_536
 T = TypeVar("T")
 
 
-def _without_nul(value: Any) -> Any:
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError("contains a NUL character (\\x00), which no text field may hold")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _without_nul(key)
-            _without_nul(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _without_nul(item)
-    return value
-
-
 class RequestBody(BaseModel):
-    """A body the API accepts: unknown fields and NUL characters are refused (422).
+    """A body the API accepts: unknown fields, NUL characters and values nested
+    deeper than ``MAX_NESTING`` are refused (422).
 
     PostgreSQL cannot store a NUL in text; refusing it on every database keeps
     the two backends answering alike.
@@ -48,8 +36,8 @@ class RequestBody(BaseModel):
 
     @field_validator("*")
     @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        return _without_nul(value)
+    def _plain(cls, value: Any) -> Any:
+        return check_tree(value)
 
 
 class InputFile(RequestBody):

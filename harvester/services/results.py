@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -10,6 +9,7 @@ from sqlalchemy.orm import Session
 from db.models import FileKind, Task
 from db.states import JobStatus
 from harvester.context import HarvesterContext
+from harvester.json_documents import load_object
 from harvester.services.lifecycle import current_attempts
 from harvester.services.tasks import task_files
 
@@ -53,8 +53,8 @@ def _merge_fit_results(
     for f in outputs:
         if not f.name.endswith("." + FIT_RESULTS_FILE):
             continue
-        try:
-            merged.update(json.loads(ctx.files.path(f.sha256).read_text()))
+        try:  # the transform's output; one that cannot be served is left out
+            merged.update(load_object(ctx.files.path(f.sha256), f.name))
         except (OSError, ValueError):
             continue
     for job in jobs:

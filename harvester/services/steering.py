@@ -11,7 +11,6 @@ restarted (or a second) harvester continues the scan exactly.
 
 from __future__ import annotations
 
-import json
 import math
 import secrets
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from db.states import JOB_TERMINAL, TASK_TERMINAL, JobStatus, TaskStatus
 from harvester.api.schemas import OutputFile, TaskCreate
 from harvester.context import HarvesterContext
 from harvester.errors import InvalidRequest
+from harvester.json_documents import load_object
 from harvester.scans.adaptive import AdaptivePlan, next_patches
 from harvester.scans.proposers import ALGORITHMS, Evaluation, make_proposer
 from harvester.scans.space import check_placeholders, parse_search_space
@@ -35,7 +35,6 @@ HPO = "hpo"
 ADAPTIVE = "adaptive_cls"
 METRICS_FILE = "metrics.json"
 FIT_RESULTS_FILE = "results.json"  # as harvester.services.results (which imports tasks → here)
-MAX_METRICS_BYTES = 1 << 20
 MAX_PARALLEL = 10_000
 
 
@@ -303,15 +302,12 @@ def read_evaluation(
     item = next((o for o in outputs if o.name == wanted), None)
     if item is None or not ctx.files.exists(item.sha256):
         raise EvaluationError(f"the evaluation reported no {wanted}")
-    path = ctx.files.path(item.sha256)
-    if path.stat().st_size > MAX_METRICS_BYTES:
-        raise EvaluationError(f"{wanted} is larger than {MAX_METRICS_BYTES} bytes")
     try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise EvaluationError(f"{wanted} is not valid JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise EvaluationError(f"{wanted} must hold a JSON object")
+        document = load_object(ctx.files.path(item.sha256), wanted)
+    except OSError as exc:
+        raise EvaluationError(f"{wanted} cannot be read: {exc}") from exc
+    except ValueError as exc:
+        raise EvaluationError(str(exc)) from exc
     if steering["kind"] == HPO:
         key = steering["metric"]
         results = document
