@@ -23,9 +23,11 @@ from db.engine import make_engine, make_sessionmaker
 from db.migrate import upgrade
 from db.models import EntityKind, Job, StateHistory, Task, utcnow
 from db.queue import ROW_LOCK, transition
-from db.states import JobStatus, TaskStatus
+from db.states import JOB_TERMINAL, JobStatus, TaskStatus
 from harvester.agents.watchdog import fail_silent_jobs
-from harvester.services.lifecycle import roll_up_at_commit
+from harvester.services.lifecycle import fail_job, roll_up_at_commit
+from harvester.services.tasks import kill_task
+from harvester.services.tokens import Principal, Role
 from tests.helpers import PG_ENV, REPO, Harvester, harvester_settings, wait_for
 from tests.test_claim import (
     _seed,
@@ -141,6 +143,42 @@ def test_the_watchdog_never_overwrites_a_report_in_flight(postgres_database_url:
     index = {a: 0, b: 1}
     assert jobs[(index[b], 1)] is JobStatus.FINISHED and b_history == ["finished"]
     assert jobs[(index[a], 1)] is JobStatus.CLOSED and jobs[(index[a], 2)] is JobStatus.DEFINED
+    engine.dispose()
+
+
+def test_a_retry_made_while_the_task_is_killed_is_cancelled_too(
+    postgres_database_url: str,
+) -> None:
+    """A pilot reports job a failed (a retry is made) while the owner kills the task.
+    The kill waits for a's lock, then finds a ended, and its query cannot see the
+    retry committed meanwhile. Without the sweep at the kill's commit, that retry
+    would stay open in an aborted task, be brokered and run."""
+    engine, sessions = _running_task(postgres_database_url, 2)
+    with sessions() as s:
+        task_id, a = s.scalars(select(Task.id)).one(), min(s.scalars(select(Job.id)))
+    failing = threading.Event()
+
+    def pilot_reports_a_failed() -> None:
+        with sessions.begin() as s:
+            job = s.get_one(Job, a, with_for_update=ROW_LOCK)
+            retry = fail_job(s, job, s.get_one(Task, task_id), error_code=1305, diagnostics="x")
+            assert retry is not None
+            s.flush()
+            failing.set()
+            time.sleep(1.0)  # the kill starts meanwhile, and waits for a
+
+    def owner_kills() -> None:
+        assert failing.wait(20)
+        with sessions.begin() as s:
+            kill_task(s, Principal("alice", Role.USER, 0), task_id)
+
+    _in_threads(pilot_reports_a_failed, owner_kills)
+    with sessions() as s:
+        assert s.get_one(Task, task_id).status is TaskStatus.ABORTED
+        jobs = s.scalars(select(Job).order_by(Job.id)).all()
+    assert len(jobs) == 3, "the failed attempt was retried"
+    assert [j.status for j in jobs if j.status not in JOB_TERMINAL] == [], "nothing left open"
+    assert jobs[-1].status is JobStatus.CANCELLED
     engine.dispose()
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from db.models import Job, Task, utcnow
-from db.queue import ROW_LOCK, record_creation, transition
+from db.queue import ROW_LOCK, for_change, record_creation, transition
 from db.states import JOB_ACTIVE, JOB_TERMINAL, TASK_TERMINAL, JobStatus, TaskStatus
 from harvester.architecture import parse_architecture
 from harvester.errors import InvalidRequest
@@ -145,7 +145,7 @@ def refresh_task(session: Session, task: Task) -> None:
     have not ended are always newest attempts (a superseded attempt is ``closed``),
     and a ``finished`` attempt is never superseded, so counting rows is exact.
     """
-    if task.status in (TaskStatus.REGISTERED, TaskStatus.ABORTED, TaskStatus.BROKEN):
+    if task.status is TaskStatus.REGISTERED:
         return
     session.flush()
     # Two pilots reporting the last two jobs at once must not each see the other's job
@@ -153,7 +153,10 @@ def refresh_task(session: Session, task: Task) -> None:
     # row lock orders them, and the second reads the first's committed job. NO KEY
     # UPDATE, so that it does not wait for writers that only insert jobs of the task.
     session.refresh(task, with_for_update=ROW_LOCK)
-    if task.status in (TaskStatus.REGISTERED, TaskStatus.ABORTED, TaskStatus.BROKEN):
+    if task.status in (TaskStatus.ABORTED, TaskStatus.BROKEN):
+        _cancel_stragglers(session, task)
+        return
+    if task.status is TaskStatus.REGISTERED:
         return
     open_states = [s for s in JobStatus if s not in JOB_TERMINAL]
 
@@ -188,3 +191,23 @@ def refresh_task(session: Session, task: Task) -> None:
         final = TaskStatus.FAILED
     if task.status is not final and task.status not in TASK_TERMINAL:
         transition(session, task, final, reason=f"{n_finished}/{units} jobs finished")
+
+
+def _cancel_stragglers(session: Session, task: Task) -> None:
+    """Cancel what a concurrent writer left open in a task that was killed or broken.
+
+    A pilot reporting a failure while the task is killed commits a retry that the
+    kill's own query could not see; under the task's row lock a new query does.
+    Every writer that touches the task's jobs runs this at its commit, so no open
+    job outlives an ended task. (Here the task row is locked before job rows: only
+    for ended tasks, whose jobs no pilot may take any more.)
+    """
+    stragglers = session.scalars(
+        for_change(
+            select(Job)
+            .where(Job.task_id == task.id, Job.status.not_in(list(JOB_TERMINAL)))
+            .order_by(Job.id)
+        )
+    ).all()
+    for job in stragglers:
+        transition(session, job, JobStatus.CANCELLED, reason=f"task {task.status.value}")

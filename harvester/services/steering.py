@@ -250,6 +250,7 @@ def break_task(session: Session, task: Task, reason: str) -> None:
     session.flush()  # job rows before the task row, as every writer locks them
     task.error_dialog = reason[:2000]
     transition(session, task, TaskStatus.BROKEN, reason=reason[:500])
+    roll_up_at_commit(session, task)  # cancels a retry committed meanwhile by a pilot
 
 
 def _steer_adaptive(session: Session, task: Task, state: ScanState, room: int) -> int:

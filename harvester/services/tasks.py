@@ -16,7 +16,7 @@ from harvester.architecture import parse_architecture
 from harvester.context import HarvesterContext
 from harvester.errors import Conflict, Forbidden, ImageError, InvalidRequest, NotFoundError
 from harvester.services.files import check_file_name, check_sha256
-from harvester.services.lifecycle import current_attempts, new_attempt
+from harvester.services.lifecycle import current_attempts, new_attempt, roll_up_at_commit
 from harvester.services.steering import check_steering
 from harvester.services.tokens import USER_NAME_PATTERN, Principal
 
@@ -232,6 +232,7 @@ def kill_task(session: Session, principal: Principal, task_id: int) -> Task:
         reason=f"killed by {principal.user}",
         actor=principal.user,
     )
+    roll_up_at_commit(session, task)  # cancels a retry committed meanwhile by a pilot
     return task
 
 
