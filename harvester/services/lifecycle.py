@@ -193,6 +193,26 @@ def refresh_task(session: Session, task: Task) -> None:
         transition(session, task, final, reason=f"{n_finished}/{units} jobs finished")
 
 
+def cancel_open_jobs(
+    session: Session, task_id: int, *, reason: str, actor: str | None = None
+) -> int:
+    """Cancel every job of a task that has not ended, locking them in id order.
+
+    Open jobs are always newest attempts. Returns how many were cancelled.
+    """
+    open_jobs = session.scalars(
+        for_change(
+            select(Job)
+            .where(Job.task_id == task_id, Job.status.not_in(list(JOB_TERMINAL)))
+            .order_by(Job.id)
+            .execution_options(populate_existing=True)  # as locked, not as first loaded
+        )
+    ).all()
+    for job in open_jobs:
+        transition(session, job, JobStatus.CANCELLED, reason=reason, actor=actor)
+    return len(open_jobs)
+
+
 def _cancel_stragglers(session: Session, task: Task) -> None:
     """Cancel what a concurrent writer left open in a task that was killed or broken.
 
@@ -202,12 +222,4 @@ def _cancel_stragglers(session: Session, task: Task) -> None:
     job outlives an ended task. (Here the task row is locked before job rows: only
     for ended tasks, whose jobs no pilot may take any more.)
     """
-    stragglers = session.scalars(
-        for_change(
-            select(Job)
-            .where(Job.task_id == task.id, Job.status.not_in(list(JOB_TERMINAL)))
-            .order_by(Job.id)
-        )
-    ).all()
-    for job in stragglers:
-        transition(session, job, JobStatus.CANCELLED, reason=f"task {task.status.value}")
+    cancel_open_jobs(session, task.id, reason=f"task {task.status.value}")

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Job, ScanPoint, Task, utcnow
-from db.queue import for_change, record_creation, transition
+from db.queue import record_creation, transition
 from db.states import JOB_TERMINAL, TASK_TERMINAL, JobStatus, TaskStatus
 from harvester.api.schemas import OutputFile, TaskCreate
 from harvester.context import HarvesterContext
@@ -29,7 +29,12 @@ from harvester.json_documents import load_object
 from harvester.scans.adaptive import AdaptivePlan, next_patches
 from harvester.scans.proposers import ALGORITHMS, Evaluation, make_proposer
 from harvester.scans.space import check_placeholders, parse_search_space
-from harvester.services.lifecycle import build_job, current_attempts, roll_up_at_commit
+from harvester.services.lifecycle import (
+    build_job,
+    cancel_open_jobs,
+    current_attempts,
+    roll_up_at_commit,
+)
 
 HPO = "hpo"
 ADAPTIVE = "adaptive_cls"
@@ -237,16 +242,7 @@ def break_task(session: Session, task: Task, reason: str) -> None:
     """A scan that cannot be steered any further: its pending points are cancelled."""
     if task.status in TASK_TERMINAL:
         return
-    open_jobs = session.scalars(  # open jobs are always newest attempts
-        for_change(
-            select(Job)
-            .where(Job.task_id == task.id, Job.status.not_in(list(JOB_TERMINAL)))
-            .order_by(Job.id)
-        )
-    ).all()
-    for job in open_jobs:
-        if job.status not in JOB_TERMINAL:
-            transition(session, job, JobStatus.CANCELLED, reason=reason)
+    cancel_open_jobs(session, task.id, reason=reason)
     session.flush()  # job rows before the task row, as every writer locks them
     task.error_dialog = reason[:2000]
     transition(session, task, TaskStatus.BROKEN, reason=reason[:500])

@@ -9,14 +9,19 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session, aliased
 
 from db.models import File, FileKind, Job, Role, Task
-from db.queue import for_change, record_creation, transition
-from db.states import JOB_TERMINAL, TASK_TERMINAL, JobStatus, TaskStatus
+from db.queue import record_creation, transition
+from db.states import TASK_TERMINAL, JobStatus, TaskStatus
 from harvester.api.schemas import TaskCreate
 from harvester.architecture import parse_architecture
 from harvester.context import HarvesterContext
 from harvester.errors import Conflict, Forbidden, ImageError, InvalidRequest, NotFoundError
 from harvester.services.files import check_file_name, check_sha256
-from harvester.services.lifecycle import current_attempts, new_attempt, roll_up_at_commit
+from harvester.services.lifecycle import (
+    cancel_open_jobs,
+    current_attempts,
+    new_attempt,
+    roll_up_at_commit,
+)
 from harvester.services.steering import check_steering
 from harvester.services.tokens import USER_NAME_PATTERN, Principal
 
@@ -208,22 +213,9 @@ def kill_task(session: Session, principal: Principal, task_id: int) -> Task:
     check_owner(principal, task, action="kill it")
     if task.status in TASK_TERMINAL:
         raise Conflict(f"task {task_id} already ended {task.status.value}; nothing to kill")
-    jobs = session.scalars(
-        for_change(
-            select(Job)
-            .where(Job.task_id == task_id, Job.status.not_in(list(JOB_TERMINAL)))
-            .order_by(Job.id)
-        )
-    ).all()
-    for job in jobs:
-        if job.status not in JOB_TERMINAL:
-            transition(
-                session,
-                job,
-                JobStatus.CANCELLED,
-                reason=f"task killed by {principal.user}",
-                actor=principal.user,
-            )
+    cancel_open_jobs(
+        session, task_id, reason=f"task killed by {principal.user}", actor=principal.user
+    )
     session.flush()  # job rows before the task row, as every writer locks them
     transition(
         session,
