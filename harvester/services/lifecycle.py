@@ -156,8 +156,6 @@ def refresh_task(session: Session, task: Task) -> None:
     if task.status in (TaskStatus.ABORTED, TaskStatus.BROKEN):
         _cancel_stragglers(session, task)
         return
-    if task.status is TaskStatus.REGISTERED:
-        return
     open_states = [s for s in JobStatus if s not in JOB_TERMINAL]
 
     def any_job(states: list[JobStatus]) -> bool:
