@@ -47,6 +47,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The PostgreSQL pass skips tests that touch no database (they ran in the first pass)."""
+    if config.getoption("--database") != "postgresql":
+        return
+    skip = pytest.mark.skip(reason="touches no database: run in the SQLite pass")
+    for item in items:
+        if item.get_closest_marker("no_database"):
+            item.add_marker(skip)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     return f"database: {config.getoption('--database')}"
 

@@ -48,7 +48,8 @@ def load_json(path: str) -> Any:
 
 
 def configure_backend(backend: str) -> str:
-    """Select the pyhf backend; returns the device fits run on (``cpu``, ``cuda``…)."""
+    """Select the pyhf backend; returns the device fits run on as JAX names its platform
+    (``jax.devices()[0].platform``: ``cpu`` or ``gpu``); numpy runs on the ``cpu``."""
     import pyhf
 
     if backend == "jax":
@@ -76,6 +77,11 @@ def fit_one(model: Any, data: Any, poi: float, test_stat: str) -> tuple[float, l
         poi, data, model, test_stat=test_stat, return_expected_set=True
     )
     return float(cls_obs), [float(x) for x in cls_exp]
+
+
+WORKSPACE_SECTIONS = ("/channels/", "/observations/", "/measurements/")
+"""Where a patch may write and still be fitted on the shared path: everything a model
+and its data are built from. A patch writing anywhere else is fitted the plain way."""
 
 
 def run(job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -107,31 +113,28 @@ def run(job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     del raw, by_name
     print(f"inputs read in {time.time() - t0:.2f}s", flush=True)
 
-    results: dict[str, Any] = {}
-    shared = None
-    if (
-        backend == "jax"
-        and args.get("shared_compile", True)
-        and (len(patches) > 1 or _WARM["shared"] is not None)
-    ):
+    shared: Any = None
+    if backend == "jax" and args.get("shared_compile", True):
         shared = _prepare_shared(background, workspace, patches)
+    results: dict[str, Any] = {}
     for index, patch in enumerate(patches):
         start = time.time()
         entry: dict[str, Any] = {
             "metadata": patch_metadata(patch),
             "backend": backend,
             "device": device,
+            "path": "plain",
         }
         try:
-            if shared is not None:
-                sm, bound, all_data = shared
-                structure, leaves = bound[index]
-                data = all_data[index]
-                with sm.fitting(structure, leaves) as model:
+            slot = shared.slots[index] if shared is not None else None
+            if slot is not None:
+                structure, leaves, data = slot
+                entry["path"] = "shared"
+                with shared.models.fitting(structure, leaves) as model:
                     cls_obs, cls_exp = fit_one(model, data, poi, test_stat)
             else:
-                model = workspace.model(patches=[patch], modifier_settings=MODIFIER_SETTINGS)
-                cls_obs, cls_exp = fit_one(model, workspace.data(model), poi, test_stat)
+                model, data = plain_model(workspace, patch)
+                cls_obs, cls_exp = fit_one(model, data, poi, test_stat)
             entry.update({"CLs_obs": cls_obs, "CLs_exp": cls_exp, "status": "ok"})
         except Exception as exc:  # a failed fit is a result, not a crash
             entry.update({"status": "failed", "message": f"{type(exc).__name__}: {exc}"})
@@ -139,16 +142,56 @@ def run(job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         results[patch.name] = entry
         status = entry["status"]
         shown = f"CLs_obs={entry['CLs_obs']:.6f}" if status == "ok" else entry["message"]
-        print(f"{patch.name}: {status} {shown} ({entry['Fit-Time']:.2f}s)", flush=True)
+        print(
+            f"{patch.name}: {status} {shown} ({entry['Fit-Time']:.2f}s, {entry['path']})",
+            flush=True,
+        )
     ok = all(e["status"] == "ok" for e in results.values())
     return results, ok
 
 
-def _prepare_shared(background: dict[str, Any], workspace: Any, patches: list[Any]) -> Any:
-    """Aligned models and one shared compilation; ``None`` falls back to plain pyhf.
+def touches_only_channels(patch: Any) -> bool:
+    return all(op["path"].startswith("/channels/") for op in patch.patch)
+
+
+def plain_model(workspace: Any, patch: Any) -> tuple[Any, Any]:
+    """The patched model and its data, as pyhf makes them (the slow truth).
+
+    A patch applies to the whole workspace, as ``pyhf patchset apply`` and
+    ``PatchSet.apply`` do, so that operations on ``/measurements`` (POI, bounds,
+    fixed parameters) and ``/observations`` take effect. For a patch that writes
+    only under ``/channels`` (every HEPData pallet's) that is exactly
+    ``Workspace.model(patches=[patch])``, which is cheaper.
+    """
+    import pyhf
+
+    if touches_only_channels(patch):
+        model = workspace.model(patches=[patch], modifier_settings=MODIFIER_SETTINGS)
+        return model, workspace.data(model)
+    patched = pyhf.Workspace(patch.apply(workspace))
+    model = patched.model(modifier_settings=MODIFIER_SETTINGS)
+    return model, patched.data(model)
+
+
+class SharedFits:
+    """The shared compilation and, per patch, its slot on it (``None``: fit it plain)."""
+
+    def __init__(self, models: Any, slots: list[tuple[Any, Any, Any] | None]) -> None:
+        self.models = models
+        self.slots = slots
+
+
+def _shareable(patch: Any) -> bool:
+    return all(op["path"].startswith(WORKSPACE_SECTIONS) for op in patch.patch)
+
+
+def _prepare_shared(
+    background: dict[str, Any], workspace: Any, patches: list[Any]
+) -> SharedFits | None:
+    """Aligned models and one shared compilation; ``None`` fits every patch plain.
 
     The per-patch models are built with the numpy backend (five times faster to
-    build than with JAX); only one template per structure is built with JAX.
+    build than with JAX); only one template per key is built with JAX.
     """
     import gc
 
@@ -156,28 +199,21 @@ def _prepare_shared(background: dict[str, Any], workspace: Any, patches: list[An
     from pyhf_shared import SharedModels, StructureMismatch, align_specs
 
     t0 = time.time()
-    specs = align_specs(background, [patch.apply(workspace) for patch in patches])
+    chosen = [i for i, patch in enumerate(patches) if _shareable(patch)]
+    if len(chosen) < len(patches):
+        print(
+            f"{len(patches) - len(chosen)} patch(es) write outside "
+            f"{', '.join(WORKSPACE_SECTIONS)}: fitting those the plain way",
+            flush=True,
+        )
+    if not chosen:
+        return None
+    specs = align_specs(background, [patches[i].apply(workspace) for i in chosen])
     if specs is None:
         print("patches differ in more than normsys/histosys: fitting each on its own", flush=True)
         return None
-
-    measurement = workspace.get_measurement()["config"]
-
-    def build(spec: dict[str, Any]) -> tuple[Any, Any]:
-        """What ``Workspace(spec).model()`` and ``.data(model)`` make, without re-validating
-        and re-indexing a workspace per patch."""
-        model = pyhf.Model(
-            {"channels": spec["channels"], "parameters": measurement["parameters"]},
-            poi_name=measurement["poi"],
-            modifier_settings=MODIFIER_SETTINGS,
-            validate=False,
-        )
-        observed = {o["name"]: o["data"] for o in spec["observations"]}
-        data = [x for c in model.config.channels for x in observed[c]] + model.config.auxdata
-        return model, data
-
     pyhf.set_backend("numpy")
-    models = [build(spec) for spec in specs]
+    models = [build_model(spec) for spec in specs]
     data = [d for _, d in models]
     numpy_models = [m for m, _ in models]
     del models
@@ -188,18 +224,49 @@ def _prepare_shared(background: dict[str, Any], workspace: Any, patches: list[An
         del numpy_models
         gc.collect()
         pyhf.set_backend("jax")
-        bound = sm.register(analysed, lambda index: build(specs[index])[0])
+        bound = sm.register(analysed, lambda index: build_template(specs[index]))
     except StructureMismatch as exc:
         print(f"shared compilation unavailable ({exc}): fitting each on its own", flush=True)
         pyhf.set_backend("jax")
         return None
     sm.install()
+    slots: list[tuple[Any, Any, Any] | None] = [None] * len(patches)
+    for position, index in enumerate(chosen):
+        structure, leaves = bound[position]
+        slots[index] = (structure, leaves, data[position])
     print(
         f"{len(specs)} aligned models, {len(sm.structures)} structure(s), "
         f"prepared in {time.time() - t0:.2f}s",
         flush=True,
     )
-    return sm, bound, data
+    return SharedFits(sm, slots)
+
+
+def build_template(spec: dict[str, Any]) -> Any:
+    """The JAX model that a key's patches are fitted on (built under the JAX backend)."""
+    return build_model(spec)[0]
+
+
+def build_model(spec: dict[str, Any]) -> tuple[Any, Any]:
+    """What ``Workspace(spec).model()`` and ``.data(model)`` make, without re-validating and
+    re-indexing a workspace per patch.
+
+    The measurement is the patched workspace's own (the first, as pyhf's
+    ``get_measurement`` picks by default), so a patch's POI, bounds and fixed
+    parameters take effect as in :func:`plain_model`.
+    """
+    import pyhf
+
+    measurement = spec["measurements"][0]["config"]
+    model = pyhf.Model(
+        {"channels": spec["channels"], "parameters": measurement["parameters"]},
+        poi_name=measurement["poi"],
+        modifier_settings=MODIFIER_SETTINGS,
+        validate=False,
+    )
+    observed = {o["name"]: o["data"] for o in spec["observations"]}
+    data = [x for c in model.config.channels for x in observed[c]] + model.config.auxdata
+    return model, data
 
 
 def serve() -> int:

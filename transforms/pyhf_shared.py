@@ -10,13 +10,18 @@ patch) although the patches of a pallet differ only in numbers. Here:
    a patch lacks one (a normsys of 1/1 or a histosys equal to the nominal is
    an exact no-op; its constrained parameter stays at its auxiliary value and
    cancels in the profile-likelihood ratio).
-2. :class:`SharedModels` walks each model, keys its structure (shapes, names,
-   indices — not the floating-point values) and records which array leaves
-   differ between models of a structure.
-3. The template model of a structure is fitted for every patch with that
-   patch's leaves swapped in: the compiled objective takes those leaves as
-   arguments, so it is compiled once per structure (and, with JAX's
-   persistent cache, once per pilot).
+2. :func:`analyse` walks each model into a *key* and its array *leaves*.
+3. The template model of a key is fitted for every patch with that patch's
+   leaves swapped in: the compiled objective takes the leaves as arguments,
+   so it is compiled once per key (and, with JAX's persistent cache, once per
+   pilot).
+
+The rule that keeps a reused template from carrying one patch's numbers into
+another's fit: **every array leaf is an argument, and every other value is
+part of the key** (see :func:`_walk`). Two models with one key can then differ
+only in what is passed in. The one exception, :data:`BUILD_ONLY_SOURCES`, names
+Python lists that pyhf reads only while building a model (their arrays are
+leaves); it is pinned to the pyhf version it was read from.
 
 Runs inside the fit image: standard library, numpy, jax and pyhf only.
 """
@@ -32,6 +37,27 @@ from typing import Any
 import numpy as np
 
 Path = tuple[tuple[str, Any], ...]
+
+
+PYHF_VERSION_READ = "0.7.6"
+"""The pyhf whose source :data:`BUILD_ONLY_SOURCES` was read from."""
+
+BUILD_ONLY_SOURCES = frozenset(
+    {
+        # Python copies of the per-bin staterror uncertainties; the constraint reads
+        # them once into its ``_sigmas`` array (a leaf)
+        ("constrained_by_normal", "sigmas"),
+        # the raw up/nominal/down yields; the interpolator copies them into arrays (leaves)
+        ("normsys_combined", "_normsys_histoset"),
+        ("histosys_combined", "_histosys_histoset"),
+    }
+)
+"""(class, attribute) of values pyhf reads only while building a model.
+
+They differ from patch to patch, so keying on them would compile every patch
+anew; nothing reads them during a fit, and the arrays built from them are
+leaves (passed in). Any other pyhf version keys on them too (slower, never wrong).
+"""
 
 
 SAFE_ON_ZERO_SAMPLE = {"normfactor", "lumi", "normsys", "histosys", "staterror"}
@@ -103,9 +129,19 @@ def _neutral(kind: str, modifier: dict[str, Any], sample: dict[str, Any]) -> dic
     return None
 
 
+class StructureMismatch(Exception):
+    """Models that were expected to share a structure do not."""
+
+
 def _walk(
     obj: Any, path: Path, seen: set[int], leaves: list[tuple[Path, Any]], key: list[Any]
 ) -> None:
+    """Collect ``obj``'s array leaves, and every other value of it into ``key``.
+
+    Arrays are leaves: they are passed to the compiled objective as arguments.
+    Everything else (floats, lists of numbers, strings, slices, …) is written into
+    the key *by value*, so that two models with one key differ only in their leaves.
+    """
     import jax
 
     if isinstance(obj, (np.ndarray, jax.Array)):
@@ -113,17 +149,19 @@ def _walk(
         key.append((path, tuple(obj.shape), str(obj.dtype)))
         return
     if isinstance(obj, (float, np.floating)):
-        key.append((path, "float"))
+        key.append((path, "float", float(obj).hex()))
         return
-    if isinstance(obj, (str, int, bool, type(None), np.integer, np.bool_)):
-        key.append((path, obj))
+    if isinstance(obj, (str, int, bool, type(None), np.integer, np.bool_, slice)):
+        key.append((path, repr(obj)))
         return
     if id(obj) in seen:
         key.append((path, "seen"))
         return
     seen.add(id(obj))
     if isinstance(obj, (list, tuple)) and obj and _numeric(obj):
-        key.append((path, "numbers", np.shape(obj)))
+        numbers = np.asarray(obj, dtype=np.float64)
+        digest = hashlib.sha256(numbers.tobytes()).hexdigest()
+        key.append((path, "numbers", numbers.shape, digest))
         return
     if isinstance(obj, (list, tuple)):
         for i, value in enumerate(obj):
@@ -132,11 +170,23 @@ def _walk(
         for k in sorted(obj, key=repr):
             _walk(obj[k], (*path, ("k", k)), seen, leaves, key)
     elif hasattr(obj, "__dict__") and type(obj).__module__.startswith("pyhf"):
+        owner = type(obj).__name__
         for name, value in sorted(vars(obj).items()):
-            if name != "spec":
-                _walk(value, (*path, ("a", name)), seen, leaves, key)
+            if name == "spec" or (owner, name) in _build_only_sources():
+                continue
+            _walk(value, (*path, ("a", name)), seen, leaves, key)
+    elif callable(obj) and not hasattr(obj, "__dict__"):
+        key.append((path, "callable", repr(obj)))  # a builtin or a ufunc: code, no values
     else:
-        key.append((path, type(obj).__name__))
+        # An object this walk cannot look inside may hold values that would then be
+        # compiled into a template and carried to another patch: never share it.
+        raise StructureMismatch(f"cannot see inside {type(obj).__module__}.{type(obj).__name__}")
+
+
+def _build_only_sources() -> frozenset[tuple[str, str]]:
+    import pyhf
+
+    return BUILD_ONLY_SOURCES if pyhf.__version__ == PYHF_VERSION_READ else frozenset()
 
 
 def _numeric(values: Sequence[Any]) -> bool:
@@ -175,12 +225,8 @@ def _set(root: Any, path: Path, value: Any) -> None:
         parent[k] = value
 
 
-class StructureMismatch(Exception):
-    """Models that were expected to share a structure do not."""
-
-
 class Structure:
-    """A template model and the paths of the leaves that vary between its patches.
+    """A template model and the paths of all its array leaves.
 
     Hashed by its key so the jitted functions can take it as a static argument.
     """
@@ -189,6 +235,26 @@ class Structure:
         self.key = key
         self.template = template
         self.paths = paths
+        self._template_leaves = [_get(template, p) for p in paths]
+
+    def as_arguments(self, leaves: list[tuple[Path, Any]]) -> Iterator[Any]:
+        """One model's leaves as the compiled objective's arguments: every one of them.
+
+        A leaf equal to the template's is passed as the template's device array (no
+        copy per patch); equality is checked, never assumed.
+        """
+        import jax.numpy as jnp
+
+        for (path, array), path_t, own in zip(
+            leaves, self.paths, self._template_leaves, strict=True
+        ):
+            if path != path_t:
+                raise StructureMismatch(f"leaf {path!r} where the template has {path_t!r}")
+            host = np.asarray(array)
+            if host.shape == np.shape(own) and np.array_equal(host, np.asarray(own)):
+                yield own
+            else:
+                yield jnp.asarray(host)
 
     def __hash__(self) -> int:
         return hash(self.key)
@@ -295,42 +361,30 @@ class SharedModels:
         analysed: list[tuple[str, list[tuple[Path, Any]]]],
         build_template: Callable[[int], Any],
     ) -> list[tuple[Structure, tuple[Any, ...]]]:
-        """Group analysed models by structure.
+        """Group analysed models by key; per model, its structure and all its leaves.
 
-        Each structure's template is made by ``build_template(index)`` under the
-        JAX backend and must have the same structure; returns, per model, its
-        structure and its varying leaves as device arrays.
+        Each key's template is made by ``build_template(index)`` under the JAX
+        backend and must have the same key. A template made for an earlier job of a
+        warm worker is reused only for the same key: by :func:`_walk`'s rule the
+        models then differ only in their leaves, and every leaf is passed in.
         """
-        import jax.numpy as jnp
 
-        members: dict[str, list[int]] = {}
+        first: dict[str, int] = {}
         for index, (key, _) in enumerate(analysed):
-            members.setdefault(key, []).append(index)
-        slots: dict[int, tuple[Structure, tuple[Any, ...]]] = {}
-        for key, indices in members.items():
-            first_leaves = analysed[indices[0]][1]
-            varying = [
-                i
-                for i, (_, array) in enumerate(first_leaves)
-                if any(
-                    not np.array_equal(np.asarray(array), np.asarray(analysed[j][1][i][1]))
-                    for j in indices[1:]
-                )
-            ]
-            paths = [first_leaves[i][0] for i in varying]
-            full_key = hashlib.sha256(f"{key}{paths!r}".encode()).hexdigest()
-            structure = self.structures.get(full_key)
-            if structure is None:  # a warm worker reuses templates and their compilations
-                template = build_template(indices[0])
-                template_key, _ = analyse(template)
-                if template_key != key:
-                    raise StructureMismatch("the JAX template differs in structure from its models")
-                structure = Structure(full_key, template, paths)
-                self.structures[full_key] = structure
-            for j in indices:
-                leaves = tuple(jnp.asarray(analysed[j][1][i][1]) for i in varying)
-                slots[j] = (structure, leaves)
-        return [slots[j] for j in range(len(analysed))]
+            first.setdefault(key, index)
+        for key, index in first.items():
+            if key in self.structures:  # a warm worker reuses templates and their compilations
+                continue
+            template = build_template(index)
+            template_key, template_leaves = analyse(template)
+            if template_key != key:
+                raise StructureMismatch("the JAX template differs in structure from its models")
+            self.structures[key] = Structure(key, template, [p for p, _ in template_leaves])
+        slots = []
+        for key, leaves in analysed:
+            structure = self.structures[key]
+            slots.append((structure, tuple(structure.as_arguments(leaves))))
+        return slots
 
     @contextmanager
     def fitting(self, structure: Structure, leaves: tuple[Any, ...]) -> Iterator[Any]:

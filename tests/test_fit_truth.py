@@ -1,0 +1,388 @@
+"""Every number pfit reports is the number pyhf reports: the shared compilation against
+pyhf run directly, on job orders and patches chosen to break it.
+
+The warm-worker tests run ``transforms/pyhf_fit.py --serve`` (the process the pilot keeps
+in its container) on the host, one job after another, so that a template or a compilation
+made for one job is reused by the next, exactly as in a pilot. The reference is pyhf
+0.7.6 called directly in this process, numpy backend, with no hpcaf code in its path.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import REPO, Harvester, make_harvester
+
+pytest.importorskip("jax", reason="the fit tests need jax (make test installs it)")
+
+MODIFIERS = {"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}}
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="session")
+def pallets() -> Path:
+    root = Path(os.environ.get("HPCAF_PALLETS") or REPO.parent / "shared" / "data" / "pallets")
+    if not (root / "sbottom" / "RegionA").is_dir():
+        pytest.fail(f"pallets not found under {root}: set HPCAF_PALLETS")
+    return root
+
+
+def pallet(pallets: Path, name: str) -> tuple[Path, Path]:
+    folder = pallets / name
+    return folder / "BkgOnly.json", folder / "patchset.json.gz"
+
+
+def read(path: Path) -> Any:
+    raw = path.read_bytes()
+    return json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+
+
+def reference(workspace: Path, patchset: Path, names: list[str]) -> dict[str, Any]:
+    """pyhf directly: the patch applied to the whole workspace (``PatchSet.apply``), which for
+    patches writing only under ``/channels`` is ``Workspace.model(patches=[patch])``."""
+    import pyhf
+
+    pyhf.set_backend("numpy")
+    spec = read(workspace)
+    by_name = {p["metadata"]["name"]: p for p in read(patchset)["patches"]}
+    out = {}
+    for name in names:
+        patched = pyhf.Workspace(pyhf.patchset.Patch(by_name[name]).apply(spec))
+        model = patched.model(modifier_settings=MODIFIERS)
+        obs, exp = pyhf.infer.hypotest(
+            1.0, patched.data(model), model, test_stat="qtilde", return_expected_set=True
+        )
+        out[name] = (float(obs), [float(x) for x in exp])
+    return out
+
+
+def assert_matches(results: dict[str, Any], expected: dict[str, Any]) -> None:
+    for name, (obs, exp) in expected.items():
+        entry = results[name]
+        assert entry["status"] == "ok", (name, entry)
+        assert abs(entry["CLs_obs"] - obs) < TOLERANCE, (name, entry["CLs_obs"], obs)
+        worst = max(abs(a - b) for a, b in zip(entry["CLs_exp"], exp, strict=True))
+        assert worst < TOLERANCE, (name, entry["CLs_exp"], exp)
+
+
+class WarmTransform:
+    """``pyhf_fit.py --serve`` on the host, fed one job after another (as the pilot does).
+
+    ``preamble`` runs in the worker before it serves (used to force a fallback path).
+    """
+
+    def __init__(self, tmp: Path, preamble: str = "") -> None:
+        self.tmp = tmp
+        self.jobs = 0
+        code = (
+            f"import sys; sys.path.insert(0, {str(REPO / 'transforms')!r})\n"
+            "import pyhf_fit\n"
+            f"{preamble}\n"
+            "sys.exit(pyhf_fit.serve())\n"
+        )
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+
+    def run(
+        self, workspace: Path, patchset: Path, names: list[str], backend: str = "jax"
+    ) -> tuple[int, dict[str, Any]]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.jobs += 1
+        workdir = self.tmp / f"job_{self.jobs}"
+        workdir.mkdir()
+        job = {
+            "transform_args": {
+                "workspace": str(workspace),
+                "patchset": str(patchset),
+                "backend": backend,
+                "poi_value": 1.0,
+                "test_stat": "qtilde",
+            },
+            "job_parameters": {"patches": names},
+        }
+        (workdir / "job.json").write_text(json.dumps(job))
+        self.proc.stdin.write(json.dumps({"workdir": str(workdir)}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, f"the warm worker died:\n{self.log(workdir)}"
+        code = json.loads(line)["exit_code"]
+        results = json.loads((workdir / "results.json").read_text())
+        return code, results
+
+    def log(self, workdir: Path) -> str:
+        path = workdir / "payload.log"
+        return path.read_text() if path.exists() else ""
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def warm(tmp_path: Path) -> Iterator[WarmTransform]:
+    worker = WarmTransform(tmp_path)
+    yield worker
+    worker.close()
+
+
+SBOTTOM_ORDER = [
+    ["sbottom_300_205_60", "sbottom_350_345_60"],
+    ["sbottom_400_205_60"],
+    ["sbottom_400_280_150"],
+]
+"""The order in which a warm worker once reported the second patch's CLs for the third."""
+
+
+@pytest.mark.no_database
+def test_single_patch_jobs_after_a_multi_patch_job_in_one_warm_worker(
+    warm: WarmTransform, pallets: Path
+) -> None:
+    workspace, patchset = pallet(pallets, "sbottom/RegionA")
+    results: dict[str, Any] = {}
+    for names in SBOTTOM_ORDER:
+        code, document = warm.run(workspace, patchset, names)
+        assert code == 0, document
+        assert all(document[n]["path"] == "shared" for n in names), document
+        results.update(document)
+    expected = reference(workspace, patchset, [n for names in SBOTTOM_ORDER for n in names])
+    assert_matches(results, expected)
+    assert results["sbottom_400_280_150"]["CLs_obs"] < 1e-6, "not the previous patch's value"
+
+
+@pytest.mark.no_database
+def test_sbottom_sample_in_jobs_of_mixed_sizes(warm: WarmTransform, pallets: Path) -> None:
+    """Region B then C then B again in one worker: templates of several pallets side by side,
+    jobs of 3, 1 and 2 patches, and a patch fitted again in a job of another size."""
+    region_b = pallet(pallets, "sbottom/RegionB")
+    region_c = pallet(pallets, "sbottom/RegionC")
+    names_b = [p["metadata"]["name"] for p in read(region_b[1])["patches"]]
+    names_c = [p["metadata"]["name"] for p in read(region_c[1])["patches"]]
+    b_first, b_single, b_again = names_b[5:8], names_b[-1], [names_b[40], names_b[6]]
+    c_single = names_c[17]
+    seen: dict[str, dict[str, Any]] = {}
+    for (workspace, patchset), names in [
+        (region_b, b_first),
+        (region_c, [c_single]),
+        (region_b, [b_single]),
+        (region_b, b_again),
+    ]:
+        code, document = warm.run(workspace, patchset, names)
+        assert code == 0, document
+        key = str(patchset)
+        seen.setdefault(key, {}).update(document)
+        if names == b_again:
+            again = document[names_b[6]]["CLs_obs"]
+    assert_matches(seen[str(region_b[1])], reference(*region_b, [*b_first, b_single, names_b[40]]))
+    assert_matches(seen[str(region_c[1])], reference(*region_c, [c_single]))
+    assert abs(again - seen[str(region_b[1])][names_b[6]]["CLs_obs"]) < TOLERANCE
+
+
+@pytest.mark.no_database
+def test_zero_yield_padding_on_1lbb(warm: WarmTransform, pallets: Path) -> None:
+    """1Lbb patches whose signal leaves channels out: normfactor, lumi and staterror land
+    on padded zero-yield samples of the shared structure."""
+    workspace, patchset = pallet(pallets, "1Lbb")
+    by_name = {p["metadata"]["name"]: p for p in read(patchset)["patches"]}
+    names = ["C1N2_Wh_hbb_1000_0", "C1N2_Wh_hbb_190_60", "C1N2_Wh_hbb_535_400"]
+    channels = [len(by_name[n]["patch"]) for n in names]
+    assert channels == [8, 3, 4], "the first covers every channel, the others leave some out"
+    code, results = warm.run(workspace, patchset, names)
+    assert code == 0, results
+    assert all(results[n]["path"] == "shared" for n in names)
+    assert_matches(results, reference(workspace, patchset, names))
+
+
+def _patchset_with(patchset: Path, out: Path, extra: list[dict[str, Any]]) -> Path:
+    document = read(patchset)
+    document["patches"] = [*document["patches"], *extra]
+    out.write_text(json.dumps(document))
+    return out
+
+
+def _variant(source: dict[str, Any], name: str, *ops: dict[str, Any]) -> dict[str, Any]:
+    patch = copy.deepcopy(source)
+    patch["metadata"] = {"name": name, "values": [900 + len(name), 1]}
+    patch["patch"] = [*patch["patch"], *ops]
+    return patch
+
+
+@pytest.mark.no_database
+def test_a_group_that_cannot_be_aligned_is_fitted_plain(
+    warm: WarmTransform, pallets: Path, tmp_path: Path
+) -> None:
+    """One patch's signal carries a shapesys where another patch has no signal at all: no
+    neutral padding exists, so the job's patches are fitted the plain way."""
+    workspace, patchset = pallet(pallets, "staus/Region-combined")
+    first = read(patchset)["patches"][0]
+    odd = copy.deepcopy(first)
+    odd["metadata"] = {"name": "DS_odd_shapesys", "values": [991, 1]}
+    signal = odd["patch"][0]["value"]
+    signal["modifiers"].append(
+        {"name": "odd_shape", "type": "shapesys", "data": [0.1 * x for x in signal["data"]]}
+    )
+    odd["patch"] = [odd["patch"][0]]  # signal in the first channel only
+    bad = _patchset_with(patchset, tmp_path / "patchset.json", [odd])
+    names = [first["metadata"]["name"], "DS_odd_shapesys"]
+    code, results = warm.run(workspace, bad, names)
+    assert code == 0, results
+    assert [results[n]["path"] for n in names] == ["plain", "plain"]
+    assert_matches(results, reference(workspace, bad, names))
+
+
+@pytest.mark.no_database
+def test_a_structure_mismatch_in_a_warm_worker_falls_back_to_plain(
+    tmp_path: Path, pallets: Path
+) -> None:
+    """The JAX template is made (on purpose) from a model of another structure: the worker
+    notices, fits plain, and the next job of that worker is still right."""
+    preamble = (
+        "_build = pyhf_fit.build_template\n"
+        "def build_template(spec):\n"
+        "    spec = dict(spec, channels=spec['channels'][:-1])\n"
+        "    return _build(spec)\n"
+        "pyhf_fit.build_template = build_template\n"
+    )
+    worker = WarmTransform(tmp_path, preamble)
+    try:
+        workspace, patchset = pallet(pallets, "staus/Region-combined")
+        names = ["DS_100_1_Staus", "DS_160_40_Staus"]
+        code, first = worker.run(workspace, patchset, names[:1])
+        assert code == 0 and first[names[0]]["path"] == "plain", first
+        code, second = worker.run(workspace, patchset, names[1:])
+        assert code == 0 and second[names[1]]["path"] == "plain", second
+        assert "shared compilation unavailable" in worker.log(tmp_path / "job_1")
+    finally:
+        worker.close()
+    assert_matches({**first, **second}, reference(workspace, patchset, names))
+
+
+@pytest.mark.no_database
+def test_patches_that_change_the_measurement(
+    warm: WarmTransform, pallets: Path, tmp_path: Path
+) -> None:
+    """A fixed nuisance parameter and a narrower POI range, written by the patch into
+    ``/measurements``, take effect exactly as in pyhf; they share a job and a worker with
+    patches that do not, before and after."""
+    workspace, patchset = pallet(pallets, "staus/Region-combined")
+    source = next(p for p in read(patchset)["patches"] if p["metadata"]["name"] == "DS_120_1_Staus")
+    parameters = "/measurements/0/config/parameters/-"
+    fixed = _variant(
+        source,
+        "DS_120_1_fixed_jes",
+        {
+            "op": "add",
+            "path": parameters,
+            "value": {"name": "JET_GroupedNP_2", "fixed": True, "inits": [1.0]},
+        },
+    )
+    bounded = _variant(
+        source,
+        "DS_120_1_poi_bound",
+        {"op": "add", "path": parameters, "value": {"name": "mu_SIG", "bounds": [[0.0, 1.2]]}},
+    )
+    changed = _patchset_with(patchset, tmp_path / "patchset.json", [fixed, bounded])
+    jobs = [
+        ["DS_120_1_Staus", "DS_140_1_Staus"],
+        ["DS_120_1_fixed_jes", "DS_120_1_Staus", "DS_120_1_poi_bound"],
+        ["DS_120_1_Staus"],
+        ["DS_120_1_fixed_jes"],
+    ]
+    results: dict[str, list[dict[str, Any]]] = {}
+    for names in jobs:
+        code, document = warm.run(workspace, changed, names)
+        assert code == 0, document
+        for name in names:
+            results.setdefault(name, []).append(document[name])
+    expected = reference(workspace, changed, list(results))
+    for name, entries in results.items():
+        for entry in entries:
+            assert_matches({name: entry}, {name: expected[name]})
+    plain = expected["DS_120_1_Staus"][0]
+    assert abs(expected["DS_120_1_fixed_jes"][0] - plain) > 10 * TOLERANCE, (
+        "the fixed parameter changes the result, so the test can tell"
+    )
+
+
+@pytest.mark.no_database
+def test_numpy_backend_and_jax_agree_in_one_worker(warm: WarmTransform, pallets: Path) -> None:
+    workspace, patchset = pallet(pallets, "sbottom/RegionA")
+    names = ["sbottom_600_280_150", "sbottom_500_205_60"]
+    code, on_numpy = warm.run(workspace, patchset, names, backend="numpy")
+    assert code == 0 and {e["path"] for e in on_numpy.values()} == {"plain"}
+    code, on_jax = warm.run(workspace, patchset, names[::-1], backend="jax")
+    assert code == 0 and {e["path"] for e in on_jax.values()} == {"shared"}
+    expected = reference(workspace, patchset, names)
+    assert_matches(on_numpy, expected)
+    assert_matches(on_jax, expected)
+    assert {e["device"] for e in on_jax.values()} == {"cpu"}
+
+
+@pytest.fixture(scope="module")
+def one_pilot(
+    tmp_path_factory: pytest.TempPathFactory,
+    module_database_env: dict[str, str],
+) -> Iterator[Harvester]:
+    from tests.helpers import ensure_image, harvester_settings
+
+    cache = Path(os.environ.get("HPCAF_TEST_IMAGE_CACHE") or REPO / ".cache" / "images")
+    ensure_image(cache, "base.def", "base")
+    ensure_image(cache, "pyhf.def", "pyhf")
+    h = make_harvester(
+        tmp_path_factory.mktemp("truth"),
+        cache,
+        harvester_settings(max_workers=1),
+        # the pilot waits between the tasks, so that its warm worker serves all three
+        {**module_database_env, "HPCAF_PILOT_MAX_IDLE_S": "120"},
+    )
+    yield h
+    h.cleanup()
+
+
+@pytest.mark.e2e
+def test_the_reported_order_through_a_harvester_with_one_pilot(
+    one_pilot: Harvester, pallets: Path
+) -> None:
+    """The order from the report, as a user ran it: ``maxWorkers = 1``, so one pilot and
+    one warm fit worker serve the three pfit tasks one after another."""
+    workspace, patchset = pallet(pallets, "sbottom/RegionA")
+    results: dict[str, Any] = {}
+    for names in SBOTTOM_ORDER:
+        args = ["--workspace", str(workspace), "--patchset", str(patchset), "--backend", "jax"]
+        for name in names:
+            args += ["--patch", name]
+        done = one_pilot.cli(
+            "harvester.client.pfit",
+            *args,
+            "--patchesPerJob",
+            str(len(names)),
+            "--wait",
+            timeout=600,
+        )
+        assert done.returncode == 0, done.output
+        task_id = int(done.stdout.split("jediTaskID=")[1].split()[0])
+        results.update(json.loads(one_pilot.pbook("results", str(task_id), "--json").stdout))
+    workers = one_pilot.query("SELECT count(DISTINCT worker_id) FROM jobs")[0][0]
+    assert workers == 1, "one pilot ran every job"
+    expected = reference(workspace, patchset, [n for names in SBOTTOM_ORDER for n in names])
+    assert_matches(results, expected)
