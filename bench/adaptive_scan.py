@@ -10,7 +10,10 @@ jax backend, and prints:
   contour (whose nearest neighbours disagree);
 - the distance between the two observed CLs = 0.05 contours, in the pallet's
   own units (GeV for mass planes): median and largest distance from a point of
-  one contour to the other, both ways.
+  one contour to the other, both ways;
+- the largest difference of the adaptive scan's fits, and of the full run's,
+  from pyhf run directly (``verify_pallets.py``'s cached reference; fitted on
+  the first run, slow), and the decisions that differ from pyhf's.
 
     python bench/adaptive_scan.py --pallet staus/Region-combined [--initial N]
 """
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from local_harvester import REPO, local_harvester
+from verify_pallets import reference
 
 from harvester.scans.adaptive import (
     AdaptivePlan,
@@ -137,6 +141,15 @@ def main() -> None:
         )
     dcls = max((abs(fitted[n] - truth[n]) for n in fitted), default=0.0)
     print(f"max |dCLs_obs| of the adaptive fits against the full pallet: {dcls:.1e}")
+    home = Path(os.environ.get("HPCAF_HOME") or Path.home() / ".hpcaf")
+    pyhf_cls = {n: r["CLs_obs"] for n, r in reference(folder, list(points), home, cores).items()}
+    off_adaptive = max((abs(fitted[n] - pyhf_cls[n]) for n in fitted), default=0.0)
+    off_full = max(abs(truth[n] - pyhf_cls[n]) for n in truth)
+    against_pyhf = [n for n in points if predicted[n] != (pyhf_cls[n] < 0.05)]
+    print(
+        f"against pyhf run directly: max |dCLs_obs| {off_adaptive:.1e} (adaptive fits), "
+        f"{off_full:.1e} (full run); decisions that differ: {len(against_pyhf)}"
+    )
 
 
 if __name__ == "__main__":

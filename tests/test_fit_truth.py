@@ -23,7 +23,6 @@ import pytest
 
 from tests.helpers import REPO, Harvester, make_harvester
 
-pytest.importorskip("jax", reason="the fit tests need jax (make test installs it)")
 
 MODIFIERS = {"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}}
 TOLERANCE = 1e-4
