@@ -135,9 +135,11 @@ def pfit_task(
     args = [sys.executable, "-m", "harvester.client.pfit", "--pallet", str(folder)]
     for name in names:
         args += ["--patch", name]
-    args += ["--backend", backend, "--patchesPerJob", str(per_job), "--outDS", "user.verify"]
-    out = subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
-    return int(out.split("jediTaskID=")[1].split()[0])
+    args += ["--backend", backend, "--patchesPerJob", str(per_job)]
+    done = subprocess.run(args, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"pfit refused the task ({done.returncode}): {done.stderr.strip()}")
+    return int(done.stdout.split("jediTaskID=")[1].split()[0])
 
 
 def wait_and_collect(env: dict[str, str], task_ids: list[int]) -> dict[str, Any]:

@@ -23,7 +23,6 @@ import pytest
 
 from tests.helpers import REPO, Harvester, make_harvester
 
-
 MODIFIERS = {"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}}
 TOLERANCE = 1e-4
 
@@ -153,19 +152,28 @@ SBOTTOM_ORDER = [
 """The order in which a warm worker once reported the second patch's CLs for the third."""
 
 
+SINGLE_FIRST = [
+    ["sbottom_400_280_150"],  # everything compiled in
+    ["sbottom_400_205_60"],  # differs from it: a wider compilation
+    ["sbottom_600_280_150", "sbottom_350_345_60"],
+    ["sbottom_400_280_150"],  # the first again, now on the wider compilation
+]
+"""A one-patch job first, so that the template has every value compiled in."""
+
+
 @pytest.mark.no_database
+@pytest.mark.parametrize("order", [SBOTTOM_ORDER, SINGLE_FIRST], ids=["reported", "single-first"])
 def test_single_patch_jobs_after_a_multi_patch_job_in_one_warm_worker(
-    warm: WarmTransform, pallets: Path
+    warm: WarmTransform, pallets: Path, order: list[list[str]]
 ) -> None:
     workspace, patchset = pallet(pallets, "sbottom/RegionA")
     results: dict[str, Any] = {}
-    for names in SBOTTOM_ORDER:
+    for names in order:
         code, document = warm.run(workspace, patchset, names)
         assert code == 0, document
         assert all(document[n]["path"] == "shared" for n in names), document
+        assert_matches(document, reference(workspace, patchset, names))
         results.update(document)
-    expected = reference(workspace, patchset, [n for names in SBOTTOM_ORDER for n in names])
-    assert_matches(results, expected)
     assert results["sbottom_400_280_150"]["CLs_obs"] < 1e-6, "not the previous patch's value"
 
 

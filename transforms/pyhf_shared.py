@@ -10,17 +10,23 @@ patch) although the patches of a pallet differ only in numbers. Here:
    a patch lacks one (a normsys of 1/1 or a histosys equal to the nominal is
    an exact no-op; its constrained parameter stays at its auxiliary value and
    cancels in the profile-likelihood ratio).
-2. :func:`analyse` walks each model into a *key* and its array *leaves*.
-3. The template model of a key is fitted for every patch with that patch's
-   leaves swapped in: the compiled objective takes the leaves as arguments,
-   so it is compiled once per key (and, with JAX's persistent cache, once per
-   pilot).
+2. :func:`analyse` walks each model into a *key* and its floating-point array
+   *leaves*.
+3. The first model of a key becomes the JAX *template*; the compiled
+   objective takes some of its leaves as arguments (the *varying* ones) and
+   has the others compiled in. Each patch is fitted on the template with its
+   varying leaves swapped in, so the objective is compiled once per key (and,
+   with JAX's persistent cache, once per pilot).
 
 The rule that keeps a reused template from carrying one patch's numbers into
-another's fit: **every array leaf is an argument, and every other value is
-part of the key** (see :func:`_walk`). Two models with one key can then differ
-only in what is passed in. The one exception, :data:`BUILD_ONLY_SOURCES`, names
-Python lists that pyhf reads only while building a model (their arrays are
+another's fit: **a value is either passed in, or identical to the one
+compiled in.** Everything but the floating-point arrays is part of the key by
+value (:func:`_walk`); every floating-point array in which a model differs
+from the template is passed in (:meth:`Structure.differing` checks each model
+against the compiled-in values, every time), and a job that needs more leaves
+passed in than a compilation takes gets a wider one, never the old one. The
+one exception to the key, :data:`BUILD_ONLY_SOURCES`, names Python lists that
+pyhf reads only while building a model (the arrays built from them are
 leaves); it is pinned to the pyhf version it was read from.
 
 Runs inside the fit image: standard library, numpy, jax and pyhf only.
@@ -138,15 +144,21 @@ def _walk(
 ) -> None:
     """Collect ``obj``'s array leaves, and every other value of it into ``key``.
 
-    Arrays are leaves: they are passed to the compiled objective as arguments.
-    Everything else (floats, lists of numbers, strings, slices, …) is written into
-    the key *by value*, so that two models with one key differ only in their leaves.
+    Floating-point arrays are leaves: they are passed to the compiled objective as
+    arguments. Everything else (integer and boolean arrays, which index and mask,
+    floats, lists of numbers, strings, slices, …) is written into the key *by
+    value*, so that two models with one key differ only in their leaves.
     """
     import jax
 
     if isinstance(obj, (np.ndarray, jax.Array)):
-        leaves.append((path, obj))
-        key.append((path, tuple(obj.shape), str(obj.dtype)))
+        if np.dtype(obj.dtype).kind in "fc":  # numbers: a leaf, passed in
+            leaves.append((path, obj))
+            key.append((path, tuple(obj.shape), str(obj.dtype)))
+        else:  # indices and masks: structure, compiled in, so keyed by value
+            host = np.asarray(obj)
+            digest = hashlib.sha256(host.tobytes()).hexdigest()
+            key.append((path, host.shape, str(host.dtype), digest))
         return
     if isinstance(obj, (float, np.floating)):
         key.append((path, "float", float(obj).hex()))
@@ -226,35 +238,73 @@ def _set(root: Any, path: Path, value: Any) -> None:
 
 
 class Structure:
-    """A template model and the paths of all its array leaves.
+    """A template model, the values compiled into it, and which leaves are passed in.
 
-    Hashed by its key so the jitted functions can take it as a static argument.
+    ``baseline`` holds the template's own floating-point leaves: a leaf not in
+    ``varying`` is compiled in with that value, so a model may use this structure
+    only if its leaf there is *equal* (:meth:`differing` checks it, every time).
+    The ``varying`` leaves travel packed, one flat array per dtype, so the compiled
+    objective takes a couple of arguments rather than hundreds. Hashed by its key
+    (the model key, the template and the varying set) so the jitted functions can
+    take it as a static argument: a new varying set is a new compilation.
     """
 
-    def __init__(self, key: str, template: Any, paths: list[Path]) -> None:
-        self.key = key
+    def __init__(
+        self,
+        model_key: str,
+        template: Any,
+        baseline: list[tuple[Path, Any]],
+        varying: tuple[int, ...],
+        serial: int,
+    ) -> None:
+        self.model_key = model_key
         self.template = template
-        self.paths = paths
-        self._template_leaves = [_get(template, p) for p in paths]
+        self.baseline = baseline
+        self.varying = varying
+        self.serial = serial
+        self.key = f"{model_key}:{serial}:{varying}"
+        self.dtypes: list[str] = []
+        self.layout: list[tuple[Path, int, int, int, tuple[int, ...]]] = []
+        """Per varying leaf: (path, which flat array, offset, size, shape)."""
+        sizes: dict[str, int] = {}
+        for index in varying:
+            path, array = baseline[index]
+            dtype = str(array.dtype)
+            if dtype not in sizes:
+                sizes[dtype] = 0
+                self.dtypes.append(dtype)
+            shape = tuple(array.shape)
+            size = int(np.prod(shape, dtype=np.int64))
+            self.layout.append((path, self.dtypes.index(dtype), sizes[dtype], size, shape))
+            sizes[dtype] += size
 
-    def as_arguments(self, leaves: list[tuple[Path, Any]]) -> Iterator[Any]:
-        """One model's leaves as the compiled objective's arguments: every one of them.
-
-        A leaf equal to the template's is passed as the template's device array (no
-        copy per patch); equality is checked, never assumed.
-        """
-        import jax.numpy as jnp
-
-        for (path, array), path_t, own in zip(
-            leaves, self.paths, self._template_leaves, strict=True
+    def differing(self, leaves: list[tuple[Path, Any]]) -> set[int]:
+        """The leaves of a model (of this model key) that differ from the compiled-in ones."""
+        found = set()
+        for index, ((path, array), (path_t, own)) in enumerate(
+            zip(leaves, self.baseline, strict=True)
         ):
             if path != path_t:
                 raise StructureMismatch(f"leaf {path!r} where the template has {path_t!r}")
-            host = np.asarray(array)
-            if host.shape == np.shape(own) and np.array_equal(host, np.asarray(own)):
-                yield own
-            else:
-                yield jnp.asarray(host)
+            if not np.array_equal(np.asarray(array), own):
+                found.add(index)
+        return found
+
+    def widened(self, more: set[int], serial: int) -> Structure:
+        """The same template with more leaves passed in (compiled anew)."""
+        varying = tuple(sorted(set(self.varying) | more))
+        return Structure(self.model_key, self.template, self.baseline, varying, serial)
+
+    def pack(self, leaves: list[tuple[Path, Any]]) -> tuple[Any, ...]:
+        """A model's varying leaves as the objective's arguments."""
+        import jax.numpy as jnp
+
+        parts: list[list[Any]] = [[] for _ in self.dtypes]
+        for index, (_, which, _, _, _) in zip(self.varying, self.layout, strict=True):
+            parts[which].append(np.asarray(leaves[index][1]).ravel())
+        return tuple(
+            jnp.asarray(np.concatenate(p)) for p, dtype in zip(parts, self.dtypes, strict=True)
+        )
 
     def __hash__(self) -> int:
         return hash(self.key)
@@ -263,15 +313,17 @@ class Structure:
         return isinstance(other, Structure) and other.key == self.key
 
     @contextmanager
-    def bound(self, leaves: tuple[Any, ...]) -> Iterator[Any]:
-        """The template with ``leaves`` in place (restored afterwards)."""
-        saved = [_get(self.template, p) for p in self.paths]
+    def bound(self, packed: tuple[Any, ...]) -> Iterator[Any]:
+        """The template with a model's varying leaves (packed by :meth:`pack`) in place,
+        restored afterwards; inside the compiled objective they are its traced arguments."""
+        paths = [entry[0] for entry in self.layout]
+        saved = [_get(self.template, p) for p in paths]
         try:
-            for path, value in zip(self.paths, leaves, strict=True):
-                _set(self.template, path, value)
+            for path, which, offset, size, shape in self.layout:
+                _set(self.template, path, packed[which][offset : offset + size].reshape(shape))
             yield self.template
         finally:
-            for path, value in zip(self.paths, saved, strict=True):
+            for path, value in zip(paths, saved, strict=True):
                 _set(self.template, path, value)
 
 
@@ -290,6 +342,8 @@ class SharedModels:
         )
         self._value = jax.jit(self._objective, static_argnums=statics)
         self.structures: dict[str, Structure] = {}
+        """The newest structure of each model key."""
+        self._made = 0
 
     def _objective(
         self,
@@ -361,30 +415,40 @@ class SharedModels:
         analysed: list[tuple[str, list[tuple[Path, Any]]]],
         build_template: Callable[[int], Any],
     ) -> list[tuple[Structure, tuple[Any, ...]]]:
-        """Group analysed models by key; per model, its structure and all its leaves.
+        """Group analysed models by key; per model, its structure and its packed leaves.
 
-        Each key's template is made by ``build_template(index)`` under the JAX
-        backend and must have the same key. A template made for an earlier job of a
-        warm worker is reused only for the same key: by :func:`_walk`'s rule the
-        models then differ only in their leaves, and every leaf is passed in.
+        A key's template is made once per worker by ``build_template(index)`` under the
+        JAX backend and must have the same key. Any leaf in which one of the models
+        differs from the template's compiled-in value is passed in; when a later job
+        needs more leaves passed in than the compilation takes, the structure is
+        widened (one more compilation), never reused as it is.
         """
-
-        first: dict[str, int] = {}
+        members: dict[str, list[int]] = {}
         for index, (key, _) in enumerate(analysed):
-            first.setdefault(key, index)
-        for key, index in first.items():
-            if key in self.structures:  # a warm worker reuses templates and their compilations
-                continue
-            template = build_template(index)
-            template_key, template_leaves = analyse(template)
-            if template_key != key:
-                raise StructureMismatch("the JAX template differs in structure from its models")
-            self.structures[key] = Structure(key, template, [p for p, _ in template_leaves])
-        slots = []
-        for key, leaves in analysed:
-            structure = self.structures[key]
-            slots.append((structure, tuple(structure.as_arguments(leaves))))
-        return slots
+            members.setdefault(key, []).append(index)
+        slots: dict[int, tuple[Structure, tuple[Any, ...]]] = {}
+        for key, indices in members.items():
+            structure = self.structures.get(key)
+            if structure is None:  # a warm worker keeps templates and their compilations
+                template = build_template(indices[0])
+                template_key, template_leaves = analyse(template)
+                if template_key != key:
+                    raise StructureMismatch("the JAX template differs in structure from its models")
+                baseline = [(path, np.array(leaf)) for path, leaf in template_leaves]
+                structure = Structure(key, template, baseline, (), self._serial())
+            needed: set[int] = set()
+            for j in indices:
+                needed |= structure.differing(analysed[j][1])
+            if not needed <= set(structure.varying):
+                structure = structure.widened(needed, self._serial())
+            self.structures[key] = structure
+            for j in indices:
+                slots[j] = (structure, structure.pack(analysed[j][1]))
+        return [slots[j] for j in range(len(analysed))]
+
+    def _serial(self) -> int:
+        self._made += 1
+        return self._made
 
     @contextmanager
     def fitting(self, structure: Structure, leaves: tuple[Any, ...]) -> Iterator[Any]:
