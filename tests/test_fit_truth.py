@@ -23,7 +23,6 @@ import pytest
 
 from tests.helpers import REPO, Harvester, make_harvester
 
-
 MODIFIERS = {"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}}
 TOLERANCE = 1e-4
 
