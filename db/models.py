@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from db.states import JobStatus, TaskStatus, WorkerStatus
+from protocol.states import JobStatus, TaskStatus, WorkerStatus
 
 
 def utcnow() -> datetime:

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import transforms
-from pilot.errors import PilotErrorCode
 from pilot.gpus import Gpu, device_nodes, driver_libraries
 from pilot.runtimes.base import CACHE_IN_CONTAINER, Bind, ContainerRequest, ContainerRuntime
 from pilot.runtimes.select import RuntimeUnavailable, select_runtime
 from pilot.server import PilotServer, ServerError
 from pilot.stage import StageError, stage_in, stage_out
 from pilot.warm import WARM_TRANSFORMS, WarmPool
+from protocol.error_codes import PilotErrorCode
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,13 @@ import time
 import uuid
 from pathlib import Path
 
-from pilot.errors import PilotErrorCode
 from pilot.gpus import discover as discover_gpus
 from pilot.heartbeat import Heartbeat
 from pilot.job import JobRunner
 from pilot.node import discover
 from pilot.polling import PollBackoff
 from pilot.server import PilotServer, ServerError
+from protocol.error_codes import PilotErrorCode
 
 log = logging.getLogger("pilot")
 

@@ -7,8 +7,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from pilot.errors import PilotErrorCode
 from pilot.server import PilotServer, ServerError
+from protocol.error_codes import PilotErrorCode
 
 
 class StageError(Exception):

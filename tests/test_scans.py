@@ -180,7 +180,7 @@ def test_adaptive_scan_waits_for_the_coarse_picture() -> None:
 
 def _scan_task(session: Any, searchspace: Any, **steering: Any) -> int:
     from db.models import Task
-    from db.states import TaskStatus
+    from protocol.states import TaskStatus
 
     task = Task(
         name="scan",

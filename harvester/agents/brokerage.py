@@ -17,12 +17,12 @@ from sqlalchemy import or_, select
 
 from db.models import Job, QueueStatus, Task
 from db.queue import transition
-from db.states import JobStatus
 from harvester.agents.base import Agent
 from harvester.architecture import GpuRequest, parse_architecture
 from harvester.config import QueueConfig
 from harvester.errors import InvalidRequest
 from harvester.services.queues import activated_counts, list_queues
+from protocol.states import JobStatus
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from sqlalchemy import select
 
 from db.models import Job, Task
 from db.queue import record_creation, transition
-from db.states import TaskStatus
 from harvester.agents.base import Agent
 from harvester.services.lifecycle import build_job
+from protocol.states import TaskStatus
 
 
 class Splitter(Agent):

@@ -13,8 +13,8 @@ from fastapi import Path, Query, Request
 from sqlalchemy import Select
 from sqlalchemy.sql.elements import ColumnElement
 
-from harvester.api.schemas import MAX_ID
 from harvester.errors import InvalidRequest
+from protocol.bodies import MAX_ID
 
 MAX_PAGE = 1000
 MAX_OFFSET = MAX_ID

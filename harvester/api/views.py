@@ -5,8 +5,10 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from db.models import Job, Task, Worker
-from db.states import JOB_TERMINAL, JobStatus
-from harvester.api.schemas import JobPublic, TaskPublic
+from db.states import JOB_TERMINAL
+from protocol.jobs import JobPublic
+from protocol.states import JobStatus
+from protocol.tasks import TaskPublic
 
 
 def progress(counts: dict[str, int], n_jobs: int) -> float:

@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from db.models import EntityKind, File, FileKind, Job, Role, Task, Worker
 from db.queue import state_history
-from db.states import TASK_TERMINAL, JobStatus, TaskStatus, WorkerStatus
+from db.states import TASK_TERMINAL
 from harvester.api.query import JobIdPath, Offset, TaskIdPath, reject_nul_characters
 from harvester.api.views import progress
 from harvester.context import HarvesterContext
@@ -37,6 +37,7 @@ from harvester.services import tasks as task_service
 from harvester.services.lifecycle import current_attempts
 from harvester.services.listing import TASK_SORTS, TaskFilter, page, task_query
 from harvester.services.tokens import Principal, authenticate
+from protocol.states import JobStatus, TaskStatus, WorkerStatus
 
 router = APIRouter(include_in_schema=False)
 STATIC = Path(__file__).parent / "static"

@@ -19,14 +19,15 @@ from sqlalchemy.orm import Session
 
 from db.models import File, FileKind, Job, Task, utcnow
 from db.queue import advance_jobs
-from db.states import JOB_TERMINAL, JobStatus, allowed
-from harvester.api.schemas import BulkUpdateItem, UpdateJobReply, UpdateJobRequest
+from db.states import JOB_TERMINAL, allowed
 from harvester.context import HarvesterContext
 from harvester.errors import HarvesterError, InvalidRequest
 from harvester.services.dispatch import _require_pilot, log_lfn, output_lfn, update_job
 from harvester.services.files import check_file_name
 from harvester.services.lifecycle import roll_up_at_commit
 from harvester.services.tokens import Principal
+from protocol.pilot import BulkUpdateItem, UpdateJobReply, UpdateJobRequest
+from protocol.states import JobStatus
 
 PROGRESS = (JobStatus.STARTING, JobStatus.RUNNING)
 

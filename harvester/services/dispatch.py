@@ -16,17 +16,7 @@ from sqlalchemy.orm import Session
 
 from db.models import File, FileKind, Job, Role, Task, Worker, utcnow
 from db.queue import ROW_LOCK, claim_jobs, claimable_exists, transition
-from db.states import JOB_ACTIVE, JOB_TERMINAL, JobStatus, TaskStatus, WorkerStatus
-from harvester.api.schemas import (
-    AcquireRequest,
-    HeartbeatRequest,
-    InputFile,
-    JobSpec,
-    OutputFile,
-    UpdateJobReply,
-    UpdateJobRequest,
-    WorkerReport,
-)
+from db.states import JOB_ACTIVE, JOB_TERMINAL
 from harvester.context import HarvesterContext
 from harvester.errors import Conflict, Forbidden, InvalidRequest, NotFoundError
 from harvester.images.cache import ImageInfo
@@ -35,7 +25,17 @@ from harvester.services.caches import PollKey
 from harvester.services.files import check_file_name
 from harvester.services.lifecycle import fail_job, roll_up_at_commit
 from harvester.services.tokens import Principal
-from pilot.errors import PilotErrorCode
+from protocol.error_codes import PilotErrorCode
+from protocol.files import InputFile, OutputFile
+from protocol.pilot import (
+    AcquireRequest,
+    HeartbeatRequest,
+    JobSpec,
+    UpdateJobReply,
+    UpdateJobRequest,
+    WorkerReport,
+)
+from protocol.states import JobStatus, TaskStatus, WorkerStatus
 
 
 def _require_pilot(principal: Principal) -> None:

@@ -14,10 +14,11 @@ from sqlalchemy.orm import Session
 
 from db.models import Job, Task, utcnow
 from db.queue import ROW_LOCK, for_change, record_creation, transition
-from db.states import JOB_ACTIVE, JOB_TERMINAL, TASK_TERMINAL, JobStatus, TaskStatus
+from db.states import JOB_ACTIVE, JOB_TERMINAL, TASK_TERMINAL
 from harvester.architecture import parse_architecture
 from harvester.errors import InvalidRequest
-from pilot.errors import PilotErrorCode
+from protocol.error_codes import PilotErrorCode
+from protocol.states import JobStatus, TaskStatus
 
 
 def build_job(task: Task, index: int, parameters: dict[str, Any] | None) -> Job:

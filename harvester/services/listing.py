@@ -15,8 +15,8 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from db.models import Job, Task, Worker
-from db.states import JobStatus, TaskStatus, WorkerStatus
 from harvester.api.query import like_pattern, order_by
+from protocol.states import JobStatus, TaskStatus, WorkerStatus
 
 TASK_SORTS = {
     "id": Task.id,

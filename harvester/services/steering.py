@@ -21,8 +21,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Job, ScanPoint, Task, utcnow
 from db.queue import record_creation, transition
-from db.states import JOB_TERMINAL, TASK_TERMINAL, JobStatus, TaskStatus
-from harvester.api.schemas import OutputFile, TaskCreate
+from db.states import JOB_TERMINAL, TASK_TERMINAL
 from harvester.context import HarvesterContext
 from harvester.errors import InvalidRequest
 from harvester.json_documents import load_object
@@ -35,6 +34,9 @@ from harvester.services.lifecycle import (
     current_attempts,
     roll_up_at_commit,
 )
+from protocol.files import OutputFile
+from protocol.states import JobStatus, TaskStatus
+from protocol.tasks import TaskCreate
 
 HPO = "hpo"
 ADAPTIVE = "adaptive_cls"

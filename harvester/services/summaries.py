@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Job
 from harvester.services.listing import JobFilter, job_query
-from pilot.errors import PilotErrorCode
+from protocol.error_codes import PilotErrorCode
 
 GroupBy = Literal["queue", "task", "status"]
 

@@ -10,8 +10,7 @@ from sqlalchemy.orm import Session, aliased
 
 from db.models import File, FileKind, Job, Role, Task
 from db.queue import record_creation, transition
-from db.states import TASK_TERMINAL, JobStatus, TaskStatus
-from harvester.api.schemas import TaskCreate
+from db.states import TASK_TERMINAL
 from harvester.architecture import parse_architecture
 from harvester.context import HarvesterContext
 from harvester.errors import Conflict, Forbidden, ImageError, InvalidRequest, NotFoundError
@@ -24,6 +23,8 @@ from harvester.services.lifecycle import (
 )
 from harvester.services.steering import check_steering
 from harvester.services.tokens import USER_NAME_PATTERN, Principal
+from protocol.states import JobStatus, TaskStatus
+from protocol.tasks import TaskCreate
 
 DATASET_SUFFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,200}$")
 

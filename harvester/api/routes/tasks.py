@@ -10,25 +10,20 @@ from sqlalchemy import select
 
 from db.models import EntityKind, FileKind, Job, Role
 from db.queue import state_history
-from db.states import JobStatus, TaskStatus
 from harvester.api.auth import Context, CurrentPrincipal
 from harvester.api.query import MAX_PAGE, Offset, TaskIdPath
-from harvester.api.schemas import (
-    FilePublic,
-    HistoryEntry,
-    JobPublic,
-    Page,
-    TaskCreate,
-    TaskPublic,
-    TaskReaders,
-    TaskSubmitted,
-)
 from harvester.api.views import job_public, task_public
 from harvester.errors import Forbidden, InvalidRequest
 from harvester.services import results as results_service
 from harvester.services import steering as steering_service
 from harvester.services import tasks as task_service
 from harvester.services.listing import TASK_SORTS, TaskFilter, TimeRange, page, task_query
+from protocol.files import FilePublic
+from protocol.history import HistoryEntry
+from protocol.jobs import JobPublic
+from protocol.pages import Page
+from protocol.states import JobStatus, TaskStatus
+from protocol.tasks import TaskCreate, TaskPublic, TaskReaders, TaskSubmitted
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 
