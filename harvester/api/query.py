@@ -1,4 +1,4 @@
-"""What every list endpoint shares: strict query parameters, sorting, name patterns.
+"""What every list endpoint shares: strict query parameters, ids, offsets.
 
 FastAPI ignores query parameters it does not know; a monitor user who mistypes
 ``stauts=failed`` would silently get every task. Lists here refuse unknown
@@ -10,8 +10,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Path, Query, Request
-from sqlalchemy import Select
-from sqlalchemy.sql.elements import ColumnElement
 
 from harvester.errors import InvalidRequest
 from protocol.bodies import MAX_ID
@@ -56,27 +54,3 @@ def _all_query_params(dependant: Any) -> list[Any]:
     for sub in dependant.dependencies:
         params += _all_query_params(sub)
     return params
-
-
-def order_by(query: Select[Any], sort: str, columns: dict[str, ColumnElement[Any]]) -> Select[Any]:
-    """``sort=name`` ascending, ``sort=-name`` descending; ties broken by the primary key."""
-    descending = sort.startswith("-")
-    key = sort.removeprefix("-")
-    if key not in columns:
-        raise InvalidRequest(
-            f"cannot sort by {key!r}; sort by one of {', '.join(sorted(columns))} "
-            "(prefix '-' for descending)"
-        )
-    column = columns[key]
-    tiebreak = columns["id"]
-    if descending:
-        return query.order_by(column.desc(), tiebreak.desc())
-    return query.order_by(column.asc(), tiebreak.asc())
-
-
-def like_pattern(pattern: str) -> str:
-    """A shell-style pattern (``*`` and ``?``) as a SQL LIKE pattern with ``\\`` escapes."""
-    if len(pattern) > 256:
-        raise InvalidRequest("name patterns are at most 256 characters")
-    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped.replace("*", "%").replace("?", "_")
