@@ -28,11 +28,11 @@ from harvester.context import HarvesterContext
 from harvester.images.cache import ImageCache
 from harvester.outage import DatabaseHealth
 from harvester.providers.registry import make_provider
-from harvester.services.caches import IdleQueues, TokenCache
-from harvester.services.files import FileStore
 from harvester.services.queues import sync_queues
 from harvester.services.tokens import create_token
 from harvester.settings import HarvesterSettings
+from harvester.stores.caches import IdleQueues, TokenCache
+from harvester.stores.files import FileStore
 
 log = logging.getLogger(__name__)
 

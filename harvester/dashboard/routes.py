@@ -30,13 +30,14 @@ from harvester.api.views import progress
 from harvester.context import HarvesterContext
 from harvester.dashboard.session import COOKIE, csrf_token, csrf_valid, load_secret
 from harvester.errors import HarvesterError, NotFoundError, Unauthorized
+from harvester.identity import Principal
 from harvester.services import queues as queue_service
 from harvester.services import results as results_service
 from harvester.services import steering as steering_service
 from harvester.services import tasks as task_service
 from harvester.services.lifecycle import current_attempts
 from harvester.services.listing import TASK_SORTS, TaskFilter, page, task_query
-from harvester.services.tokens import Principal, authenticate
+from harvester.services.tokens import authenticate
 from protocol.states import JobStatus, TaskStatus, WorkerStatus
 
 router = APIRouter(include_in_schema=False)

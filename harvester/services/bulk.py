@@ -22,10 +22,10 @@ from db.queue import advance_jobs
 from db.states import JOB_TERMINAL, allowed
 from harvester.context import HarvesterContext
 from harvester.errors import HarvesterError, InvalidRequest
+from harvester.identity import Principal
 from harvester.services.dispatch import _require_pilot, log_lfn, output_lfn, update_job
-from harvester.services.files import check_file_name
 from harvester.services.lifecycle import roll_up_at_commit
-from harvester.services.tokens import Principal
+from harvester.stores.files import check_file_name
 from protocol.pilot import BulkUpdateItem, UpdateJobReply, UpdateJobRequest
 from protocol.states import JobStatus
 

@@ -19,12 +19,12 @@ from db.queue import ROW_LOCK, claim_jobs, claimable_exists, transition
 from db.states import JOB_ACTIVE, JOB_TERMINAL
 from harvester.context import HarvesterContext
 from harvester.errors import Conflict, Forbidden, InvalidRequest, NotFoundError
+from harvester.identity import Principal
 from harvester.images.cache import ImageInfo
 from harvester.services import steering
-from harvester.services.caches import PollKey
-from harvester.services.files import check_file_name
 from harvester.services.lifecycle import fail_job, roll_up_at_commit
-from harvester.services.tokens import Principal
+from harvester.stores.caches import PollKey
+from harvester.stores.files import check_file_name
 from protocol.error_codes import PilotErrorCode
 from protocol.files import InputFile, OutputFile
 from protocol.pilot import (

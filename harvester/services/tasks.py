@@ -14,7 +14,7 @@ from db.states import TASK_TERMINAL
 from harvester.architecture import parse_architecture
 from harvester.context import HarvesterContext
 from harvester.errors import Conflict, Forbidden, ImageError, InvalidRequest, NotFoundError
-from harvester.services.files import check_file_name, check_sha256
+from harvester.identity import Principal
 from harvester.services.lifecycle import (
     cancel_open_jobs,
     current_attempts,
@@ -22,7 +22,8 @@ from harvester.services.lifecycle import (
     roll_up_at_commit,
 )
 from harvester.services.steering import check_steering
-from harvester.services.tokens import USER_NAME_PATTERN, Principal
+from harvester.services.tokens import USER_NAME_PATTERN
+from harvester.stores.files import check_file_name, check_sha256
 from protocol.states import JobStatus, TaskStatus
 from protocol.tasks import TaskCreate
 

@@ -7,8 +7,8 @@ from starlette.concurrency import run_in_threadpool
 
 from harvester.api.auth import Context, CurrentPrincipal
 from harvester.context import HarvesterContext
+from harvester.identity import Principal
 from harvester.services import bulk, dispatch
-from harvester.services.tokens import Principal
 from protocol.pilot import (
     AcquireReply,
     AcquireRequest,
