@@ -18,10 +18,10 @@ from db.leases import GLOBAL, queue_lease
 from db.models import Job, Task, Worker, utcnow
 from db.queue import for_change, transition
 from db.states import JOB_ACTIVE, WORKER_ACTIVE, WORKER_TERMINAL
+from harvester import telemetry
 from harvester.agents.base import Agent
 from harvester.context import HarvesterContext
 from harvester.errors import HarvesterError
-from harvester.providers import telemetry
 from harvester.providers.base import Provider
 from harvester.services.lifecycle import fail_job
 from protocol.error_codes import PilotErrorCode
