@@ -302,7 +302,7 @@ def _scan_results(summary: dict[str, Any], plot: Path | None, *, as_json: bool) 
     else:
         print_points(summary)
     if plot is not None:
-        from harvester.client.plot import plot_scan
+        from harvester.plotting import plot_scan
 
         try:
             n = plot_scan(summary, plot)
@@ -355,7 +355,7 @@ def print_fit_table(fit: dict[str, Any]) -> None:
 
 
 def draw_plot(fit: dict[str, Any], path: Path, params: dict[str, Any], task_id: int) -> None:
-    from harvester.client.plot import plot_exclusion
+    from harvester.plotting import plot_exclusion
 
     labels = params.get("transformArgs", {}).get("labels") or ["m1", "m2"]
     try:

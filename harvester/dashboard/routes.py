@@ -307,7 +307,7 @@ _plots: OrderedDict[tuple[int, str, str], bytes] = OrderedDict()
 
 def _draw(kind: str, document: Any, title: str, labels: list[str]) -> bytes:
     try:
-        from harvester.client.plot import plot_exclusion, plot_scan
+        from harvester.plotting import plot_exclusion, plot_scan
     except ImportError as exc:  # matplotlib is in the 'fit' extra
         raise NotFoundError(f"plots need matplotlib on the harvester: {exc}") from exc
     with tempfile.TemporaryDirectory(prefix="hpcaf-plot-") as tmp:
