@@ -8,6 +8,7 @@ payload's output is kept as the job log and uploaded in both cases.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -20,7 +21,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import transforms
 from pilot.gpus import Gpu, device_nodes, driver_libraries
 from pilot.runtimes.base import CACHE_IN_CONTAINER, Bind, ContainerRequest, ContainerRuntime
 from pilot.runtimes.select import RuntimeUnavailable, select_runtime
@@ -46,7 +46,15 @@ THREAD_VARIABLES = (
 
 
 def transforms_dir() -> Path:
-    return Path(transforms.__file__).parent
+    """The folder of the ``transforms`` package, bound read-only into every container.
+
+    Found with ``find_spec``, not imported: the transforms run inside the images,
+    never in the pilot, and the pilot imports none of their code.
+    """
+    spec = importlib.util.find_spec("transforms")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("No module named 'transforms'", name="transforms")
+    return Path(spec.origin).parent
 
 
 def transform_argv(spec: dict[str, Any]) -> list[str]:
