@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from db.models import Task
 from db.queue import for_change
 from harvester.agents.base import Agent
-from harvester.services.steering import break_task, steer
+from harvester.services.scan_steering import break_task, steer
 from protocol.states import TaskStatus
 
 log = logging.getLogger(__name__)

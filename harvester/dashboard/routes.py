@@ -33,7 +33,7 @@ from harvester.errors import HarvesterError, NotFoundError, Unauthorized
 from harvester.identity import Principal
 from harvester.services import queues as queue_service
 from harvester.services import results as results_service
-from harvester.services import steering as steering_service
+from harvester.services import scan_steering
 from harvester.services import tasks as task_service
 from harvester.services.lifecycle import current_attempts
 from harvester.services.listing import TASK_SORTS, TaskFilter, page, task_query
@@ -239,7 +239,7 @@ def _task_values(request: Request, viewer: Principal, task_id: int) -> dict[str,
             values["fit"] = fit
             values["fitted"] = sum(1 for e in fit.values() if e.get("status") == "ok")
         if owner and task.params.get("steering"):
-            scan = steering_service.scan_summary(session, task)
+            scan = scan_steering.scan_summary(session, task)
             scored = [p for p in scan["points"] if p["metric"] is not None]
             scored.sort(key=lambda p: p["metric"], reverse=scan.get("minimize") is False)
             values["scan"] = scan
@@ -290,7 +290,7 @@ def task_plot(request: Request, task_id: TaskIdPath) -> Response:
         if cached is not None:
             return Response(cached, media_type="image/png")
         if task.params.get("steering", {}) and task.kind == "hpo_eval":
-            document: Any = steering_service.scan_summary(session, task)
+            document: Any = scan_steering.scan_summary(session, task)
         else:
             document = results_service.task_results(session, ctx, task).get("results")
         title = f"task {task.id}: {task.name}"

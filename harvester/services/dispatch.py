@@ -21,8 +21,9 @@ from harvester.context import HarvesterContext
 from harvester.errors import Conflict, Forbidden, InvalidRequest, NotFoundError
 from harvester.identity import Principal
 from harvester.images.cache import ImageInfo
-from harvester.services import steering
+from harvester.services import scan_steering
 from harvester.services.lifecycle import fail_job, roll_up_at_commit
+from harvester.services.scan_submission import HPO, METRICS_FILE
 from harvester.stores.caches import PollKey
 from harvester.stores.files import check_file_name
 from protocol.error_codes import PilotErrorCode
@@ -179,9 +180,9 @@ def _transform_args(params: dict[str, Any]) -> dict[str, Any]:
     """The task's transformArgs; a scan's evaluations also learn which metric counts."""
     args = dict(params.get("transformArgs") or {})
     scan = params.get("steering") or {}
-    if scan.get("kind") == steering.HPO:
+    if scan.get("kind") == HPO:
         args.setdefault("metric", scan["metric"])
-        args.setdefault("metricsFile", steering.METRICS_FILE)
+        args.setdefault("metricsFile", METRICS_FILE)
     return args
 
 
@@ -261,9 +262,9 @@ def update_job(
     evaluation_error = None
     if wanted is JobStatus.FINISHED and task.params.get("steering"):
         try:
-            value, results = steering.read_evaluation(ctx, task, job, list(req.outputs))
-            steering.record_evaluation(session, task, job, value, results)
-        except steering.EvaluationError as exc:
+            value, results = scan_steering.read_evaluation(ctx, task, job, list(req.outputs))
+            scan_steering.record_evaluation(session, task, job, value, results)
+        except scan_steering.EvaluationError as exc:
             evaluation_error = str(exc)
     if wanted is JobStatus.FINISHED and evaluation_error is None:
         registered = _register_outputs(session, ctx, task, job, req.outputs)

@@ -21,7 +21,7 @@ from harvester.services.lifecycle import (
     new_attempt,
     roll_up_at_commit,
 )
-from harvester.services.steering import check_steering
+from harvester.services.scan_submission import check_steering
 from harvester.services.tokens import USER_NAME_PATTERN
 from harvester.stores.files import check_file_name, check_sha256
 from protocol.states import JobStatus, TaskStatus

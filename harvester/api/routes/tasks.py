@@ -15,7 +15,7 @@ from harvester.api.query import MAX_PAGE, Offset, TaskIdPath
 from harvester.api.views import job_public, task_public
 from harvester.errors import Forbidden, InvalidRequest
 from harvester.services import results as results_service
-from harvester.services import steering as steering_service
+from harvester.services import scan_steering
 from harvester.services import tasks as task_service
 from harvester.services.listing import TASK_SORTS, TaskFilter, TimeRange, page, task_query
 from protocol.files import FilePublic
@@ -170,7 +170,7 @@ def points(task_id: TaskIdPath, ctx: Context, principal: CurrentPrincipal) -> di
         task_service.check_reader(principal, task, action="read its results")
         if not task.params.get("steering"):
             raise InvalidRequest(f"task {task_id} is not a scan; it has no points")
-        return steering_service.scan_summary(session, task)
+        return scan_steering.scan_summary(session, task)
 
 
 @router.get("/{task_id}/history", response_model=list[HistoryEntry])
