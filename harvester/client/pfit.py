@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from harvester.client.common import client, err, fail, out
-from harvester.client.pbook import draw_plot, print_fit_table, wait_for_task
+from harvester.client.tasks import draw_plot, print_fit_table, wait_for_task
 
 app = typer.Typer(add_completion=False, help="Fit the signal patches of a pyhf pallet as a task.")
 

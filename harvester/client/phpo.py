@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from harvester.client.common import client, err, fail, out, split_list
-from harvester.client.pbook import print_points, wait_for_task
+from harvester.client.tasks import print_points, wait_for_task
 from harvester.errors import InvalidRequest
 from harvester.scans.proposers import ALGORITHMS
 from harvester.scans.space import check_placeholders, parse_search_space
