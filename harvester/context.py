@@ -19,7 +19,7 @@ from harvester.stores.files import FileStore
 
 @dataclass
 class HarvesterContext:
-    """One per harvester process; built by :func:`harvester.app_factory.build_context`."""
+    """One per harvester process; built by :func:`harvester.assembly.build_context`."""
 
     settings: HarvesterSettings
     engine: Engine

@@ -1,4 +1,9 @@
-"""Assembling a harvester process: context, providers, agents, application."""
+"""Assembling a harvester process: context, providers, agents, application.
+
+The composition root, above everything it wires together (the API, the
+agents, the providers, the stores). It is not a service: the services
+(``harvester/services/``) are the functions the API and the agents call.
+"""
 
 from __future__ import annotations
 
