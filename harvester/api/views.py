@@ -5,17 +5,9 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from db.models import Job, Task, Worker
-from db.states import JOB_TERMINAL
+from harvester.services.summaries import progress
 from protocol.jobs import JobPublic
-from protocol.states import JobStatus
 from protocol.tasks import TaskPublic
-
-
-def progress(counts: dict[str, int], n_jobs: int) -> float:
-    """The share of the task's jobs that ended (a retried job counts once, by its newest
-    attempt), from 0 to 1."""
-    ended = sum(counts.get(s.value, 0) for s in JOB_TERMINAL if s is not JobStatus.CLOSED)
-    return round(ended / max(n_jobs, 1), 4)
 
 
 def task_public(task: Task, counts: dict[str, int], *, with_params: bool = False) -> TaskPublic:

@@ -25,18 +25,18 @@ from sqlalchemy import select
 from db.models import EntityKind, File, FileKind, Job, Role, Task, Worker
 from db.queue import state_history
 from db.states import TASK_TERMINAL
-from harvester.api.query import JobIdPath, Offset, TaskIdPath, reject_nul_characters
-from harvester.api.views import progress
 from harvester.context import HarvesterContext
 from harvester.dashboard.session import COOKIE, csrf_token, csrf_valid, load_secret
 from harvester.errors import HarvesterError, NotFoundError, Unauthorized
 from harvester.identity import Principal
+from harvester.request_params import JobIdPath, Offset, TaskIdPath, reject_nul_characters
 from harvester.services import queues as queue_service
 from harvester.services import results as results_service
 from harvester.services import scan_steering
 from harvester.services import tasks as task_service
 from harvester.services.lifecycle import current_attempts
 from harvester.services.listing import TASK_SORTS, TaskFilter, page, task_query
+from harvester.services.summaries import progress
 from harvester.services.tokens import authenticate
 from protocol.states import JobStatus, TaskStatus, WorkerStatus
 

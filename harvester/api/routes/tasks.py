@@ -11,9 +11,10 @@ from sqlalchemy import select
 from db.models import EntityKind, FileKind, Job, Role
 from db.queue import state_history
 from harvester.api.auth import Context, CurrentPrincipal
-from harvester.api.query import MAX_PAGE, Offset, TaskIdPath
+from harvester.api.query import MAX_PAGE
 from harvester.api.views import job_public, task_public
 from harvester.errors import Forbidden, InvalidRequest
+from harvester.request_params import Offset, TaskIdPath
 from harvester.services import results as results_service
 from harvester.services import scan_steering
 from harvester.services import tasks as task_service
