@@ -2,7 +2,7 @@
 PYTHON ?= python3
 export HPCAF_IMAGE_CACHE ?= $(CURDIR)/.cache/images
 
-.PHONY: demo test deps lint typecheck unit image clean
+.PHONY: demo test deps lint typecheck unit image clean screenshots
 
 deps:
 	scripts/install-deps.sh test fit
@@ -32,6 +32,14 @@ lint:
 
 typecheck:
 	$(PYTHON) -m mypy
+
+## screenshots: refresh docs/screenshots/ with the dashboard's browser tests (needs what
+## `make deps` installs, and the pallets for the fit page); a plain test run keeps its
+## screenshots in a temporary folder and leaves docs/ as it found it
+screenshots:
+	HPCAF_SCREENSHOTS=$(CURDIR)/docs/screenshots $(PYTHON) -m pytest -ra -q \
+	  tests/test_dashboard.py \
+	  tests/test_fit.py::test_fit_task_page_shows_the_exclusion_plot $(PYTEST_ARGS)
 
 clean:
 	rm -rf .cache .mypy_cache .ruff_cache .pytest_cache
