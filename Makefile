@@ -26,9 +26,13 @@ test: deps lint typecheck
 	done; \
 	if [ -n "$$failed" ]; then echo "== tests failed on:$$failed"; exit 1; fi
 
+## lint: ruff, and the import contracts of pyproject.toml ([tool.importlinter]; the
+## layers drawn in docs/architecture.md)
+LINT_IMPORTS ?= lint-imports
 lint:
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
+	$(LINT_IMPORTS)
 
 typecheck:
 	$(PYTHON) -m mypy
@@ -42,4 +46,4 @@ screenshots:
 	  tests/test_fit.py::test_fit_task_page_shows_the_exclusion_plot $(PYTEST_ARGS)
 
 clean:
-	rm -rf .cache .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .cache .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

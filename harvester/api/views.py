@@ -1,4 +1,4 @@
-"""ORM rows to public schemas."""
+"""ORM rows to the public replies of :mod:`protocol` (tasks and jobs)."""
 
 from __future__ import annotations
 
