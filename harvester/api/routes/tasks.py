@@ -18,6 +18,7 @@ from harvester.request_params import Offset, TaskIdPath
 from harvester.services import results as results_service
 from harvester.services import scan_steering
 from harvester.services import tasks as task_service
+from harvester.services.lifecycle import current_attempts
 from harvester.services.listing import TASK_SORTS, TaskFilter, TimeRange, page, task_query
 from protocol.files import FilePublic
 from protocol.history import HistoryEntry
@@ -134,7 +135,7 @@ def jobs(
         else:
             rows = [
                 j
-                for j in task_service.current_attempts(session, task_id)
+                for j in current_attempts(session, task_id)
                 if status is None or j.status is status
             ]
         return [job_public(session, j) for j in rows]
