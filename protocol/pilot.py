@@ -22,8 +22,29 @@ class AcquireRequest(RequestBody):
     gpus: int = Field(0, ge=0, le=64, description="GPUs the pilot's node offers")
 
 
+class ContainerSpec(BaseModel):
+    """How the job's queue runs containers: its runtime, network, binds and options.
+
+    The defaults are what a pilot assumed when the server left a key out.
+    """
+
+    runtime: str = "auto"
+    """``auto`` (the first of apptainer, singularity, bwrap installed) or one of them."""
+    allow_network: bool = False
+    binds: list[str] = Field(default_factory=list)
+    """``/src``, ``/src:/dst`` or ``/src:/dst:rw``."""
+    options: list[str] = Field(default_factory=list)
+    """Extra options for the runtime's command line."""
+
+
 class JobSpec(BaseModel):
-    """Everything a pilot needs to run one job."""
+    """Everything a pilot needs to run one job.
+
+    The server always fills every field. The defaults are those the pilot
+    applied before it read the spec into this model (no image path: the image
+    is not found; no inputs, outputs or environment; one core; a 30 s
+    heartbeat), so a spec without them runs as it did then.
+    """
 
     job_id: int
     task_id: int
@@ -32,21 +53,21 @@ class JobSpec(BaseModel):
     owner: str
     out_ds: str
     image: str
-    image_path: str | None
+    image_path: str | None = None
     image_environment: dict[str, str] = Field(default_factory=dict)
     transform: str
     exec: str
     transform_args: dict[str, Any] = Field(default_factory=dict)
     job_parameters: dict[str, Any] | None = None
-    env: dict[str, str]
-    outputs: list[str]
-    inputs: list[InputFile]
-    cores: int
+    env: dict[str, str] = Field(default_factory=dict)
+    outputs: list[str] = Field(default_factory=list)
+    inputs: list[InputFile] = Field(default_factory=list)
+    cores: int = 1
     memory_mb: int
     walltime_s: int
     gpus: int = 0
-    container: dict[str, Any]
-    heartbeat_interval_s: float
+    container: ContainerSpec = Field(default_factory=ContainerSpec)
+    heartbeat_interval_s: float = 30.0
 
 
 class AcquireReply(BaseModel):

@@ -30,6 +30,7 @@ from protocol.error_codes import PilotErrorCode
 from protocol.files import InputFile, OutputFile
 from protocol.pilot import (
     AcquireRequest,
+    ContainerSpec,
     HeartbeatRequest,
     JobSpec,
     UpdateJobReply,
@@ -166,12 +167,12 @@ def _job_spec(ctx: HarvesterContext, job: Job, task: Task, image: ImageInfo | No
         memory_mb=job.memory_mb or (queue.memory_mb if queue else 2000),
         walltime_s=job.walltime_s or (queue.walltime_s if queue else 3600),
         gpus=job.gpus,
-        container={
-            "runtime": queue.container_runtime if queue else "auto",
-            "allow_network": queue.allow_network if queue else False,
-            "binds": list(queue.binds) if queue else [],
-            "options": list(queue.container_options) if queue else [],
-        },
+        container=ContainerSpec(
+            runtime=queue.container_runtime if queue else "auto",
+            allow_network=queue.allow_network if queue else False,
+            binds=list(queue.binds) if queue else [],
+            options=list(queue.container_options) if queue else [],
+        ),
         heartbeat_interval_s=ctx.settings.heartbeat_interval_s,
     )
 
