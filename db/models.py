@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from protocol.states import JobStatus, TaskStatus, WorkerStatus
+from protocol.tasks import TaskParameters
 
 
 def utcnow() -> datetime:
@@ -142,6 +143,8 @@ class Task(Base):
     status: Mapped[TaskStatus] = mapped_column(_enum(TaskStatus), index=True)
     kind: Mapped[str] = mapped_column(String(32), default="container")
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The parameters as submitted, under panda-client's names; written once, never changed.
+    Read them through :attr:`parameters`; only the API echoes this document as it is."""
     image: Mapped[str] = mapped_column(String(256))
     architecture: Mapped[str | None] = mapped_column(String(256), default=None)
     site: Mapped[str | None] = mapped_column(String(128), default=None)
@@ -158,6 +161,33 @@ class Task(Base):
     ended_at: Mapped[datetime | None] = mapped_column(default=None)
 
     jobs: Mapped[list[Job]] = relationship(back_populates="task", lazy="raise_on_sql")
+
+    @property
+    def parameters(self) -> TaskParameters:
+        """The task's parameters, parsed from :attr:`params` once per row object.
+
+        The one place the stored document is read: every field and its default are
+        :class:`~protocol.tasks.TaskParameters`'. The parameters never change after
+        submission, so the parsed form is kept with the object (not in a mapped column).
+
+        ``jobParameters`` is taken as stored, not checked again: it was checked when
+        the task was submitted, it can hold thousands of entries, and the pilots'
+        claims and reports read the parameters of their task on every call.
+        """
+        parsed = self.__dict__.get(_PARSED_PARAMETERS)
+        if parsed is None:
+            document = dict(self.params)
+            per_job = document.pop("jobParameters", None)
+            parsed = TaskParameters.model_validate(document).model_copy(
+                update={"jobParameters": per_job}
+            )
+            self.__dict__[_PARSED_PARAMETERS] = parsed
+        return parsed
+
+
+_PARSED_PARAMETERS = "_parsed_parameters"
+"""Where :attr:`Task.parameters` keeps its parsed form on the instance (SQLAlchemy ignores
+unmapped keys of an instance's ``__dict__``)."""
 
 
 class Job(Base):

@@ -165,7 +165,7 @@ class Brokerage(Agent):
                     walltime_s=job.walltime_s,
                     gpu=gpu,
                     site=task.site,
-                    excluded=frozenset(task.params.get("excludedSite", [])),
+                    excluded=frozenset(task.parameters.excludedSite),
                 )
                 name, message = choose_queue(queues, needs, load)
                 job.queue = name

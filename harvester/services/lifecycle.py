@@ -23,7 +23,7 @@ from protocol.states import JobStatus, TaskStatus
 
 def build_job(task: Task, index: int, parameters: dict[str, Any] | None) -> Job:
     """The first attempt of unit ``index`` of ``task``, with the task's resource needs."""
-    params = task.params
+    resources = task.parameters
     try:
         gpu_job = parse_architecture(task.architecture).needs_gpu
     except InvalidRequest:
@@ -34,9 +34,9 @@ def build_job(task: Task, index: int, parameters: dict[str, Any] | None) -> Job:
         attempt_nr=1,
         status=JobStatus.DEFINED,
         spec={"parameters": parameters} if parameters is not None else {},
-        cores=int(params.get("coreCount", 1)),
-        memory_mb=int(params.get("ramCount") or 0),
-        walltime_s=int(params.get("maxWalltime") or 0),
+        cores=resources.cores,
+        memory_mb=resources.memory_mb or 0,
+        walltime_s=resources.walltime_s or 0,
         priority=task.priority,
         gpus=1 if gpu_job else 0,
     )

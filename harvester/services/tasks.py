@@ -104,16 +104,15 @@ def submit_task(
     if params.transform == "pyhf_fit":
         check_fit_parameters(params, steered=steering is not None)
 
-    stored = params.model_dump()
-    stored["nJobs"] = n_jobs
-    stored["steering"] = steering
-    stored["site"] = site
+    # what is kept: the parameters as sent, with the task's size, its normalised
+    # steering and its site (AUTO: none) as checked above; under the wire names
+    stored = params.model_copy(update={"nJobs": n_jobs, "steering": steering, "site": site})
     task = Task(
         name=params.taskName or params.outDS,
         owner=owner,
         status=TaskStatus.REGISTERED,
         kind=params.transform,
-        params=stored,
+        params=stored.model_dump(by_alias=True),
         image=image.name,
         architecture=params.architecture,
         site=site,
@@ -240,7 +239,7 @@ def retry_task(session: Session, principal: Principal, task_id: int) -> tuple[Ta
             "can be retried"
         )
     retried = 0
-    extra_budget = int(task.params.get("maxAttempt", task.max_attempt))
+    extra_budget = task.parameters.maxAttempt
     for job in current_attempts(session, task_id):
         if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
             new_attempt(session, job, reason=f"task retried by {principal.user}")
