@@ -148,6 +148,19 @@ class Task(Base):
     image: Mapped[str] = mapped_column(String(256))
     architecture: Mapped[str | None] = mapped_column(String(256), default=None)
     site: Mapped[str | None] = mapped_column(String(128), default=None)
+    excluded_sites: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    """Queues brokerage must not choose (``excludedSite``)."""
+    cores: Mapped[int] = mapped_column(Integer, server_default="1")
+    """Cores per job (``TaskParameters.cores``); each job row takes it."""
+    memory_mb: Mapped[int] = mapped_column(Integer, server_default="0")
+    """MiB per job; 0 means whatever the queue's slot offers."""
+    walltime_s: Mapped[int] = mapped_column(Integer, server_default="0")
+    """Seconds per job; 0 means up to the queue's maximum walltime."""
+    gpu_request: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True), default=None
+    )
+    """The GPU the jobs need, parsed from ``architecture`` at submission
+    (``harvester.architecture.GpuRequest.to_document``); NULL for CPU jobs."""
     out_ds: Mapped[str] = mapped_column(String(256))
     n_jobs: Mapped[int] = mapped_column(Integer)
     priority: Mapped[int] = mapped_column(Integer, default=1000)

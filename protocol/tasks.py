@@ -24,6 +24,8 @@ class TaskParameters(BaseModel):
     (``model_dump(by_alias=True)``) and reads them back only through
     ``db.models.Task.parameters``, which parses the row's JSON into this model once
     per row object: no code restates a default with ``params.get(name, default)``.
+    Stored rows are parsed with these same rules, so a rule made stricter later needs
+    a migration of the rows it would refuse.
 
     The names are panda-client's, PanDA's vocabulary, except for the three resources
     that every later stage names alike (the job row, brokerage, the pilot's job

@@ -115,7 +115,12 @@ def submit_task(
         params=stored.model_dump(by_alias=True),
         image=image.name,
         architecture=params.architecture,
+        gpu_request=architecture.gpu.to_document() if architecture.gpu is not None else None,
         site=site,
+        excluded_sites=list(params.excludedSite),
+        cores=params.cores,
+        memory_mb=params.memory_mb or 0,  # 0: what the queue's slot has
+        walltime_s=params.walltime_s or 0,  # 0: up to the queue's maximum
         out_ds=params.outDS,
         n_jobs=n_jobs,
         priority=params.priority,
