@@ -187,7 +187,10 @@ def _scan_task(session: Any, searchspace: Any, **steering: Any) -> int:
         owner="alice",
         status=TaskStatus.READY,
         kind="hpo_eval",
-        params={
+        params={  # as submit_task stores them: the required fields, and the steering
+            "containerImage": "base",
+            "outDS": "user.alice.scan",
+            "transform": "hpo_eval",
             "steering": {
                 "kind": "hpo",
                 "algorithm": "random",
@@ -198,7 +201,7 @@ def _scan_task(session: Any, searchspace: Any, **steering: Any) -> int:
                 "metric": "loss",
                 "seed": 1,
                 **steering,
-            }
+            },
         },
         image="base",
         out_ds="user.alice.scan",

@@ -43,7 +43,7 @@ class Steering(Agent):
                 )
                 if (
                     task is None
-                    or not task.params.get("steering")
+                    or not task.parameters.steering
                     or task.status not in (TaskStatus.READY, TaskStatus.RUNNING)
                 ):
                     return

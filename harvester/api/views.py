@@ -32,6 +32,7 @@ def task_public(task: Task, counts: dict[str, int], *, with_params: bool = False
         ended_at=task.ended_at,
         job_counts=counts,
         progress=progress(counts, task.n_jobs),
+        # the document as submitted and stored (panda-client's names), not a re-serialisation
         params=dict(task.params) if with_params else None,
     )
 

@@ -238,7 +238,7 @@ def _task_values(request: Request, viewer: Principal, task_id: int) -> dict[str,
             fit = results_service.task_results(session, ctx, task).get("results") or {}
             values["fit"] = fit
             values["fitted"] = sum(1 for e in fit.values() if e.get("status") == "ok")
-        if owner and task.params.get("steering"):
+        if owner and task.parameters.steering:
             scan = scan_steering.scan_summary(session, task)
             scored = [p for p in scan["points"] if p["metric"] is not None]
             scored.sort(key=lambda p: p["metric"], reverse=scan.get("minimize") is False)
@@ -289,12 +289,12 @@ def task_plot(request: Request, task_id: TaskIdPath) -> Response:
         cached = _plots.get(key)
         if cached is not None:
             return Response(cached, media_type="image/png")
-        if task.params.get("steering", {}) and task.kind == "hpo_eval":
+        if task.parameters.steering and task.kind == "hpo_eval":
             document: Any = scan_steering.scan_summary(session, task)
         else:
             document = results_service.task_results(session, ctx, task).get("results")
         title = f"task {task.id}: {task.name}"
-        labels = (task.params.get("transformArgs") or {}).get("labels") or ["m1", "m2"]
+        labels = task.parameters.transformArgs.get("labels") or ["m1", "m2"]
     png = _draw(task.kind, document, title, labels)
     _plots[key] = png
     while len(_plots) > 32:

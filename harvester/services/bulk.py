@@ -66,7 +66,7 @@ def update_jobs_bulk(
             simple
             and job is not None
             and wanted is JobStatus.FINISHED
-            and not (tasks[job.task_id].params.get("steering"))
+            and not tasks[job.task_id].parameters.steering
         ):
             finishing.append(r)
         else:
@@ -187,7 +187,7 @@ def _file_rows(
     ctx: HarvesterContext, job: Job, task: Task, r: UpdateJobRequest
 ) -> list[dict[str, Any]]:
     """The File rows of a finished report, after checking each blob is there and whole."""
-    declared = set(task.params.get("outputs", []))
+    declared = set(task.parameters.outputs)
     if {o.name for o in r.outputs} != declared:
         raise InvalidRequest(
             f"job {job.id} must report exactly its declared outputs "

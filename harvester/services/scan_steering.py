@@ -66,6 +66,14 @@ class ScanState:
         return [p for p in self.points if self.status(p) in (JobStatus.FAILED, JobStatus.CANCELLED)]
 
 
+def steering_of(task: Task) -> dict[str, Any]:
+    """A steered task's normalised steering (see :mod:`harvester.services.scan_submission`)."""
+    steering = task.parameters.steering
+    if not steering:
+        raise ValueError(f"task {task.id} is not a scan: it has no steering")
+    return steering
+
+
 def load_state(session: Session, task: Task) -> ScanState:
     points = list(
         session.scalars(
@@ -78,7 +86,7 @@ def load_state(session: Session, task: Task) -> ScanState:
 
 def steer(session: Session, task: Task) -> int:
     """Create the next points of ``task`` where there is room; how many were created."""
-    steering = task.params["steering"]
+    steering = steering_of(task)
     state = load_state(session, task)
     room = min(
         int(steering["nParallelEvaluation"]) - len(state.pending()),
@@ -121,7 +129,7 @@ def break_task(session: Session, task: Task, reason: str) -> None:
 
 
 def _steer_adaptive(session: Session, task: Task, state: ScanState, room: int) -> int:
-    steering = task.params["steering"]
+    steering = steering_of(task)
     plan = AdaptivePlan(
         initial=int(steering["initial"]),
         neighbours=int(steering["neighbours"]),
@@ -165,7 +173,7 @@ def read_evaluation(
     ctx: HarvesterContext, task: Task, job: Job, outputs: list[OutputFile]
 ) -> tuple[float, dict[str, Any]]:
     """The metric (and everything reported with it) of a finished evaluation."""
-    steering = task.params["steering"]
+    steering = steering_of(task)
     wanted = METRICS_FILE if steering["kind"] == HPO else FIT_RESULTS_FILE
     item = next((o for o in outputs if o.name == wanted), None)
     if item is None or not ctx.files.exists(item.sha256):
@@ -211,7 +219,7 @@ def record_evaluation(
 
 def scan_summary(session: Session, task: Task) -> dict[str, Any]:
     """The points with their state and metric, and the best so far (for pbook and the API)."""
-    steering = task.params.get("steering") or {}
+    steering = task.parameters.steering or {}
     state = load_state(session, task)
     minimize = bool(steering.get("minimize", True)) if steering.get("kind") == HPO else None
     rows: list[dict[str, Any]] = []

@@ -170,7 +170,7 @@ def points(task_id: TaskIdPath, ctx: Context, principal: CurrentPrincipal) -> di
     with ctx.sessions() as session:
         task = task_service.get_task(session, task_id)
         task_service.check_reader(principal, task, action="read its results")
-        if not task.params.get("steering"):
+        if not task.parameters.steering:
             raise InvalidRequest(f"task {task_id} is not a scan; it has no points")
         return scan_steering.scan_summary(session, task)
 
