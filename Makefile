@@ -2,7 +2,7 @@
 PYTHON ?= python3
 export HPCAF_IMAGE_CACHE ?= $(CURDIR)/.cache/images
 
-.PHONY: demo test deps lint typecheck unit image clean
+.PHONY: demo test deps lint typecheck unit image clean screenshots
 
 deps:
 	scripts/install-deps.sh test fit
@@ -26,12 +26,24 @@ test: deps lint typecheck
 	done; \
 	if [ -n "$$failed" ]; then echo "== tests failed on:$$failed"; exit 1; fi
 
+## lint: ruff, and the import contracts of pyproject.toml ([tool.importlinter]; the
+## layers drawn in docs/architecture.md)
+LINT_IMPORTS ?= lint-imports
 lint:
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
+	$(LINT_IMPORTS)
 
 typecheck:
 	$(PYTHON) -m mypy
 
+## screenshots: refresh docs/screenshots/ with the dashboard's browser tests (needs what
+## `make deps` installs, and the pallets for the fit page); a plain test run keeps its
+## screenshots in a temporary folder and leaves docs/ as it found it
+screenshots:
+	HPCAF_SCREENSHOTS=$(CURDIR)/docs/screenshots $(PYTHON) -m pytest -ra -q \
+	  tests/test_dashboard.py \
+	  tests/test_fit.py::test_fit_task_page_shows_the_exclusion_plot $(PYTEST_ARGS)
+
 clean:
-	rm -rf .cache .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .cache .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

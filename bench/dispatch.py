@@ -60,7 +60,13 @@ def seed(url: str, n_jobs: int) -> None:
                     "owner": "bench",
                     "status": "running",
                     "kind": "runcontainer",
-                    "params": {"outputs": [], "exec": "true"},
+                    # as submit_task stores them: at least the required parameters
+                    "params": {
+                        "containerImage": "base",
+                        "outDS": "user.bench.dispatch",
+                        "outputs": [],
+                        "exec": "true",
+                    },
                     "image": "base",
                     "out_ds": "user.bench.dispatch",
                     "n_jobs": n_jobs,

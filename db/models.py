@@ -28,7 +28,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from db.states import JobStatus, TaskStatus, WorkerStatus
+from protocol.states import JobStatus, TaskStatus, WorkerStatus
+from protocol.tasks import TaskParameters
 
 
 def utcnow() -> datetime:
@@ -142,9 +143,24 @@ class Task(Base):
     status: Mapped[TaskStatus] = mapped_column(_enum(TaskStatus), index=True)
     kind: Mapped[str] = mapped_column(String(32), default="container")
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The parameters as submitted, under panda-client's names; written once, never changed.
+    Read them through :attr:`parameters`; only the API echoes this document as it is."""
     image: Mapped[str] = mapped_column(String(256))
     architecture: Mapped[str | None] = mapped_column(String(256), default=None)
     site: Mapped[str | None] = mapped_column(String(128), default=None)
+    excluded_sites: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    """Queues brokerage must not choose (``excludedSite``)."""
+    cores: Mapped[int] = mapped_column(Integer, server_default="1")
+    """Cores per job (``TaskParameters.cores``); each job row takes it."""
+    memory_mb: Mapped[int] = mapped_column(Integer, server_default="0")
+    """MiB per job; 0 means whatever the queue's slot offers."""
+    walltime_s: Mapped[int] = mapped_column(Integer, server_default="0")
+    """Seconds per job; 0 means up to the queue's maximum walltime."""
+    gpu_request: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True), default=None
+    )
+    """The GPU the jobs need, parsed from ``architecture`` at submission
+    (``harvester.architecture.GpuRequest.to_document``); NULL for CPU jobs."""
     out_ds: Mapped[str] = mapped_column(String(256))
     n_jobs: Mapped[int] = mapped_column(Integer)
     priority: Mapped[int] = mapped_column(Integer, default=1000)
@@ -158,6 +174,33 @@ class Task(Base):
     ended_at: Mapped[datetime | None] = mapped_column(default=None)
 
     jobs: Mapped[list[Job]] = relationship(back_populates="task", lazy="raise_on_sql")
+
+    @property
+    def parameters(self) -> TaskParameters:
+        """The task's parameters, parsed from :attr:`params` once per row object.
+
+        The one place the stored document is read: every field and its default are
+        :class:`~protocol.tasks.TaskParameters`'. The parameters never change after
+        submission, so the parsed form is kept with the object (not in a mapped column).
+
+        ``jobParameters`` is taken as stored, not checked again: it was checked when
+        the task was submitted, it can hold thousands of entries, and the pilots'
+        claims and reports read the parameters of their task on every call.
+        """
+        parsed = self.__dict__.get(_PARSED_PARAMETERS)
+        if parsed is None:
+            document = dict(self.params)
+            per_job = document.pop("jobParameters", None)
+            parsed = TaskParameters.model_validate(document).model_copy(
+                update={"jobParameters": per_job}
+            )
+            self.__dict__[_PARSED_PARAMETERS] = parsed
+        return parsed
+
+
+_PARSED_PARAMETERS = "_parsed_parameters"
+"""Where :attr:`Task.parameters` keeps its parsed form on the instance (SQLAlchemy ignores
+unmapped keys of an instance's ``__dict__``)."""
 
 
 class Job(Base):

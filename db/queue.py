@@ -11,7 +11,8 @@ from sqlalchemy import Select, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import EntityKind, Job, StateHistory, Task, Worker, utcnow
-from db.states import JOB_TERMINAL, TASK_TERMINAL, WORKER_TERMINAL, JobStatus, check_transition
+from db.states import JOB_TERMINAL, TASK_TERMINAL, WORKER_TERMINAL, check_transition
+from protocol.states import JobStatus
 
 Stateful = Task | Job | Worker
 

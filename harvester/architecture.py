@@ -43,6 +43,32 @@ class GpuRequest:
     microarchitecture: str | None = None
     min_driver: tuple[int, ...] | None = None
 
+    def to_document(self) -> dict[str, Any]:
+        """The request as a task row keeps it (``tasks.gpu_request``), versions as lists."""
+        return {
+            "vendor": self.vendor,
+            "model": self.model,
+            "model_negated": self.model_negated,
+            "min_cuda": list(self.min_cuda) if self.min_cuda is not None else None,
+            "min_vram_mb": self.min_vram_mb,
+            "microarchitecture": self.microarchitecture,
+            "min_driver": list(self.min_driver) if self.min_driver is not None else None,
+        }
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> GpuRequest:
+        """The request :meth:`to_document` stored: parsed at submission, nothing to check."""
+        min_cuda, min_driver = document["min_cuda"], document["min_driver"]
+        return cls(
+            vendor=document["vendor"],
+            model=document["model"],
+            model_negated=document["model_negated"],
+            min_cuda=tuple(min_cuda) if min_cuda is not None else None,
+            min_vram_mb=document["min_vram_mb"],
+            microarchitecture=document["microarchitecture"],
+            min_driver=tuple(min_driver) if min_driver is not None else None,
+        )
+
     def model_ok(self, model: str) -> bool:
         if self.model is None:
             return True

@@ -64,7 +64,7 @@ def _settings(config: Path | None) -> tuple[HarvesterSettings, dict[str, Any]]:
 
 
 def _context(config: Path | None) -> HarvesterContext:
-    from harvester.service import build_context
+    from harvester.assembly import build_context
 
     settings, document = _settings(config)
     try:
@@ -74,7 +74,7 @@ def _context(config: Path | None) -> HarvesterContext:
 
 
 def _sessions(config: Path | None) -> sessionmaker[Session]:
-    """The migrated database alone, for the token commands: without the service's imports
+    """The migrated database alone, for the token commands: without the assembly's imports
     and queue set-up, a token is made in half the time."""
     from db.engine import make_engine, make_sessionmaker
     from db.migrate import upgrade
@@ -134,7 +134,7 @@ def serve(
         f"  listening:   http://{s.host}:{s.port} ({only.value})",
         highlight=False,
     )
-    from harvester.service import build_agents, build_app, ensure_pilot_token
+    from harvester.assembly import build_agents, build_app, ensure_pilot_token
 
     if only is Mode.agents:
         ensure_pilot_token(ctx)
@@ -153,7 +153,7 @@ def serve(
         if config is not None:
             os.environ["HPCAF_SERVE_CONFIG"] = str(config.resolve())
         uvicorn.run(
-            "harvester.service:api_app_from_environment",
+            "harvester.assembly:api_app_from_environment",
             factory=True,
             workers=workers,
             host=s.host,

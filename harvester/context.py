@@ -12,14 +12,14 @@ from harvester.config import QueueConfig
 from harvester.images.cache import ImageCache
 from harvester.outage import DatabaseHealth
 from harvester.providers.base import Provider
-from harvester.services.caches import IdleQueues, TokenCache
-from harvester.services.files import FileStore
 from harvester.settings import HarvesterSettings
+from harvester.stores.caches import IdleQueues, TokenCache
+from harvester.stores.files import FileStore
 
 
 @dataclass
 class HarvesterContext:
-    """One per harvester process; built by :func:`harvester.app_factory.build_context`."""
+    """One per harvester process; built by :func:`harvester.assembly.build_context`."""
 
     settings: HarvesterSettings
     engine: Engine

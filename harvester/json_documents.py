@@ -1,9 +1,8 @@
-"""JSON the harvester did not write itself: request values and payload-written files.
+"""JSON the harvester did not write itself: files payloads write (metrics, fit results).
 
-Such a document is kept only if it can be served back: no NUL in its text
-(PostgreSQL cannot store one), no NaN or infinity (JSON has none; replies
-refuse them) and no deeper nesting than :data:`MAX_NESTING` (a deeper one is
-stored fine and then fails every reply that includes it).
+Such a document is kept only if it can be served back, by the same rule as a
+request value (:func:`protocol.documents.check_tree`: no NUL, no NaN or
+infinity, no deeper nesting than :data:`protocol.documents.MAX_NESTING`).
 """
 
 from __future__ import annotations
@@ -13,36 +12,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-MAX_NESTING = 32
-"""Lists and objects nest at most this deep."""
+from protocol.documents import check_tree
 
 MAX_DOCUMENT_BYTES = 1 << 20
 """A payload-written file larger than this (``metrics.json``, fit results) is not read."""
-
-
-def check_tree(value: Any) -> Any:
-    """``value`` itself; a ValueError if it nests too deep, holds a NaN or an
-    infinity, or a string in it holds a NUL.
-
-    Iterative, so a deeply nested value cannot exhaust the stack.
-    """
-    stack = [(value, 1)]  # (item, how many lists and objects it is inside, itself included)
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                raise ValueError("contains a NUL character (\\x00), which no text field may hold")
-            continue
-        if isinstance(item, float) and not math.isfinite(item):
-            raise ValueError("holds NaN or an infinity, which JSON cannot carry")
-        if isinstance(item, dict | list | tuple) and depth > MAX_NESTING:
-            raise ValueError(f"nests deeper than {MAX_NESTING} levels")
-        if isinstance(item, dict):
-            stack.extend((key, depth) for key in item)
-            stack.extend((child, depth + 1) for child in item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend((child, depth + 1) for child in item)
-    return value
 
 
 def load_object(path: Path, what: str) -> dict[str, Any]:

@@ -18,13 +18,16 @@ import time
 import uuid
 from pathlib import Path
 
-from pilot.errors import PilotErrorCode
 from pilot.gpus import discover as discover_gpus
 from pilot.heartbeat import Heartbeat
 from pilot.job import JobRunner
 from pilot.node import discover
 from pilot.polling import PollBackoff
 from pilot.server import PilotServer, ServerError
+from pilot.specs import UnreadableJob
+from pilot.supervision import KILLED_BY_SERVER
+from protocol.error_codes import PilotErrorCode
+from protocol.pilot import JobSpec
 
 log = logging.getLogger("pilot")
 
@@ -152,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         pilot_id,
         args.worker_id,
         args.heartbeat or 30.0,
-        on_kill=lambda job_id: runner.kill(
-            job_id, PilotErrorCode.KILLED, "killed on the server's command"
-        ),
+        on_kill=lambda job_id: runner.kill(job_id, PilotErrorCode.KILLED, KILLED_BY_SERVER),
     )
     heartbeat.start()
     try:
@@ -215,24 +216,34 @@ def loop(
             stopping.wait(min(backoff.next_wait(), args.max_idle - idle + 0.05))
             continue
         backoff.reset()
-        for spec in jobs:
-            if spec["walltime_s"] > left:
-                spec["walltime_s"] = int(left)
-            if args.heartbeat is None:
-                heartbeat.interval_s = float(spec.get("heartbeat_interval_s", 30.0))
-            heartbeat.watch([spec["job_id"]])
-            log.info(
-                "job %s (task %s, attempt %s) starting",
-                spec["job_id"],
-                spec["task_id"],
-                spec["attempt_nr"],
-            )
-            outcome = runner.run(spec)
-            heartbeat.watch([])
-            log.info("job %s ended %s", spec["job_id"], outcome.state)
+        for job in jobs:
+            if isinstance(job, UnreadableJob):
+                if runner.refuse(job) is not None:
+                    done += 1
+                continue
+            run_job(job, args, runner, heartbeat, left)
             done += 1
         idle_since = time.monotonic()
     return done
+
+
+def run_job(
+    spec: JobSpec,
+    args: argparse.Namespace,
+    runner: JobRunner,
+    heartbeat: Heartbeat,
+    left: float,
+) -> None:
+    """Run one job within the pilot's walltime, heartbeating it while it runs."""
+    if spec.walltime_s > left:
+        spec = spec.model_copy(update={"walltime_s": int(left)})
+    if args.heartbeat is None:
+        heartbeat.interval_s = spec.heartbeat_interval_s
+    heartbeat.watch([spec.job_id])
+    log.info("job %s (task %s, attempt %s) starting", spec.job_id, spec.task_id, spec.attempt_nr)
+    outcome = runner.run(spec)
+    heartbeat.watch([])
+    log.info("job %s ended %s", spec.job_id, outcome.state)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ from typing import Any
 
 import httpx
 
+from pilot.specs import UnreadableJob, read_job
+from protocol.pilot import JobSpec
+
 log = logging.getLogger(__name__)
 
 
@@ -81,12 +84,25 @@ class PilotServer:
 
     def acquire_jobs(
         self, body: dict[str, Any], *, retry_for_s: float = 120.0
-    ) -> list[dict[str, Any]]:
+    ) -> list[JobSpec | UnreadableJob]:
+        """Claim jobs; each is read into its ``JobSpec`` here, where it arrives.
+
+        A reply without a list of jobs is a ``ServerError`` without a status
+        code, like an unreachable server: the pilot asks again later.
+        """
         response = self._call(
             "POST", "/api/v1/pilot/acquire_jobs", json=body, retry_for_s=retry_for_s
         )
-        jobs: list[dict[str, Any]] = response.json()["jobs"]
-        return jobs
+        try:
+            reply = response.json()
+        except ValueError:
+            reply = None
+        jobs = reply.get("jobs") if isinstance(reply, dict) else None
+        if not isinstance(jobs, list):
+            raise ServerError(
+                f"acquire_jobs: a reply without a list of jobs: {response.text[:200]!r}"
+            )
+        return [read_job(raw) for raw in jobs]
 
     def heartbeat(self, body: dict[str, Any]) -> dict[str, str]:
         response = self._call("POST", "/api/v1/pilot/heartbeat", json=body, retry_for_s=0)

@@ -7,8 +7,9 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from pilot.errors import PilotErrorCode
 from pilot.server import PilotServer, ServerError
+from protocol.error_codes import PilotErrorCode
+from protocol.files import InputFile
 
 
 class StageError(Exception):
@@ -17,14 +18,14 @@ class StageError(Exception):
         self.code = code
 
 
-def stage_in(server: PilotServer, inputs: list[dict[str, Any]], workdir: Path) -> None:
+def stage_in(server: PilotServer, inputs: list[InputFile], workdir: Path) -> None:
     """Download every input by checksum into the work dir (verified)."""
     for item in inputs:
-        name = item["name"]
+        name = item.name
         if "/" in name or name.startswith("."):
             raise StageError(PilotErrorCode.STAGEIN_FAILED, f"refusing input name {name!r}")
         try:
-            server.download(item["sha256"], workdir / name)
+            server.download(item.sha256, workdir / name)
         except ServerError as exc:
             raise StageError(PilotErrorCode.STAGEIN_FAILED, f"input {name}: {exc}") from exc
 
@@ -62,3 +63,16 @@ def stage_out(server: PilotServer, outputs: list[str], workdir: Path) -> list[di
             raise StageError(PilotErrorCode.STAGEOUT_FAILED, f"output {name}: {exc}") from exc
         uploaded.append({"name": name, "sha256": reply["sha256"], "size": reply["size"]})
     return uploaded
+
+
+def stage_out_partial(
+    server: PilotServer, outputs: list[str], workdir: Path
+) -> list[dict[str, Any]]:
+    """The outputs a failed payload did write, uploaded best-effort (kept if no retry follows)."""
+    kept = []
+    for name in outputs:
+        try:
+            kept += stage_out(server, [name], workdir)
+        except StageError:
+            continue
+    return kept

@@ -143,9 +143,27 @@ def session(session_factory):  # type: ignore[no-untyped-def]
         yield s
 
 
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Where ``tests.browser.shot`` keeps screenshots, exported as ``$HPCAF_SCREENSHOTS``.
+
+    When the variable is set (``make screenshots`` sets docs/screenshots), that
+    folder; otherwise a folder under pytest's basetemp, so the test suite leaves
+    the tracked screenshots in docs/screenshots/ as it found them.
+    """
+    from tests.browser import SCREENSHOTS_VARIABLE
+
+    configured = os.environ.get(SCREENSHOTS_VARIABLE)
+    folder = Path(configured) if configured else tmp_path_factory.mktemp("screenshots")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(SCREENSHOTS_VARIABLE, str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """Headless Chromium driven by chromedriver (Debian's chromium and chromium-driver)."""
+def browser(screenshots: Path) -> Iterator[Any]:
+    """Headless Chromium driven by chromedriver (Debian's chromium and chromium-driver);
+    its screenshots go to ``screenshots``."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from db.models import QueueStatus
@@ -97,6 +99,21 @@ def test_adjuster(load: QueueLoad, expected: int) -> None:
 def test_architecture_forms(value: str | None, gpu: bool, vendor: str | None) -> None:
     request = parse_architecture(value)
     assert request.needs_gpu is gpu and request.vendor == vendor
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "nvidia-gpu",
+        "#&nvidia:cuda>=12.0:vram>=40G:model!=.*P100.*:uarch=ampere:driver>=535.54",
+        '{"gpu_spec": {"vendor": "amd", "model": "MI2.*", "version": "6.0", "vram": 65536}}',
+    ],
+)
+def test_gpu_request_survives_the_task_row(value: str) -> None:
+    """Parsed at submission, kept as JSON on the task, read back by brokerage unchanged."""
+    gpu = parse_architecture(value).gpu
+    assert gpu is not None
+    assert GpuRequest.from_document(json.loads(json.dumps(gpu.to_document()))) == gpu
 
 
 @pytest.mark.parametrize("value", ["#&acme", "{oops", '{"cpu": 1}', "x86 64 !!"])

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from db.models import Role
-from harvester.services import caches
-from harvester.services.caches import IdleQueues, TokenCache
-from harvester.services.tokens import Principal
+from harvester.identity import Principal
+from harvester.stores import caches
+from harvester.stores.caches import IdleQueues, TokenCache
 
 
 class Clock:

@@ -13,7 +13,7 @@ from db.engine import make_engine, make_sessionmaker
 from db.migrate import upgrade
 from db.models import EntityKind, Job, StateHistory, Task
 from db.queue import claim_jobs
-from db.states import JobStatus, TaskStatus
+from protocol.states import JobStatus, TaskStatus
 
 
 def _seed(sessions, n: int, queue: str = "Q", priority: int = 1000) -> None:  # type: ignore[no-untyped-def]

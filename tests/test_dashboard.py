@@ -1,7 +1,8 @@
 """The dashboard in a real headless Chromium against a real harvester and real pilots.
 
-Screenshots of each page go to docs/screenshots/ (they show in the diff when a
-page changes).
+Screenshots of each page go to a temporary folder; ``make screenshots`` runs these
+tests with them going to docs/screenshots/ (they show in the diff when a page
+changes).
 """
 
 from __future__ import annotations

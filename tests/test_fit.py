@@ -131,7 +131,7 @@ def test_staus_subset_matches_pyhf_and_plots(
         assert entry["Fit-Time"] > 0
 
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    from harvester.client.plot import plot_exclusion
+    from harvester.plotting import plot_exclusion
 
     contours = plot_exclusion(document, tmp_path / "again.png")
     assert contours.points == len(STAUS_SUBSET)

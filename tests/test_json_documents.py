@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harvester.json_documents import MAX_DOCUMENT_BYTES, MAX_NESTING, check_tree, load_object
+from harvester.json_documents import MAX_DOCUMENT_BYTES, load_object
+from protocol.documents import MAX_NESTING, check_tree
 
 
 def nested(depth: int) -> list[object]:

@@ -61,8 +61,8 @@ def test_provider_call_failures_are_counted(session_factory: Any) -> None:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
+    from harvester import telemetry
     from harvester.api.metrics import QueueStateCollector
-    from harvester.providers import telemetry
 
     registry = CollectorRegistry()
     registry.register(QueueStateCollector(SimpleNamespace(sessions=session_factory)))  # type: ignore[arg-type]

@@ -21,13 +21,14 @@ from sqlalchemy import select
 
 from db.engine import make_engine, make_sessionmaker
 from db.migrate import upgrade
-from db.models import EntityKind, Job, StateHistory, Task, utcnow
+from db.models import EntityKind, Job, Role, StateHistory, Task, utcnow
 from db.queue import ROW_LOCK, transition
-from db.states import JOB_TERMINAL, JobStatus, TaskStatus
+from db.states import JOB_TERMINAL
 from harvester.agents.watchdog import fail_silent_jobs
+from harvester.identity import Principal
 from harvester.services.lifecycle import fail_job, roll_up_at_commit
 from harvester.services.tasks import kill_task
-from harvester.services.tokens import Principal, Role
+from protocol.states import JobStatus, TaskStatus
 from tests.helpers import PG_ENV, REPO, Harvester, harvester_settings, wait_for
 from tests.test_claim import (
     _seed,

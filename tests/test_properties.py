@@ -10,20 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from db.errors import IllegalTransition
-from db.states import (
-    JOB_TERMINAL,
-    TASK_TERMINAL,
-    WORKER_TERMINAL,
-    JobStatus,
-    TaskStatus,
-    WorkerStatus,
-    allowed,
-    check_transition,
-)
+from db.states import JOB_TERMINAL, TASK_TERMINAL, WORKER_TERMINAL, allowed, check_transition
 from harvester.architecture import parse_architecture
 from harvester.client.pcontainer import build_params
 from harvester.errors import InvalidRequest
 from harvester.scans.space import check_placeholders, parse_search_space
+from protocol.states import JobStatus, TaskStatus, WorkerStatus
 
 MACHINES = [
     (TaskStatus, TaskStatus.REGISTERED, TASK_TERMINAL),

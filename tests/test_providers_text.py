@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from db.states import WorkerStatus
 from harvester.config import QueueConfig
 from harvester.errors import ConfigError
 from harvester.providers.base import WorkerResources
 from harvester.providers.htcondor import HTCONDOR_STATES, HTCondorOptions, HTCondorProvider
 from harvester.providers.registry import make_provider
 from harvester.providers.slurm import SLURM_STATES, SlurmOptions, SlurmProvider, _exit_code
+from protocol.states import WorkerStatus
 
 GPU = WorkerResources(cores=8, memory_mb=32000, walltime_s=7200, gpus=2)
 

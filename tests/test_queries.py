@@ -15,7 +15,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from db.models import Job, Task, Worker
-from db.states import JobStatus, TaskStatus, WorkerStatus
+from protocol.states import JobStatus, TaskStatus, WorkerStatus
 from tests.helpers import Harvester, harvester_settings, make_harvester
 
 pytestmark = pytest.mark.e2e

@@ -180,14 +180,17 @@ def test_adaptive_scan_waits_for_the_coarse_picture() -> None:
 
 def _scan_task(session: Any, searchspace: Any, **steering: Any) -> int:
     from db.models import Task
-    from db.states import TaskStatus
+    from protocol.states import TaskStatus
 
     task = Task(
         name="scan",
         owner="alice",
         status=TaskStatus.READY,
         kind="hpo_eval",
-        params={
+        params={  # as submit_task stores them: the required fields, and the steering
+            "containerImage": "base",
+            "outDS": "user.alice.scan",
+            "transform": "hpo_eval",
             "steering": {
                 "kind": "hpo",
                 "algorithm": "random",
@@ -198,7 +201,7 @@ def _scan_task(session: Any, searchspace: Any, **steering: Any) -> int:
                 "metric": "loss",
                 "seed": 1,
                 **steering,
-            }
+            },
         },
         image="base",
         out_ds="user.alice.scan",

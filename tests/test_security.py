@@ -85,8 +85,8 @@ def test_an_idle_queue_remembered_does_not_hide_new_jobs(harvester: Harvester) -
 def test_outputs_cannot_point_outside_the_work_dir(tmp_path: Path) -> None:
     """A payload that links an output to a host file, or names one outside its work dir,
     gets a stage-out failure; nothing outside is read."""
-    from pilot.errors import PilotErrorCode
     from pilot.stage import StageError, collect_output
+    from protocol.error_codes import PilotErrorCode
 
     host_file = tmp_path / "host-secret.txt"
     host_file.write_text("do not upload me")

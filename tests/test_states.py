@@ -15,12 +15,10 @@ from db.states import (
     TASK_TRANSITIONS,
     WORKER_TERMINAL,
     WORKER_TRANSITIONS,
-    JobStatus,
-    TaskStatus,
-    WorkerStatus,
     allowed,
     check_transition,
 )
+from protocol.states import JobStatus, TaskStatus, WorkerStatus
 
 
 def test_every_state_has_rules() -> None:
@@ -107,8 +105,8 @@ def test_transition_writes_history(session) -> None:  # type: ignore[no-untyped-
 def test_job_counts_count_only_the_newest_attempts(session_factory) -> None:  # type: ignore[no-untyped-def]
     """Superseded attempts are left out: closed ones, and failed ones retried by hand."""
     from db.models import Job, Task
-    from db.states import JobStatus, TaskStatus
     from harvester.services.tasks import job_counts
+    from protocol.states import JobStatus, TaskStatus
 
     with session_factory.begin() as s:
         task = Task(

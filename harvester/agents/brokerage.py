@@ -17,12 +17,11 @@ from sqlalchemy import or_, select
 
 from db.models import Job, QueueStatus, Task
 from db.queue import transition
-from db.states import JobStatus
 from harvester.agents.base import Agent
-from harvester.architecture import GpuRequest, parse_architecture
+from harvester.architecture import GpuRequest
 from harvester.config import QueueConfig
-from harvester.errors import InvalidRequest
 from harvester.services.queues import activated_counts, list_queues
+from protocol.states import JobStatus
 
 
 @dataclass(frozen=True)
@@ -153,19 +152,20 @@ class Brokerage(Agent):
                 t.id: t
                 for t in session.scalars(select(Task).where(Task.id.in_({j.task_id for j in jobs})))
             }
+            gpus = {
+                t.id: GpuRequest.from_document(t.gpu_request)
+                for t in tasks.values()
+                if t.gpu_request is not None
+            }
             for job in jobs:
                 task = tasks[job.task_id]
-                try:
-                    gpu = parse_architecture(task.architecture).gpu
-                except InvalidRequest:
-                    gpu = None
                 needs = JobNeeds(
                     cores=job.cores,
                     memory_mb=job.memory_mb,
                     walltime_s=job.walltime_s,
-                    gpu=gpu,
+                    gpu=gpus.get(task.id),
                     site=task.site,
-                    excluded=frozenset(task.params.get("excludedSite", [])),
+                    excluded=frozenset(task.excluded_sites),
                 )
                 name, message = choose_queue(queues, needs, load)
                 job.queue = name

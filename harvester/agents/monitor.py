@@ -17,14 +17,15 @@ from sqlalchemy.orm import Session
 from db.leases import GLOBAL, queue_lease
 from db.models import Job, Task, Worker, utcnow
 from db.queue import for_change, transition
-from db.states import JOB_ACTIVE, WORKER_ACTIVE, WORKER_TERMINAL, WorkerStatus
+from db.states import JOB_ACTIVE, WORKER_ACTIVE, WORKER_TERMINAL
+from harvester import telemetry
 from harvester.agents.base import Agent
 from harvester.context import HarvesterContext
 from harvester.errors import HarvesterError
-from harvester.providers import telemetry
 from harvester.providers.base import Provider
 from harvester.services.lifecycle import fail_job
-from pilot.errors import PilotErrorCode
+from protocol.error_codes import PilotErrorCode
+from protocol.states import WorkerStatus
 
 log = logging.getLogger(__name__)
 

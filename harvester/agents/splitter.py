@@ -5,13 +5,15 @@ Steered tasks (scans) get no jobs here: the steering agent makes them point by p
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 
 from db.models import Job, Task
 from db.queue import record_creation, transition
-from db.states import TaskStatus
 from harvester.agents.base import Agent
 from harvester.services.lifecycle import build_job
+from protocol.states import TaskStatus
 
 
 class Splitter(Agent):
@@ -27,12 +29,15 @@ class Splitter(Agent):
                 .limit(self.batch)
             ).all()
             for task in tasks:
-                if task.params.get("steering"):
+                submitted = task.parameters
+                if submitted.steering:
                     transition(
                         session, task, TaskStatus.READY, reason="steered: jobs come as points"
                     )
                     continue
-                per_job = task.params.get("jobParameters") or [None] * task.n_jobs
+                per_job: list[dict[str, Any] | None] = [None] * task.n_jobs
+                if submitted.jobParameters:
+                    per_job = list(submitted.jobParameters)
                 for index, parameters in enumerate(per_job):
                     session.add(build_job(task, index, parameters))
                 session.flush()

@@ -9,9 +9,9 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from db.models import Task
 from db.queue import for_change
-from db.states import TaskStatus
 from harvester.agents.base import Agent
-from harvester.services.steering import break_task, steer
+from harvester.services.scan_steering import break_task, steer
+from protocol.states import TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Steering(Agent):
                 )
                 if (
                     task is None
-                    or not task.params.get("steering")
+                    or not task.parameters.steering
                     or task.status not in (TaskStatus.READY, TaskStatus.RUNNING)
                 ):
                     return

@@ -17,15 +17,15 @@ from sqlalchemy import func, select
 from db.leases import queue_lease
 from db.models import Job, QueueStatus, Worker
 from db.queue import record_creation, transition
-from db.states import JobStatus, WorkerStatus
+from harvester import telemetry
 from harvester.agents.adjuster import QueueLoad, new_workers
 from harvester.agents.base import Agent
 from harvester.config import QueueConfig
 from harvester.context import HarvesterContext
 from harvester.errors import HarvesterError
-from harvester.providers import telemetry
 from harvester.providers.base import Provider, WorkerResources
 from harvester.services.queues import queue_status
+from protocol.states import JobStatus, WorkerStatus
 
 log = logging.getLogger(__name__)
 

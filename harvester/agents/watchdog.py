@@ -15,7 +15,7 @@ from db.states import JOB_ACTIVE
 from harvester.agents.base import Agent
 from harvester.context import HarvesterContext
 from harvester.services.lifecycle import fail_job
-from pilot.errors import PilotErrorCode
+from protocol.error_codes import PilotErrorCode
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,21 +14,33 @@ from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from db.errors import IllegalTransition
-from harvester.agents.base import AgentRunner
 from harvester.api.auth import CurrentPrincipal
 from harvester.api.body_limit import RequestBodyLimit
 from harvester.api.metrics import Metrics
-from harvester.api.query import reject_nul_characters, reject_unknown_query_params
+from harvester.api.query import reject_unknown_query_params
 from harvester.api.routes import files, jobs, pilot, queues, tasks, workers
 from harvester.context import HarvesterContext
 from harvester.dashboard import routes as dashboard
 from harvester.errors import DatabaseUnavailable, HarvesterError, InvalidRequest
 from harvester.outage import is_conflict
+from harvester.request_params import reject_nul_characters
 
 log = logging.getLogger(__name__)
 
 
-def create_app(ctx: HarvesterContext, runner: AgentRunner | None = None) -> FastAPI:
+class Background(Protocol):
+    """What runs beside the API and starts and stops with it: the agents'
+    :class:`harvester.agents.base.AgentRunner`, which the assembly passes in.
+
+    Named by what the API needs of it, so the API imports no agent.
+    """
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def create_app(ctx: HarvesterContext, runner: Background | None = None) -> FastAPI:
     """The REST API over ``ctx``; ``runner`` (the agents) starts and stops with it."""
 
     @asynccontextmanager

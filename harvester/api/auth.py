@@ -9,7 +9,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from harvester.context import HarvesterContext
-from harvester.services.tokens import Principal, authenticate
+from harvester.identity import Principal
+from harvester.services.tokens import authenticate
 
 _bearer = HTTPBearer(auto_error=False, description="a token from 'harvester token create'")
 

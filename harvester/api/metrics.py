@@ -30,9 +30,9 @@ from sqlalchemy import func, select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from db.models import Job, Task, Worker
+from harvester import telemetry
 from harvester.api.auth import CurrentPrincipal
 from harvester.context import HarvesterContext
-from harvester.providers import telemetry
 
 
 class QueueStateCollector(Collector):

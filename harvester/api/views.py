@@ -1,19 +1,13 @@
-"""ORM rows to public schemas."""
+"""ORM rows to the public replies of :mod:`protocol` (tasks and jobs)."""
 
 from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
 from db.models import Job, Task, Worker
-from db.states import JOB_TERMINAL, JobStatus
-from harvester.api.schemas import JobPublic, TaskPublic
-
-
-def progress(counts: dict[str, int], n_jobs: int) -> float:
-    """The share of the task's jobs that ended (a retried job counts once, by its newest
-    attempt), from 0 to 1."""
-    ended = sum(counts.get(s.value, 0) for s in JOB_TERMINAL if s is not JobStatus.CLOSED)
-    return round(ended / max(n_jobs, 1), 4)
+from harvester.services.summaries import progress
+from protocol.jobs import JobPublic
+from protocol.tasks import TaskPublic
 
 
 def task_public(task: Task, counts: dict[str, int], *, with_params: bool = False) -> TaskPublic:
@@ -38,6 +32,7 @@ def task_public(task: Task, counts: dict[str, int], *, with_params: bool = False
         ended_at=task.ended_at,
         job_counts=counts,
         progress=progress(counts, task.n_jobs),
+        # the document as submitted and stored (panda-client's names), not a re-serialisation
         params=dict(task.params) if with_params else None,
     )
 

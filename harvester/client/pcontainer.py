@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from harvester.client.common import client, err, fail, split_list
+from harvester.client.task_options import task_parameters
 
 app = typer.Typer(add_completion=False, help="Submit a containerized task to hpcaf.")
 
@@ -57,11 +58,9 @@ def main(
         str | None, typer.Option("--architecture", help="e.g. nvidia-gpu or '#&nvidia'")
     ] = None,
     nJobs: Annotated[int | None, typer.Option("--nJobs", help="number of jobs")] = None,
-    nCore: Annotated[int | None, typer.Option("--nCore", help="cores per job")] = None,
-    memory: Annotated[int | None, typer.Option("--memory", help="MiB per job")] = None,
-    maxWalltime: Annotated[
-        int | None, typer.Option("--maxWalltime", help="seconds per job")
-    ] = None,
+    cores: Annotated[int | None, typer.Option("--nCore", help="cores per job")] = None,
+    memory_mb: Annotated[int | None, typer.Option("--memory", help="MiB per job")] = None,
+    walltime_s: Annotated[int | None, typer.Option("--maxWalltime", help="seconds per job")] = None,
     priority: Annotated[
         int | None, typer.Option("--priority", help="900-1100, default 1000")
     ] = None,
@@ -78,22 +77,22 @@ def main(
     """Submit a task whose jobs run ``--exec`` in ``--containerImage``; prints jediTaskID=<id>."""
     loaded = load_json(loadJson) if loadJson else {}
     params = build_params(
-        {
-            "containerImage": containerImage,
-            "exec": exec_,
-            "outDS": outDS,
-            "outputs": split_list(outputs) if outputs is not None else None,
-            "site": site,
-            "excludedSite": split_list(excludedSite) if excludedSite is not None else None,
-            "architecture": architecture,
-            "nJobs": nJobs,
-            "coreCount": nCore,
-            "ramCount": memory,
-            "maxWalltime": maxWalltime,
-            "priority": priority,
-            "maxAttempt": maxAttempt,
-            "taskName": taskName,
-        },
+        task_parameters(
+            containerImage=containerImage,
+            exec=exec_,
+            outDS=outDS,
+            outputs=split_list(outputs) if outputs is not None else None,
+            site=site,
+            excludedSite=split_list(excludedSite) if excludedSite is not None else None,
+            architecture=architecture,
+            nJobs=nJobs,
+            cores=cores,
+            memory_mb=memory_mb,
+            walltime_s=walltime_s,
+            priority=priority,
+            maxAttempt=maxAttempt,
+            taskName=taskName,
+        ),
         loaded,
     )
     for required in ("containerImage", "outDS"):

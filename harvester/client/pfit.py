@@ -22,7 +22,8 @@ from typing import Annotated, Any
 import typer
 
 from harvester.client.common import client, err, fail, out
-from harvester.client.pbook import draw_plot, print_fit_table, wait_for_task
+from harvester.client.task_options import task_parameters
+from harvester.client.tasks import draw_plot, print_fit_table, wait_for_task
 
 app = typer.Typer(add_completion=False, help="Fit the signal patches of a pyhf pallet as a task.")
 
@@ -227,11 +228,16 @@ def main(
             steering = adaptive_steering(checked, names, initial_patches, n_parallel)
             job_parameters = []
         params = {
-            "taskName": f"pfit {workspace.parent.name or workspace.name} ({len(names)} patches)",
-            "containerImage": container_image,
+            **task_parameters(
+                taskName=f"pfit {workspace.parent.name or workspace.name} ({len(names)} patches)",
+                containerImage=container_image,
+                outDS=me,
+                outputs=["results.json"],
+                site=site,
+                architecture=architecture,
+                maxAttempt=max_attempt,
+            ),
             "transform": "pyhf_fit",
-            "outDS": me,
-            "outputs": ["results.json"],
             "inputs": [
                 {"name": "BkgOnly.json", "sha256": ws_file["sha256"]},
                 {"name": ps_name, "sha256": ps_file["sha256"]},
@@ -247,9 +253,6 @@ def main(
                 "labels": list(checked.labels) if checked.labels else None,
                 "require_gpu": _wants_gpu(architecture),
             },
-            "site": site,
-            "architecture": architecture,
-            "maxAttempt": max_attempt,
         }
         reply = c.submit_task({k: v for k, v in params.items() if v is not None})
         task_id = reply["jediTaskID"]

@@ -17,7 +17,8 @@ from typing import Annotated, Any
 import typer
 
 from harvester.client.common import client, err, fail, out, split_list
-from harvester.client.pbook import print_points, wait_for_task
+from harvester.client.task_options import task_parameters
+from harvester.client.tasks import print_points, wait_for_task
 from harvester.errors import InvalidRequest
 from harvester.scans.proposers import ALGORITHMS
 from harvester.scans.space import check_placeholders, parse_search_space
@@ -81,9 +82,9 @@ def main(
     architecture: Annotated[
         str | None, typer.Option("--architecture", help="e.g. nvidia-gpu")
     ] = None,
-    nCore: Annotated[int | None, typer.Option("--nCore", help="cores per evaluation")] = None,
-    memory: Annotated[int | None, typer.Option("--memory", help="MiB per evaluation")] = None,
-    maxWalltime: Annotated[
+    cores: Annotated[int | None, typer.Option("--nCore", help="cores per evaluation")] = None,
+    memory_mb: Annotated[int | None, typer.Option("--memory", help="MiB per evaluation")] = None,
+    walltime_s: Annotated[
         int | None, typer.Option("--maxWalltime", help="seconds per evaluation")
     ] = None,
     maxAttempt: Annotated[int, typer.Option("--maxAttempt", help="attempts per point")] = 2,
@@ -129,19 +130,21 @@ def main(
     if seed is not None:
         steering["seed"] = seed
     params: dict[str, Any] = {
-        "taskName": taskName or f"phpo {algorithm} ({n_points} points)",
-        "containerImage": containerImage,
         "transform": "hpo_eval",
-        "exec": exec_,
-        "outDS": outDS,
-        "outputs": [METRICS_FILE, *[o for o in split_list(outputs) if o != METRICS_FILE]],
         "steering": steering,
-        "site": site,
-        "architecture": architecture,
-        "coreCount": nCore,
-        "ramCount": memory,
-        "maxWalltime": maxWalltime,
-        "maxAttempt": maxAttempt,
+        **task_parameters(
+            taskName=taskName or f"phpo {algorithm} ({n_points} points)",
+            containerImage=containerImage,
+            exec=exec_,
+            outDS=outDS,
+            outputs=[METRICS_FILE, *[o for o in split_list(outputs) if o != METRICS_FILE]],
+            site=site,
+            architecture=architecture,
+            cores=cores,
+            memory_mb=memory_mb,
+            walltime_s=walltime_s,
+            maxAttempt=maxAttempt,
+        ),
     }
     if dumpJson:
         dumpJson.write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")

@@ -24,19 +24,21 @@ from sqlalchemy import select
 
 from db.models import EntityKind, File, FileKind, Job, Role, Task, Worker
 from db.queue import state_history
-from db.states import TASK_TERMINAL, JobStatus, TaskStatus, WorkerStatus
-from harvester.api.query import JobIdPath, Offset, TaskIdPath, reject_nul_characters
-from harvester.api.views import progress
+from db.states import TASK_TERMINAL
 from harvester.context import HarvesterContext
 from harvester.dashboard.session import COOKIE, csrf_token, csrf_valid, load_secret
 from harvester.errors import HarvesterError, NotFoundError, Unauthorized
+from harvester.identity import Principal
+from harvester.request_params import JobIdPath, Offset, TaskIdPath, reject_nul_characters
 from harvester.services import queues as queue_service
 from harvester.services import results as results_service
-from harvester.services import steering as steering_service
+from harvester.services import scan_steering
 from harvester.services import tasks as task_service
 from harvester.services.lifecycle import current_attempts
 from harvester.services.listing import TASK_SORTS, TaskFilter, page, task_query
-from harvester.services.tokens import Principal, authenticate
+from harvester.services.summaries import progress
+from harvester.services.tokens import authenticate
+from protocol.states import JobStatus, TaskStatus, WorkerStatus
 
 router = APIRouter(include_in_schema=False)
 STATIC = Path(__file__).parent / "static"
@@ -236,8 +238,8 @@ def _task_values(request: Request, viewer: Principal, task_id: int) -> dict[str,
             fit = results_service.task_results(session, ctx, task).get("results") or {}
             values["fit"] = fit
             values["fitted"] = sum(1 for e in fit.values() if e.get("status") == "ok")
-        if owner and task.params.get("steering"):
-            scan = steering_service.scan_summary(session, task)
+        if owner and task.parameters.steering:
+            scan = scan_steering.scan_summary(session, task)
             scored = [p for p in scan["points"] if p["metric"] is not None]
             scored.sort(key=lambda p: p["metric"], reverse=scan.get("minimize") is False)
             values["scan"] = scan
@@ -287,12 +289,12 @@ def task_plot(request: Request, task_id: TaskIdPath) -> Response:
         cached = _plots.get(key)
         if cached is not None:
             return Response(cached, media_type="image/png")
-        if task.params.get("steering", {}) and task.kind == "hpo_eval":
-            document: Any = steering_service.scan_summary(session, task)
+        if task.parameters.steering and task.kind == "hpo_eval":
+            document: Any = scan_steering.scan_summary(session, task)
         else:
             document = results_service.task_results(session, ctx, task).get("results")
         title = f"task {task.id}: {task.name}"
-        labels = (task.params.get("transformArgs") or {}).get("labels") or ["m1", "m2"]
+        labels = task.parameters.transformArgs.get("labels") or ["m1", "m2"]
     png = _draw(task.kind, document, title, labels)
     _plots[key] = png
     while len(_plots) > 32:
@@ -305,7 +307,7 @@ _plots: OrderedDict[tuple[int, str, str], bytes] = OrderedDict()
 
 def _draw(kind: str, document: Any, title: str, labels: list[str]) -> bytes:
     try:
-        from harvester.client.plot import plot_exclusion, plot_scan
+        from harvester.plotting import plot_exclusion, plot_scan
     except ImportError as exc:  # matplotlib is in the 'fit' extra
         raise NotFoundError(f"plots need matplotlib on the harvester: {exc}") from exc
     with tempfile.TemporaryDirectory(prefix="hpcaf-plot-") as tmp:

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from db.states import WorkerStatus
+from protocol.states import WorkerStatus
 
 log = logging.getLogger(__name__)
 

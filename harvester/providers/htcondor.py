@@ -18,9 +18,9 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from db.states import WorkerStatus
 from harvester.errors import ProviderError
 from harvester.providers.base import BatchStatus, Provider, WorkerResources, map_native_state
+from protocol.states import WorkerStatus
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import signal
 import subprocess
 from pathlib import Path
 
-from db.states import WorkerStatus
 from harvester.errors import ProviderError
 from harvester.providers.base import BatchStatus, Provider, WorkerResources
+from protocol.states import WorkerStatus
 
 EXIT_CODE_FILE = "exit_code"
 

@@ -18,10 +18,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from db.states import WorkerStatus
 from harvester.commands import CommandError, run_command
 from harvester.errors import ProviderError
 from harvester.providers.base import BatchStatus, Provider, WorkerResources, map_native_state
+from protocol.states import WorkerStatus
 
 log = logging.getLogger(__name__)
 

@@ -19,14 +19,15 @@ from sqlalchemy.orm import Session
 
 from db.models import File, FileKind, Job, Task, utcnow
 from db.queue import advance_jobs
-from db.states import JOB_TERMINAL, JobStatus, allowed
-from harvester.api.schemas import BulkUpdateItem, UpdateJobReply, UpdateJobRequest
+from db.states import JOB_TERMINAL, allowed
 from harvester.context import HarvesterContext
 from harvester.errors import HarvesterError, InvalidRequest
+from harvester.identity import Principal
 from harvester.services.dispatch import _require_pilot, log_lfn, output_lfn, update_job
-from harvester.services.files import check_file_name
 from harvester.services.lifecycle import roll_up_at_commit
-from harvester.services.tokens import Principal
+from harvester.stores.files import check_file_name
+from protocol.pilot import BulkUpdateItem, UpdateJobReply, UpdateJobRequest
+from protocol.states import JobStatus
 
 PROGRESS = (JobStatus.STARTING, JobStatus.RUNNING)
 
@@ -65,7 +66,7 @@ def update_jobs_bulk(
             simple
             and job is not None
             and wanted is JobStatus.FINISHED
-            and not (tasks[job.task_id].params.get("steering"))
+            and not tasks[job.task_id].parameters.steering
         ):
             finishing.append(r)
         else:
@@ -186,7 +187,7 @@ def _file_rows(
     ctx: HarvesterContext, job: Job, task: Task, r: UpdateJobRequest
 ) -> list[dict[str, Any]]:
     """The File rows of a finished report, after checking each blob is there and whole."""
-    declared = set(task.params.get("outputs", []))
+    declared = set(task.parameters.outputs)
     if {o.name for o in r.outputs} != declared:
         raise InvalidRequest(
             f"job {job.id} must report exactly its declared outputs "

@@ -16,26 +16,29 @@ from sqlalchemy.orm import Session
 
 from db.models import File, FileKind, Job, Role, Task, Worker, utcnow
 from db.queue import ROW_LOCK, claim_jobs, claimable_exists, transition
-from db.states import JOB_ACTIVE, JOB_TERMINAL, JobStatus, TaskStatus, WorkerStatus
-from harvester.api.schemas import (
+from db.states import JOB_ACTIVE, JOB_TERMINAL
+from harvester.context import HarvesterContext
+from harvester.errors import Conflict, Forbidden, InvalidRequest, NotFoundError
+from harvester.identity import Principal
+from harvester.images.cache import ImageInfo
+from harvester.services import scan_steering
+from harvester.services.lifecycle import fail_job, roll_up_at_commit
+from harvester.services.scan_submission import HPO, METRICS_FILE
+from harvester.stores.caches import PollKey
+from harvester.stores.files import check_file_name
+from protocol.error_codes import PilotErrorCode
+from protocol.files import OutputFile
+from protocol.pilot import (
     AcquireRequest,
+    ContainerSpec,
     HeartbeatRequest,
-    InputFile,
     JobSpec,
-    OutputFile,
     UpdateJobReply,
     UpdateJobRequest,
     WorkerReport,
 )
-from harvester.context import HarvesterContext
-from harvester.errors import Conflict, Forbidden, InvalidRequest, NotFoundError
-from harvester.images.cache import ImageInfo
-from harvester.services import steering
-from harvester.services.caches import PollKey
-from harvester.services.files import check_file_name
-from harvester.services.lifecycle import fail_job, roll_up_at_commit
-from harvester.services.tokens import Principal
-from pilot.errors import PilotErrorCode
+from protocol.states import JobStatus, TaskStatus, WorkerStatus
+from protocol.tasks import TaskParameters
 
 
 def _require_pilot(principal: Principal) -> None:
@@ -135,14 +138,14 @@ def _pilot_worker(session: Session, worker_id: int | None, queue: str) -> Worker
 
 
 def _job_spec(ctx: HarvesterContext, job: Job, task: Task, image: ImageInfo | None) -> JobSpec:
-    params = task.params
+    parameters = task.parameters
     queue = ctx.queues[job.queue] if job.queue else None
     env = {
         "PANDAID": str(job.id),
         "JEDITASKID": str(task.id),
         "HPCAF_JOB_INDEX": str(job.job_index),
         "HPCAF_ATTEMPT_NR": str(job.attempt_nr),
-        **params.get("env", {}),
+        **parameters.env,
     }
     return JobSpec(
         job_id=job.id,
@@ -154,34 +157,34 @@ def _job_spec(ctx: HarvesterContext, job: Job, task: Task, image: ImageInfo | No
         image=task.image,
         image_path=str(image.rootfs) if image else None,
         image_environment=image.environment if image else {},
-        transform=params.get("transform", "runcontainer"),
-        exec=params.get("exec", ""),
-        transform_args=_transform_args(params),
+        transform=parameters.transform,
+        exec=parameters.exec,
+        transform_args=_transform_args(parameters),
         job_parameters=job.spec.get("parameters"),
         env=env,
-        outputs=list(params.get("outputs", [])),
-        inputs=[InputFile(**i) for i in params.get("inputs", [])],
+        outputs=list(parameters.outputs),
+        inputs=list(parameters.inputs),
         cores=job.cores,
         memory_mb=job.memory_mb or (queue.memory_mb if queue else 2000),
         walltime_s=job.walltime_s or (queue.walltime_s if queue else 3600),
         gpus=job.gpus,
-        container={
-            "runtime": queue.container_runtime if queue else "auto",
-            "allow_network": queue.allow_network if queue else False,
-            "binds": list(queue.binds) if queue else [],
-            "options": list(queue.container_options) if queue else [],
-        },
+        container=ContainerSpec(
+            runtime=queue.container_runtime if queue else "auto",
+            allow_network=queue.allow_network if queue else False,
+            binds=list(queue.binds) if queue else [],
+            options=list(queue.container_options) if queue else [],
+        ),
         heartbeat_interval_s=ctx.settings.heartbeat_interval_s,
     )
 
 
-def _transform_args(params: dict[str, Any]) -> dict[str, Any]:
+def _transform_args(parameters: TaskParameters) -> dict[str, Any]:
     """The task's transformArgs; a scan's evaluations also learn which metric counts."""
-    args = dict(params.get("transformArgs") or {})
-    scan = params.get("steering") or {}
-    if scan.get("kind") == steering.HPO:
+    args = dict(parameters.transformArgs)
+    scan = parameters.steering or {}
+    if scan.get("kind") == HPO:
         args.setdefault("metric", scan["metric"])
-        args.setdefault("metricsFile", steering.METRICS_FILE)
+        args.setdefault("metricsFile", METRICS_FILE)
     return args
 
 
@@ -259,11 +262,11 @@ def update_job(
     if req.log is not None:
         _register(session, ctx, task, job, req.log, FileKind.LOG, log=True)
     evaluation_error = None
-    if wanted is JobStatus.FINISHED and task.params.get("steering"):
+    if wanted is JobStatus.FINISHED and task.parameters.steering:
         try:
-            value, results = steering.read_evaluation(ctx, task, job, list(req.outputs))
-            steering.record_evaluation(session, task, job, value, results)
-        except steering.EvaluationError as exc:
+            value, results = scan_steering.read_evaluation(ctx, task, job, list(req.outputs))
+            scan_steering.record_evaluation(session, task, job, value, results)
+        except scan_steering.EvaluationError as exc:
             evaluation_error = str(exc)
     if wanted is JobStatus.FINISHED and evaluation_error is None:
         registered = _register_outputs(session, ctx, task, job, req.outputs)
@@ -291,7 +294,7 @@ def update_job(
             actor=req.pilot_id,
         )
         if retry is None:  # the last attempt: keep what the payload did write
-            declared = set(task.params.get("outputs", []))
+            declared = set(task.parameters.outputs)
             for output in req.outputs:
                 if output.name in declared:
                     _register(session, ctx, task, job, output, FileKind.OUTPUT)
@@ -301,7 +304,7 @@ def update_job(
 def _register_outputs(
     session: Session, ctx: HarvesterContext, task: Task, job: Job, outputs: Sequence[OutputFile]
 ) -> int:
-    declared = set(task.params.get("outputs", []))
+    declared = set(task.parameters.outputs)
     reported = {o.name for o in outputs}
     missing = declared - reported
     if missing:

@@ -14,30 +14,24 @@ from sqlalchemy.orm import Session
 
 from db.models import Job, Task, utcnow
 from db.queue import ROW_LOCK, for_change, record_creation, transition
-from db.states import JOB_ACTIVE, JOB_TERMINAL, TASK_TERMINAL, JobStatus, TaskStatus
-from harvester.architecture import parse_architecture
-from harvester.errors import InvalidRequest
-from pilot.errors import PilotErrorCode
+from db.states import JOB_ACTIVE, JOB_TERMINAL, TASK_TERMINAL
+from protocol.error_codes import PilotErrorCode
+from protocol.states import JobStatus, TaskStatus
 
 
 def build_job(task: Task, index: int, parameters: dict[str, Any] | None) -> Job:
     """The first attempt of unit ``index`` of ``task``, with the task's resource needs."""
-    params = task.params
-    try:
-        gpu_job = parse_architecture(task.architecture).needs_gpu
-    except InvalidRequest:
-        gpu_job = False
     return Job(
         task_id=task.id,
         job_index=index,
         attempt_nr=1,
         status=JobStatus.DEFINED,
         spec={"parameters": parameters} if parameters is not None else {},
-        cores=int(params.get("coreCount", 1)),
-        memory_mb=int(params.get("ramCount") or 0),
-        walltime_s=int(params.get("maxWalltime") or 0),
+        cores=task.cores,
+        memory_mb=task.memory_mb,
+        walltime_s=task.walltime_s,
         priority=task.priority,
-        gpus=1 if gpu_job else 0,
+        gpus=1 if task.gpu_request is not None else 0,
     )
 
 

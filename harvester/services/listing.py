@@ -3,6 +3,8 @@
 Each list is one SELECT with its filters, one COUNT of the same filters, and a
 LIMIT/OFFSET page; the indexes in migration 0004 match the filters, so a page
 of a 100,000-job database answers in milliseconds (``bench/queries.py``).
+Sorting and name patterns are SQL, so they live here with the queries, not
+with the HTTP parameters that carry them (the services import no web code).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from typing import Any
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from db.models import Job, Task, Worker
-from db.states import JobStatus, TaskStatus, WorkerStatus
-from harvester.api.query import like_pattern, order_by
+from harvester.errors import InvalidRequest
+from protocol.states import JobStatus, TaskStatus, WorkerStatus
 
 TASK_SORTS = {
     "id": Task.id,
@@ -126,6 +129,30 @@ def worker_query(f: WorkerFilter) -> Select[Any]:
     if f.node is not None:
         query = query.where(Worker.node.like(like_pattern(f.node), escape="\\"))
     return _in_range(query, Worker.submitted_at, f.submitted)
+
+
+def order_by(query: Select[Any], sort: str, columns: dict[str, ColumnElement[Any]]) -> Select[Any]:
+    """``sort=name`` ascending, ``sort=-name`` descending; ties broken by the primary key."""
+    descending = sort.startswith("-")
+    key = sort.removeprefix("-")
+    if key not in columns:
+        raise InvalidRequest(
+            f"cannot sort by {key!r}; sort by one of {', '.join(sorted(columns))} "
+            "(prefix '-' for descending)"
+        )
+    column = columns[key]
+    tiebreak = columns["id"]
+    if descending:
+        return query.order_by(column.desc(), tiebreak.desc())
+    return query.order_by(column.asc(), tiebreak.asc())
+
+
+def like_pattern(pattern: str) -> str:
+    """A shell-style pattern (``*`` and ``?``) as a SQL LIKE pattern with ``\\`` escapes."""
+    if len(pattern) > 256:
+        raise InvalidRequest("name patterns are at most 256 characters")
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
 
 
 def page(

@@ -6,9 +6,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import Job, Queue, QueueStatus, Worker
-from db.states import JobStatus, WorkerStatus
 from harvester.config import QueueConfig
 from harvester.errors import NotFoundError
+from protocol.states import JobStatus, WorkerStatus
 
 
 def sync_queues(session: Session, configs: list[QueueConfig]) -> None:

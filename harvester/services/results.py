@@ -7,11 +7,11 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from db.models import FileKind, Task
-from db.states import JobStatus
 from harvester.context import HarvesterContext
 from harvester.json_documents import load_object
 from harvester.services.lifecycle import current_attempts
 from harvester.services.tasks import task_files
+from protocol.states import JobStatus
 
 FIT_RESULTS_FILE = "results.json"
 

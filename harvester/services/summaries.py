@@ -1,8 +1,10 @@
-"""Counts the monitor shows: jobs by status per task or queue, and errors.
+"""Counts the monitor shows: jobs by status per task or queue, errors, a task's progress.
 
 (Workers per queue and state: :func:`harvester.services.queues.worker_counts`.)
 
-All are GROUP BY queries over indexed columns; none loads rows into Python.
+The counts are GROUP BY queries over indexed columns; none loads rows into
+Python. A task's progress is a share of its counts, the same for the API and
+the dashboard.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import Job
+from db.states import JOB_TERMINAL
 from harvester.services.listing import JobFilter, job_query
-from pilot.errors import PilotErrorCode
+from protocol.error_codes import PilotErrorCode
+from protocol.states import JobStatus
 
 GroupBy = Literal["queue", "task", "status"]
 
@@ -72,3 +76,10 @@ def error_summary(session: Session, f: JobFilter) -> list[dict[str, Any]]:
             }
         )
     return summary
+
+
+def progress(counts: dict[str, int], n_jobs: int) -> float:
+    """The share of the task's jobs that ended (a retried job counts once, by its newest
+    attempt), from 0 to 1."""
+    ended = sum(counts.get(s.value, 0) for s in JOB_TERMINAL if s is not JobStatus.CLOSED)
+    return round(ended / max(n_jobs, 1), 4)

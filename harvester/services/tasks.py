@@ -10,20 +10,22 @@ from sqlalchemy.orm import Session, aliased
 
 from db.models import File, FileKind, Job, Role, Task
 from db.queue import record_creation, transition
-from db.states import TASK_TERMINAL, JobStatus, TaskStatus
-from harvester.api.schemas import TaskCreate
+from db.states import TASK_TERMINAL
 from harvester.architecture import parse_architecture
 from harvester.context import HarvesterContext
 from harvester.errors import Conflict, Forbidden, ImageError, InvalidRequest, NotFoundError
-from harvester.services.files import check_file_name, check_sha256
+from harvester.identity import Principal
 from harvester.services.lifecycle import (
     cancel_open_jobs,
     current_attempts,
     new_attempt,
     roll_up_at_commit,
 )
-from harvester.services.steering import check_steering
-from harvester.services.tokens import USER_NAME_PATTERN, Principal
+from harvester.services.scan_submission import check_steering
+from harvester.services.tokens import USER_NAME_PATTERN
+from harvester.stores.files import check_file_name, check_sha256
+from protocol.states import JobStatus, TaskStatus
+from protocol.tasks import TaskCreate
 
 DATASET_SUFFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,200}$")
 
@@ -102,19 +104,23 @@ def submit_task(
     if params.transform == "pyhf_fit":
         check_fit_parameters(params, steered=steering is not None)
 
-    stored = params.model_dump()
-    stored["nJobs"] = n_jobs
-    stored["steering"] = steering
-    stored["site"] = site
+    # what is kept: the parameters as sent, with the task's size, its normalised
+    # steering and its site (AUTO: none) as checked above; under the wire names
+    stored = params.model_copy(update={"nJobs": n_jobs, "steering": steering, "site": site})
     task = Task(
         name=params.taskName or params.outDS,
         owner=owner,
         status=TaskStatus.REGISTERED,
         kind=params.transform,
-        params=stored,
+        params=stored.model_dump(by_alias=True),
         image=image.name,
         architecture=params.architecture,
+        gpu_request=architecture.gpu.to_document() if architecture.gpu is not None else None,
         site=site,
+        excluded_sites=list(params.excludedSite),
+        cores=params.cores,
+        memory_mb=params.memory_mb or 0,  # 0: what the queue's slot has
+        walltime_s=params.walltime_s or 0,  # 0: up to the queue's maximum
         out_ds=params.outDS,
         n_jobs=n_jobs,
         priority=params.priority,
@@ -238,7 +244,7 @@ def retry_task(session: Session, principal: Principal, task_id: int) -> tuple[Ta
             "can be retried"
         )
     retried = 0
-    extra_budget = int(task.params.get("maxAttempt", task.max_attempt))
+    extra_budget = task.parameters.maxAttempt
     for job in current_attempts(session, task_id):
         if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
             new_attempt(session, job, reason=f"task retried by {principal.user}")

@@ -2,43 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
-from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Role, Token, utcnow
-from harvester.errors import Forbidden, InvalidRequest, NotFoundError, Unauthorized
+from harvester.errors import InvalidRequest, NotFoundError, Unauthorized
+from harvester.identity import Principal, hash_token
 
 TOKEN_PREFIX = "hpcaf_"
 USER_NAME_PATTERN = r"^[a-z][a-z0-9_\-]{0,63}$"
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: the user name and the role of the token used."""
-
-    user: str
-    role: Role
-    token_id: int
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role is Role.ADMIN
-
-    def require(self, *roles: Role) -> None:
-        """Raise 403 unless the token has one of ``roles`` (admins pass everywhere)."""
-        if self.role not in roles and not self.is_admin:
-            allowed = " or ".join(r.value for r in roles)
-            raise Forbidden(f"a {self.role.value} token cannot do this (needs {allowed})")
-
-
-def hash_token(token: str) -> str:
-    """Tokens carry 256 random bits, so a plain SHA-256 is a safe one-way store."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def create_token(session: Session, user: str, role: Role) -> str:

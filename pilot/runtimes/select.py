@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pilot.errors import PilotErrorCode
 from pilot.runtimes.apptainer import ApptainerRuntime, SingularityRuntime
 from pilot.runtimes.base import ContainerRuntime
 from pilot.runtimes.bwrap import BubblewrapRuntime
+from protocol.error_codes import PilotErrorCode
 
 RUNTIMES: dict[str, type[ContainerRuntime]] = {
     "apptainer": ApptainerRuntime,

@@ -13,12 +13,12 @@ from starlette.requests import ClientDisconnect
 
 from db.models import File, FileKind, Job, Role, Task
 from harvester.api.auth import Context, CurrentPrincipal
-from harvester.api.schemas import FilePublic
 from harvester.context import HarvesterContext
 from harvester.errors import Forbidden, InvalidRequest, NotFoundError
-from harvester.services.files import check_file_name, check_sha256
+from harvester.identity import Principal
 from harvester.services.tasks import may_read
-from harvester.services.tokens import Principal
+from harvester.stores.files import check_file_name, check_sha256
+from protocol.files import FilePublic
 
 router = APIRouter(prefix="/api/v1/files", tags=["files"])
 

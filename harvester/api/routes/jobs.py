@@ -12,15 +12,19 @@ from sqlalchemy.orm import Session
 
 from db.models import EntityKind, File, FileKind, Job, Role
 from db.queue import state_history
-from db.states import JobStatus
 from harvester.api.auth import Context, CurrentPrincipal
-from harvester.api.query import MAX_PAGE, JobIdPath, Offset
-from harvester.api.schemas import MAX_ID, ErrorRow, HistoryEntry, JobPublic, JobSummary, Page
+from harvester.api.query import MAX_PAGE
 from harvester.api.views import job_public
 from harvester.errors import NotFoundError
+from harvester.request_params import JobIdPath, Offset
 from harvester.services import summaries
 from harvester.services.listing import JOB_SORTS, JobFilter, TimeRange, job_query, page
 from harvester.services.tasks import check_reader, get_task
+from protocol.bodies import MAX_ID
+from protocol.history import HistoryEntry
+from protocol.jobs import ErrorRow, JobPublic, JobSummary
+from protocol.pages import Page
+from protocol.states import JobStatus
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 

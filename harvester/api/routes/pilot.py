@@ -6,7 +6,10 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from harvester.api.auth import Context, CurrentPrincipal
-from harvester.api.schemas import (
+from harvester.context import HarvesterContext
+from harvester.identity import Principal
+from harvester.services import bulk, dispatch
+from protocol.pilot import (
     AcquireReply,
     AcquireRequest,
     BulkUpdateItem,
@@ -18,9 +21,6 @@ from harvester.api.schemas import (
     UpdateJobRequest,
     WorkerReport,
 )
-from harvester.context import HarvesterContext
-from harvester.services import bulk, dispatch
-from harvester.services.tokens import Principal
 
 router = APIRouter(prefix="/api/v1/pilot", tags=["pilot"])
 

@@ -6,9 +6,9 @@ from fastapi import APIRouter
 
 from db.models import QueueStatus, Role
 from harvester.api.auth import Context, CurrentPrincipal
-from harvester.api.schemas import QueuePublic, QueueStatusChange
 from harvester.errors import Forbidden
 from harvester.services import queues as queue_service
+from protocol.queues import QueuePublic, QueueStatusChange
 
 router = APIRouter(prefix="/api/v1/queues", tags=["queues"])
 

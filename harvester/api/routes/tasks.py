@@ -10,25 +10,22 @@ from sqlalchemy import select
 
 from db.models import EntityKind, FileKind, Job, Role
 from db.queue import state_history
-from db.states import JobStatus, TaskStatus
 from harvester.api.auth import Context, CurrentPrincipal
-from harvester.api.query import MAX_PAGE, Offset, TaskIdPath
-from harvester.api.schemas import (
-    FilePublic,
-    HistoryEntry,
-    JobPublic,
-    Page,
-    TaskCreate,
-    TaskPublic,
-    TaskReaders,
-    TaskSubmitted,
-)
+from harvester.api.query import MAX_PAGE
 from harvester.api.views import job_public, task_public
 from harvester.errors import Forbidden, InvalidRequest
+from harvester.request_params import Offset, TaskIdPath
 from harvester.services import results as results_service
-from harvester.services import steering as steering_service
+from harvester.services import scan_steering
 from harvester.services import tasks as task_service
+from harvester.services.lifecycle import current_attempts
 from harvester.services.listing import TASK_SORTS, TaskFilter, TimeRange, page, task_query
+from protocol.files import FilePublic
+from protocol.history import HistoryEntry
+from protocol.jobs import JobPublic
+from protocol.pages import Page
+from protocol.states import JobStatus, TaskStatus
+from protocol.tasks import TaskCreate, TaskPublic, TaskReaders, TaskSubmitted
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 
@@ -138,7 +135,7 @@ def jobs(
         else:
             rows = [
                 j
-                for j in task_service.current_attempts(session, task_id)
+                for j in current_attempts(session, task_id)
                 if status is None or j.status is status
             ]
         return [job_public(session, j) for j in rows]
@@ -173,9 +170,9 @@ def points(task_id: TaskIdPath, ctx: Context, principal: CurrentPrincipal) -> di
     with ctx.sessions() as session:
         task = task_service.get_task(session, task_id)
         task_service.check_reader(principal, task, action="read its results")
-        if not task.params.get("steering"):
+        if not task.parameters.steering:
             raise InvalidRequest(f"task {task_id} is not a scan; it has no points")
-        return steering_service.scan_summary(session, task)
+        return scan_steering.scan_summary(session, task)
 
 
 @router.get("/{task_id}/history", response_model=list[HistoryEntry])

@@ -7,12 +7,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from db.states import WorkerStatus
 from harvester.api.auth import Context, CurrentPrincipal
-from harvester.api.query import MAX_PAGE, Offset
-from harvester.api.schemas import Page, WorkerPublic
+from harvester.api.query import MAX_PAGE
+from harvester.request_params import Offset
 from harvester.services.listing import WORKER_SORTS, TimeRange, WorkerFilter, page, worker_query
 from harvester.services.queues import worker_counts
+from protocol.pages import Page
+from protocol.queues import WorkerPublic
+from protocol.states import WorkerStatus
 
 router = APIRouter(prefix="/api/v1/workers", tags=["workers"])
 

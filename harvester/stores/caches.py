@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
-from harvester.services.tokens import Principal, hash_token
+from harvester.identity import Principal, hash_token
 
 MAX_ENTRIES = 100_000
 """Bound on each memory; the oldest entries go first."""

@@ -1,10 +1,11 @@
-"""Steered tasks: scans whose next points depend on the results of the last ones.
+"""Steered tasks at run time: scans whose next points depend on the results of the last ones.
 
 Two kinds share the machinery: hyperparameter scans (``phpo``; each point a
 ``hpo_eval`` job whose ``metrics.json`` says how good it was) and adaptive fit
 scans (``pfit --adaptive``; each point one patch, its metric CLs_obs). The
-whole steering state is in the database: the task's ``steering`` parameters,
-its :class:`ScanPoint` rows and their jobs. A point and its job are created in
+whole steering state is in the database: the task's ``steering`` parameters
+(checked at submission by :mod:`harvester.services.scan_submission`), its
+:class:`ScanPoint` rows and their jobs. A point and its job are created in
 one transaction, and the proposers are pure functions of that record, so a
 restarted (or a second) harvester continues the scan exactly.
 """
@@ -12,7 +13,6 @@ restarted (or a second) harvester continues the scan exactly.
 from __future__ import annotations
 
 import math
-import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,155 +21,26 @@ from sqlalchemy.orm import Session
 
 from db.models import Job, ScanPoint, Task, utcnow
 from db.queue import record_creation, transition
-from db.states import JOB_TERMINAL, TASK_TERMINAL, JobStatus, TaskStatus
-from harvester.api.schemas import OutputFile, TaskCreate
+from db.states import JOB_TERMINAL, TASK_TERMINAL
 from harvester.context import HarvesterContext
-from harvester.errors import InvalidRequest
 from harvester.json_documents import load_object
 from harvester.scans.adaptive import AdaptivePlan, next_patches
-from harvester.scans.proposers import ALGORITHMS, Evaluation, make_proposer
-from harvester.scans.space import check_placeholders, parse_search_space
+from harvester.scans.proposers import Evaluation, make_proposer
+from harvester.scans.space import parse_search_space
 from harvester.services.lifecycle import (
     build_job,
     cancel_open_jobs,
     current_attempts,
     roll_up_at_commit,
 )
-
-HPO = "hpo"
-ADAPTIVE = "adaptive_cls"
-METRICS_FILE = "metrics.json"
-FIT_RESULTS_FILE = "results.json"  # as harvester.services.results (which imports tasks → here)
-MAX_PARALLEL = 10_000
+from harvester.services.results import FIT_RESULTS_FILE
+from harvester.services.scan_submission import ADAPTIVE, HPO, METRICS_FILE
+from protocol.files import OutputFile
+from protocol.states import JobStatus, TaskStatus
 
 
 class EvaluationError(Exception):
     """A finished evaluation whose result cannot be read; the message says what is wrong."""
-
-
-# -- submission ----------------------------------------------------------------------------
-
-
-def check_steering(params: TaskCreate, max_jobs: int) -> tuple[dict[str, Any], int]:
-    """Validate a steered task's parameters; the normalised steering and the task's size."""
-    steering = params.steering or {}
-    kind = steering.get("kind")
-    if params.jobParameters is not None:
-        raise InvalidRequest("a steered task makes its own jobs; do not give jobParameters")
-    if kind == HPO:
-        return _check_hpo(params, steering, max_jobs)
-    if kind == ADAPTIVE:
-        return _check_adaptive(params, steering, max_jobs)
-    raise InvalidRequest(f"steering.kind must be {HPO!r} or {ADAPTIVE!r}, not {kind!r}")
-
-
-def _positive_int(steering: dict[str, Any], key: str, *, default: int | None = None) -> int:
-    value = steering.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidRequest(f"steering.{key} must be an integer of at least 1, not {value!r}")
-    return value
-
-
-def _check_hpo(
-    params: TaskCreate, steering: dict[str, Any], max_jobs: int
-) -> tuple[dict[str, Any], int]:
-    if params.transform != "hpo_eval":
-        raise InvalidRequest("a hyperparameter scan runs the hpo_eval transform")
-    known = {
-        "kind",
-        "algorithm",
-        "searchSpace",
-        "maxPoints",
-        "nParallelEvaluation",
-        "minimize",
-        "metric",
-        "seed",
-        "nStartup",
-    }
-    unknown = set(steering) - known
-    if unknown:
-        raise InvalidRequest(f"unknown steering keys: {', '.join(sorted(unknown))}")
-    space = parse_search_space(steering.get("searchSpace"))
-    check_placeholders(params.exec, space)
-    algorithm = steering.get("algorithm", "tpe")
-    if algorithm not in ALGORITHMS:
-        raise InvalidRequest(f"algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}")
-    max_points = _positive_int(steering, "maxPoints")
-    parallel = _positive_int(steering, "nParallelEvaluation", default=1)
-    if parallel > MAX_PARALLEL:
-        raise InvalidRequest(f"steering.nParallelEvaluation must be at most {MAX_PARALLEL}")
-    n_points = min(max_points, space.grid_size()) if algorithm == "grid" else max_points
-    if n_points > max_jobs:
-        raise InvalidRequest(f"maxPoints={n_points} is over the limit of {max_jobs} jobs per task")
-    metric = steering.get("metric", "loss")
-    if not isinstance(metric, str) or not metric or len(metric) > 128:
-        raise InvalidRequest("steering.metric must be the name of a key of metrics.json")
-    seed = steering.get("seed")
-    if seed is None:
-        seed = secrets.randbelow(2**31)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
-        raise InvalidRequest("steering.seed must be an integer from 0 to 2**31-1")
-    minimize = steering.get("minimize", True)
-    if not isinstance(minimize, bool):
-        raise InvalidRequest("steering.minimize must be true or false")
-    if METRICS_FILE not in params.outputs:
-        raise InvalidRequest(f"a hyperparameter scan must declare the output {METRICS_FILE}")
-    normalised = {
-        "kind": HPO,
-        "algorithm": algorithm,
-        "searchSpace": space.to_json(),
-        "maxPoints": max_points,
-        "nParallelEvaluation": parallel,
-        "minimize": minimize,
-        "metric": metric,
-        "seed": seed,
-        "nStartup": _positive_int(steering, "nStartup", default=min(10, max(2, n_points // 3))),
-    }
-    return normalised, n_points
-
-
-def _check_adaptive(
-    params: TaskCreate, steering: dict[str, Any], max_jobs: int
-) -> tuple[dict[str, Any], int]:
-    if params.transform != "pyhf_fit":
-        raise InvalidRequest("an adaptive fit scan runs the pyhf_fit transform")
-    known = {"kind", "points", "initial", "nParallelEvaluation", "target", "neighbours"}
-    unknown = set(steering) - known
-    if unknown:
-        raise InvalidRequest(f"unknown steering keys: {', '.join(sorted(unknown))}")
-    points = steering.get("points")
-    if not isinstance(points, dict) or len(points) < 2:
-        raise InvalidRequest("steering.points must map at least two patch names to coordinates")
-    if len(points) > max_jobs:
-        raise InvalidRequest(f"{len(points)} patches is over the limit of {max_jobs} jobs per task")
-    dims = None
-    for name, values in points.items():
-        if (
-            not isinstance(values, list)
-            or not 1 <= len(values) <= 3
-            or not all(
-                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-                for v in values
-            )
-        ):
-            raise InvalidRequest(f"steering.points[{name!r}] must be a list of 1 to 3 numbers")
-        if dims is not None and len(values) != dims:
-            raise InvalidRequest("every patch needs the same number of coordinates")
-        dims = len(values)
-    target = steering.get("target", 0.05)
-    if not isinstance(target, float) or not 0 < target < 1:
-        raise InvalidRequest("steering.target must be a CLs level between 0 and 1")
-    normalised = {
-        "kind": ADAPTIVE,
-        "points": points,
-        "initial": min(
-            len(points), _positive_int(steering, "initial", default=max(4, len(points) // 4))
-        ),
-        "nParallelEvaluation": _positive_int(steering, "nParallelEvaluation", default=8),
-        "target": target,
-        "neighbours": _positive_int(steering, "neighbours", default=4),
-    }
-    return normalised, len(points)
 
 
 # -- steering ------------------------------------------------------------------------------
@@ -195,6 +66,14 @@ class ScanState:
         return [p for p in self.points if self.status(p) in (JobStatus.FAILED, JobStatus.CANCELLED)]
 
 
+def steering_of(task: Task) -> dict[str, Any]:
+    """A steered task's normalised steering (see :mod:`harvester.services.scan_submission`)."""
+    steering = task.parameters.steering
+    if not steering:
+        raise ValueError(f"task {task.id} is not a scan: it has no steering")
+    return steering
+
+
 def load_state(session: Session, task: Task) -> ScanState:
     points = list(
         session.scalars(
@@ -207,7 +86,7 @@ def load_state(session: Session, task: Task) -> ScanState:
 
 def steer(session: Session, task: Task) -> int:
     """Create the next points of ``task`` where there is room; how many were created."""
-    steering = task.params["steering"]
+    steering = steering_of(task)
     state = load_state(session, task)
     room = min(
         int(steering["nParallelEvaluation"]) - len(state.pending()),
@@ -250,7 +129,7 @@ def break_task(session: Session, task: Task, reason: str) -> None:
 
 
 def _steer_adaptive(session: Session, task: Task, state: ScanState, room: int) -> int:
-    steering = task.params["steering"]
+    steering = steering_of(task)
     plan = AdaptivePlan(
         initial=int(steering["initial"]),
         neighbours=int(steering["neighbours"]),
@@ -294,7 +173,7 @@ def read_evaluation(
     ctx: HarvesterContext, task: Task, job: Job, outputs: list[OutputFile]
 ) -> tuple[float, dict[str, Any]]:
     """The metric (and everything reported with it) of a finished evaluation."""
-    steering = task.params["steering"]
+    steering = steering_of(task)
     wanted = METRICS_FILE if steering["kind"] == HPO else FIT_RESULTS_FILE
     item = next((o for o in outputs if o.name == wanted), None)
     if item is None or not ctx.files.exists(item.sha256):
@@ -340,7 +219,7 @@ def record_evaluation(
 
 def scan_summary(session: Session, task: Task) -> dict[str, Any]:
     """The points with their state and metric, and the best so far (for pbook and the API)."""
-    steering = task.params.get("steering") or {}
+    steering = task.parameters.steering or {}
     state = load_state(session, task)
     minimize = bool(steering.get("minimize", True)) if steering.get("kind") == HPO else None
     rows: list[dict[str, Any]] = []

@@ -1,4 +1,9 @@
-"""Assembling a harvester process: context, providers, agents, application."""
+"""Assembling a harvester process: context, providers, agents, application.
+
+The composition root, above everything it wires together (the API, the
+agents, the providers, the stores). It is not a service: the services
+(``harvester/services/``) are the functions the API and the agents call.
+"""
 
 from __future__ import annotations
 
@@ -28,11 +33,11 @@ from harvester.context import HarvesterContext
 from harvester.images.cache import ImageCache
 from harvester.outage import DatabaseHealth
 from harvester.providers.registry import make_provider
-from harvester.services.caches import IdleQueues, TokenCache
-from harvester.services.files import FileStore
 from harvester.services.queues import sync_queues
 from harvester.services.tokens import create_token
 from harvester.settings import HarvesterSettings
+from harvester.stores.caches import IdleQueues, TokenCache
+from harvester.stores.files import FileStore
 
 log = logging.getLogger(__name__)
 

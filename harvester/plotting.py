@@ -1,6 +1,9 @@
 """The exclusion plot of a fit campaign: CLs = 0.05 contours over the two mass axes.
 
 matplotlib is imported here only (headless Agg backend), never at CLI start-up.
+The clients (``pbook``, ``pfit``) and the dashboard draw the same plots, so this
+module belongs to neither: clients import no server module, and the server no
+client module. It imports nothing of hpcaf.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 A plain locked counter rather than a Prometheus instrument, so the agents do
 not depend on the API's registry; :class:`harvester.api.metrics.Metrics`
-exposes it as ``hpcaf_provider_call_failures_total``.
+exposes it as ``hpcaf_provider_call_failures_total``. It sits beside both,
+not in ``harvester/providers/``: the agents count, the API serves, and the
+API imports no provider.
 """
 
 from __future__ import annotations

@@ -1,0 +1,86 @@
+"""What runs in a job's container: the transform's command line, its environment,
+binds and devices, whichever way the job is then executed.
+
+The transforms' folder is bound read-only into every container; the pilot's
+cache (e.g. JAX compilations) is shared by its jobs where the image has the
+mount point for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from pilot.gpus import Gpu, device_nodes, driver_libraries
+from pilot.runtimes.base import CACHE_IN_CONTAINER, Bind, ContainerRequest
+from protocol.pilot import JobSpec
+
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "XLA_FLAGS_CPU_THREADS",
+)
+
+
+def transforms_dir() -> Path:
+    """The folder of the ``transforms`` package, bound read-only into every container.
+
+    Found with ``find_spec``, not imported: the transforms run inside the images,
+    never in the pilot, and the pilot imports none of their code.
+    """
+    spec = importlib.util.find_spec("transforms")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("No module named 'transforms'", name="transforms")
+    return Path(spec.origin).parent
+
+
+def transform_argv(spec: JobSpec) -> list[str]:
+    """The command that runs inside the image for the job's transform."""
+    script = f"/srv/transforms/{spec.transform}.py"
+    if spec.transform == "runcontainer":
+        return ["python3", script, "--exec", spec.exec]
+    return ["python3", script, "--job", "job.json"]
+
+
+def has_cache_mount(image: Path) -> bool:
+    """Whether the image has the mount point for the pilot's shared cache."""
+    return (image / CACHE_IN_CONTAINER.lstrip("/")).is_dir()
+
+
+def container_request(
+    spec: JobSpec, image: Path, workdir: Path, gpus: list[Gpu], cache_dir: Path
+) -> ContainerRequest:
+    """The container for ``spec``'s payload in ``workdir``, on a node with ``gpus``."""
+    cores = max(1, spec.cores)
+    env = {**spec.image_environment, **spec.env}
+    env.update({name: str(cores) for name in THREAD_VARIABLES})
+    gpu_job = spec.gpus > 0
+    devices = device_nodes(gpus) if gpu_job else []
+    if gpu_job:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(g.uuid for g in gpus)
+    if has_cache_mount(image):
+        env["JAX_COMPILATION_CACHE_DIR"] = f"{CACHE_IN_CONTAINER}/jax"
+    return ContainerRequest(
+        image=image,
+        argv=transform_argv(spec),
+        workdir=workdir,
+        transforms_dir=transforms_dir(),
+        env=env,
+        binds=[*[Bind.parse(b) for b in spec.container.binds], *_cache_binds(image, cache_dir)],
+        allow_network=spec.container.allow_network,
+        gpu=gpu_job,
+        devices=devices,
+        gpu_libraries=driver_libraries() if devices else [],
+        extra_options=list(spec.container.options),
+    )
+
+
+def _cache_binds(image: Path, cache_dir: Path) -> list[Bind]:
+    """The pilot's cache, shared by its jobs, where the image has the mount point for it."""
+    if not has_cache_mount(image):
+        return []
+    (cache_dir / "jax").mkdir(parents=True, exist_ok=True)
+    return [Bind(str(cache_dir), CACHE_IN_CONTAINER, writable=True)]

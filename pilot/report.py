@@ -1,0 +1,47 @@
+"""A job's final report: its log uploaded, then its outcome in one ``update_job`` body.
+
+Every way a job ends, unreadable specs included, goes through here, so every
+job gets exactly one final report of the same shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pilot.gpus import Gpu
+from pilot.outcome import LOG_NAME, Outcome
+from pilot.server import PilotServer, ServerError
+from protocol.error_codes import PilotErrorCode
+
+log = logging.getLogger(__name__)
+
+
+def final_report(
+    server: PilotServer,
+    job_id: int,
+    outcome: Outcome,
+    workdir: Path | None,
+    gpus: list[Gpu] | None,
+) -> dict[str, Any]:
+    """The final ``update_job`` body; uploads the payload log of ``workdir`` if there is one.
+
+    ``gpus``, for a GPU job, are the node's GPUs as the job leaves them (the
+    server keeps them as the job's metrics).
+    """
+    body: dict[str, Any] = {"state": outcome.state, "exit_code": outcome.exit_code}
+    if gpus is not None:
+        body["metrics"] = {"gpus": [g.report() for g in gpus]}
+    log_path = workdir / LOG_NAME if workdir is not None else None
+    if log_path is not None and log_path.is_file() and not log_path.is_symlink():
+        try:
+            reply = server.upload(log_path, LOG_NAME)
+            body["log"] = {"name": LOG_NAME, "sha256": reply["sha256"], "size": reply["size"]}
+        except ServerError as exc:
+            log.warning("job %s: log upload failed: %s", job_id, exc)
+    body["outputs"] = outcome.outputs or []
+    if outcome.state != "finished":
+        body["pilot_error_code"] = int(outcome.error_code or PilotErrorCode.UNKNOWN)
+        body["pilot_error_diag"] = outcome.diagnostics
+    return body
