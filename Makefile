@@ -28,7 +28,7 @@ test: deps lint typecheck
 
 ## lint: ruff, and the import contracts of pyproject.toml ([tool.importlinter]; the
 ## layers drawn in docs/architecture.md)
-LINT_IMPORTS ?= lint-imports
+LINT_IMPORTS ?= $(PYTHON) -c "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
 lint:
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
