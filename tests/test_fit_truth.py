@@ -258,6 +258,27 @@ def test_a_group_that_cannot_be_aligned_is_fitted_plain(
 
 
 @pytest.mark.no_database
+def test_a_patch_pyhf_refuses_is_refused_not_fitted(warm: WarmTransform, pallets: Path) -> None:
+    """sbottom RegionB's sbottom_1500_1495_60 has no signal normfactor: pyhf refuses its
+    model (no POI). Aligned with another patch it would gain a zero-yield mu_SIG and a
+    number; it must fail as in pyhf, and its job-mate must still be right."""
+    import pyhf
+
+    workspace, patchset = pallet(pallets, "sbottom/RegionB")
+    names = ["sbottom_1500_1495_60", "sbottom_1500_1250_60"]
+    by_name = {p["metadata"]["name"]: p for p in read(patchset)["patches"]}
+    with pytest.raises(pyhf.exceptions.InvalidModel):
+        pyhf.Workspace(read(workspace)).model(patches=[pyhf.patchset.Patch(by_name[names[0]])])
+    code, results = warm.run(workspace, patchset, names)
+    assert code == 65, results
+    refused = results[names[0]]
+    assert refused["status"] == "failed" and refused["path"] == "plain", refused
+    assert "InvalidModel" in refused["message"] and "mu_SIG" in refused["message"]
+    assert results[names[1]]["path"] == "shared"
+    assert_matches({names[1]: results[names[1]]}, reference(workspace, patchset, names[1:]))
+
+
+@pytest.mark.no_database
 def test_a_structure_mismatch_in_a_warm_worker_falls_back_to_plain(
     tmp_path: Path, pallets: Path
 ) -> None:

@@ -206,9 +206,19 @@ def _prepare_shared(
             f"{', '.join(WORKSPACE_SECTIONS)}: fitting those the plain way",
             flush=True,
         )
+    patched = {i: patches[i].apply(workspace) for i in chosen}
+    # Alignment pads a patch with the group's modifiers; a POI that the patch's own
+    # model lacks would come in that way, and pyhf refuses such a model: so does hpcaf.
+    without_poi = [i for i in chosen if not _declares_poi(patched[i])]
+    if without_poi:
+        print(
+            f"{len(without_poi)} patch(es) do not declare the POI: fitting those the plain way",
+            flush=True,
+        )
+        chosen = [i for i in chosen if i not in without_poi]
     if not chosen:
         return None
-    specs = align_specs(background, [patches[i].apply(workspace) for i in chosen])
+    specs = align_specs(background, [patched[i] for i in chosen])
     if specs is None:
         print("patches differ in more than normsys/histosys: fitting each on its own", flush=True)
         return None
@@ -240,6 +250,17 @@ def _prepare_shared(
         flush=True,
     )
     return SharedFits(sm, slots)
+
+
+def _declares_poi(spec: dict[str, Any]) -> bool:
+    """Whether a patched workspace's own model has its measurement's POI."""
+    poi = spec["measurements"][0]["config"]["poi"]
+    return any(
+        modifier["name"] == poi
+        for channel in spec["channels"]
+        for sample in channel["samples"]
+        for modifier in sample["modifiers"]
+    )
 
 
 def build_template(spec: dict[str, Any]) -> Any:
