@@ -22,7 +22,7 @@ TEST_DATABASES ?= sqlite postgresql
 test: deps lint typecheck
 	@failed=""; for db in $(TEST_DATABASES); do \
 	  echo "== the test suite on $$db"; \
-	  $(PYTHON) -m pytest -ra -q --database $$db $(PYTEST_ARGS) || failed="$$failed $$db"; \
+	  $(PYTHON) -m pytest -ra -q --durations=25 --database $$db $(PYTEST_ARGS) || failed="$$failed $$db"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "== tests failed on:$$failed"; exit 1; fi
 

@@ -47,14 +47,36 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+IN_PROCESS_DATABASE = frozenset({"database_url", "session_factory", "session"})
+"""Fixtures through which a test runs SQL itself, on the database of the pass."""
+
+POSTGRESQL_ONLY = "postgres_databases"
+"""The fixture behind every test written for PostgreSQL alone (``postgres_database_url``)."""
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The PostgreSQL pass skips tests that touch no database (they ran in the first pass)."""
-    if config.getoption("--database") != "postgresql":
-        return
-    skip = pytest.mark.skip(reason="touches no database: run in the SQLite pass")
+    """Which pass runs what, so that the second pass costs only what it can find.
+
+    * The SQLite pass runs everything but the tests written for PostgreSQL alone.
+    * The PostgreSQL pass runs the tests whose outcome can depend on the database: those
+      running SQL themselves (``IN_PROCESS_DATABASE``), those written for PostgreSQL, and
+      those marked ``database`` (concurrent writers, races, restarts, bulk paths, how
+      database errors reach the API). End-to-end tests where the database only carries
+      state between processes ran in the first pass.
+    """
+    on_postgresql = config.getoption("--database") == "postgresql"
+    skip_here = pytest.mark.skip(reason="written for PostgreSQL: runs in the PostgreSQL pass")
+    skip_there = pytest.mark.skip(reason="does not depend on the database: ran in the SQLite pass")
     for item in items:
-        if item.get_closest_marker("no_database"):
-            item.add_marker(skip)
+        fixtures = set(item.fixturenames)
+        postgresql_only = POSTGRESQL_ONLY in fixtures
+        if not on_postgresql:
+            if postgresql_only:
+                item.add_marker(skip_here)
+        elif not (
+            postgresql_only or fixtures & IN_PROCESS_DATABASE or item.get_closest_marker("database")
+        ):
+            item.add_marker(skip_there)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -15,6 +15,8 @@ import pytest
 
 from tests.helpers import Harvester, harvester_settings, make_harvester, wait_for
 
+pytestmark = pytest.mark.database
+
 MAX_UPLOAD = 4096
 MAX_REQUEST = 200_000
 

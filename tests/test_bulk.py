@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers import Harvester
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.database, pytest.mark.e2e]
 
 
 def acquire(h: Harvester, pilot_id: str, n: int) -> list[dict[str, Any]]:

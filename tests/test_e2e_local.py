@@ -114,6 +114,7 @@ def test_failing_exec_is_retried_then_failed(harvester: Harvester) -> None:
     assert "broken" in log.stdout, "stderr of the payload is kept in the log"
 
 
+@pytest.mark.database
 def test_kill_running_task(harvester: Harvester) -> None:
     task_id = harvester.submit(
         "--containerImage",
@@ -185,6 +186,7 @@ def test_payload_isolation(harvester: Harvester, tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.database
 def test_killed_pilot_job_retried_after_heartbeat_timeout(harvester: Harvester) -> None:
     task_id = harvester.submit(
         "--containerImage",
@@ -214,6 +216,7 @@ def test_killed_pilot_job_retried_after_heartbeat_timeout(harvester: Harvester) 
     assert [(j["attempt_nr"], j["status"]) for j in attempts] == [(1, "closed"), (2, "finished")]
 
 
+@pytest.mark.database
 def test_two_pilots_racing_never_share_a_job(harvester: Harvester) -> None:
     task_id = harvester.submit(
         "--containerImage",
@@ -293,6 +296,7 @@ def test_sweeper_removes_worker_leftovers(harvester_factory) -> None:  # type: i
     assert not any(Path(w).exists() for w in workdirs), "worker directories are removed"
 
 
+@pytest.mark.database
 def test_harvester_killed_and_restarted_mid_task(harvester: Harvester) -> None:
     """SIGKILL the service while pilots run; a restart finishes the task, each job once."""
     task_id = harvester.submit(
@@ -320,3 +324,49 @@ def test_harvester_killed_and_restarted_mid_task(harvester: Harvester) -> None:
     assert finished == {i: 1 for i in range(6)}, "every job finished exactly once"
     names = {r[0] for r in harvester.query("SELECT name FROM files WHERE kind='output'")}
     assert len(names) == 6
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid → (process group, command line) of every live process."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] not in ("Z", "X"):
+            found[int(entry.name)] = (int(fields[2]), cmdline)
+    return found
+
+
+def test_a_stopped_harvester_stops_the_local_pilots_it_started(harvester: Harvester) -> None:
+    """SIGTERM the harvester while its local pilots run payloads: the pilots, their
+    containers and payloads are gone soon after, not left polling an address nobody
+    answers."""
+    marker = "377.25"  # a payload no other test runs, to find it among the processes
+    harvester.submit(
+        "--containerImage", "base", "--exec", f"sleep {marker}", "--outDS", "user.alice.stop",
+        "--nJobs", "2",
+    )  # fmt: skip
+
+    def payloads() -> int:
+        return sum(cmd.startswith(f"sleep {marker}") for _, cmd in _processes().values())
+
+    wait_for(lambda: payloads() == 2, 120, "both payloads running")
+    pilots = {int(b) for (b,) in harvester.query("SELECT batch_id FROM workers")}
+    before = _processes()
+    assert pilots & set(before), "the pilots are live processes"
+
+    harvester.stop()
+
+    def gone() -> bool:
+        now = _processes()
+        return not any(
+            group in pilots or f"sleep {marker}" in cmd for group, cmd in now.values()
+        ) and not (pilots & set(now))
+
+    wait_for(gone, 30, "the pilots and their payloads to end")

@@ -142,7 +142,6 @@ def test_staus_subset_matches_pyhf_and_plots(
     assert 100 < min(xs) < 160
 
 
-@pytest.mark.no_database
 def test_1lbb_reference_value(pallets: Path, tmp_path: Path) -> None:
     """The funcX demonstration's printed value for C1N2_Wh_hbb_1000_0, through our transform."""
     sys.path.insert(0, str(REPO / "transforms"))
@@ -245,7 +244,6 @@ def test_pfit_bad_input(
     assert hv.query("SELECT count(*) FROM tasks")[0][0] == before
 
 
-@pytest.mark.no_database
 def test_pallet_folder_and_tarball(staus: tuple[Path, Path], tmp_path: Path) -> None:
     """--pallet takes a folder or a HEPData-style tarball (unpacked once into a cache)."""
     import tarfile

@@ -4,7 +4,9 @@ pyhf run directly, on job orders and patches chosen to break it.
 The warm-worker tests run ``transforms/pyhf_fit.py --serve`` (the process the pilot keeps
 in its container) on the host, one job after another, so that a template or a compilation
 made for one job is reused by the next, exactly as in a pilot. The reference is pyhf
-0.7.6 called directly in this process, numpy backend, with no hpcaf code in its path.
+0.7.6 called directly, numpy backend, with no hpcaf code in its path, in a process of its
+own that fits while the warm worker does (two cores: the test takes the longer of the two,
+not their sum).
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +49,10 @@ def read(path: Path) -> Any:
     return json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
 
 
+_FITTED: dict[tuple[str, str, str], tuple[float, list[float]]] = {}
+"""The reference process's memory: a patch fitted for one test is not fitted again."""
+
+
 def reference(workspace: Path, patchset: Path, names: list[str]) -> dict[str, Any]:
     """pyhf directly: the patch applied to the whole workspace (``PatchSet.apply``), which for
     patches writing only under ``/channels`` is ``Workspace.model(patches=[patch])``."""
@@ -55,13 +63,38 @@ def reference(workspace: Path, patchset: Path, names: list[str]) -> dict[str, An
     by_name = {p["metadata"]["name"]: p for p in read(patchset)["patches"]}
     out = {}
     for name in names:
-        patched = pyhf.Workspace(pyhf.patchset.Patch(by_name[name]).apply(spec))
-        model = patched.model(modifier_settings=MODIFIERS)
-        obs, exp = pyhf.infer.hypotest(
-            1.0, patched.data(model), model, test_stat="qtilde", return_expected_set=True
-        )
-        out[name] = (float(obs), [float(x) for x in exp])
+        key = (str(workspace), str(patchset), name)
+        if key not in _FITTED:
+            patched = pyhf.Workspace(pyhf.patchset.Patch(by_name[name]).apply(spec))
+            model = patched.model(modifier_settings=MODIFIERS)
+            obs, exp = pyhf.infer.hypotest(
+                1.0, patched.data(model), model, test_stat="qtilde", return_expected_set=True
+            )
+            _FITTED[key] = (float(obs), [float(x) for x in exp])
+        out[name] = _FITTED[key]
     return out
+
+
+class Reference:
+    """Reference fits in a separate process, started before the warm worker's jobs."""
+
+    def __init__(self) -> None:
+        # spawned, not forked: the test process may hold JAX's threads
+        context = multiprocessing.get_context("spawn")
+        self.pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+
+    def start(self, workspace: Path, patchset: Path, names: list[str]) -> Future[dict[str, Any]]:
+        return self.pool.submit(reference, workspace, patchset, names)
+
+    def __call__(self, workspace: Path, patchset: Path, names: list[str]) -> dict[str, Any]:
+        return self.start(workspace, patchset, names).result()
+
+
+@pytest.fixture(scope="module")
+def pyhf_directly() -> Iterator[Reference]:
+    fits = Reference()
+    yield fits
+    fits.pool.shutdown(cancel_futures=True)
 
 
 def assert_matches(results: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -161,24 +194,25 @@ SINGLE_FIRST = [
 """A one-patch job first, so that the template has every value compiled in."""
 
 
-@pytest.mark.no_database
 @pytest.mark.parametrize("order", [SBOTTOM_ORDER, SINGLE_FIRST], ids=["reported", "single-first"])
 def test_single_patch_jobs_after_a_multi_patch_job_in_one_warm_worker(
-    warm: WarmTransform, pallets: Path, order: list[list[str]]
+    warm: WarmTransform, pyhf_directly: Reference, pallets: Path, order: list[list[str]]
 ) -> None:
     workspace, patchset = pallet(pallets, "sbottom/RegionA")
+    expected = pyhf_directly.start(workspace, patchset, [n for names in order for n in names])
     results: dict[str, Any] = {}
     for names in order:
         code, document = warm.run(workspace, patchset, names)
         assert code == 0, document
         assert all(document[n]["path"] == "shared" for n in names), document
-        assert_matches(document, reference(workspace, patchset, names))
+        assert_matches(document, {n: expected.result()[n] for n in names})
         results.update(document)
     assert results["sbottom_400_280_150"]["CLs_obs"] < 1e-6, "not the previous patch's value"
 
 
-@pytest.mark.no_database
-def test_sbottom_sample_in_jobs_of_mixed_sizes(warm: WarmTransform, pallets: Path) -> None:
+def test_sbottom_sample_in_jobs_of_mixed_sizes(
+    warm: WarmTransform, pyhf_directly: Reference, pallets: Path
+) -> None:
     """Region B then C then B again in one worker: templates of several pallets side by side,
     jobs of 3, 1 and 2 patches, and a patch fitted again in a job of another size."""
     region_b = pallet(pallets, "sbottom/RegionB")
@@ -187,6 +221,8 @@ def test_sbottom_sample_in_jobs_of_mixed_sizes(warm: WarmTransform, pallets: Pat
     names_c = [p["metadata"]["name"] for p in read(region_c[1])["patches"]]
     b_first, b_single, b_again = names_b[5:8], names_b[-1], [names_b[40], names_b[6]]
     c_single = names_c[17]
+    expected_b = pyhf_directly.start(*region_b, [*b_first, b_single, names_b[40]])
+    expected_c = pyhf_directly.start(*region_c, [c_single])
     seen: dict[str, dict[str, Any]] = {}
     for (workspace, patchset), names in [
         (region_b, b_first),
@@ -200,13 +236,14 @@ def test_sbottom_sample_in_jobs_of_mixed_sizes(warm: WarmTransform, pallets: Pat
         seen.setdefault(key, {}).update(document)
         if names == b_again:
             again = document[names_b[6]]["CLs_obs"]
-    assert_matches(seen[str(region_b[1])], reference(*region_b, [*b_first, b_single, names_b[40]]))
-    assert_matches(seen[str(region_c[1])], reference(*region_c, [c_single]))
+    assert_matches(seen[str(region_b[1])], expected_b.result())
+    assert_matches(seen[str(region_c[1])], expected_c.result())
     assert abs(again - seen[str(region_b[1])][names_b[6]]["CLs_obs"]) < TOLERANCE
 
 
-@pytest.mark.no_database
-def test_zero_yield_padding_on_1lbb(warm: WarmTransform, pallets: Path) -> None:
+def test_zero_yield_padding_on_1lbb(
+    warm: WarmTransform, pyhf_directly: Reference, pallets: Path
+) -> None:
     """1Lbb patches whose signal leaves channels out: normfactor, lumi and staterror land
     on padded zero-yield samples of the shared structure."""
     workspace, patchset = pallet(pallets, "1Lbb")
@@ -214,10 +251,11 @@ def test_zero_yield_padding_on_1lbb(warm: WarmTransform, pallets: Path) -> None:
     names = ["C1N2_Wh_hbb_1000_0", "C1N2_Wh_hbb_190_60", "C1N2_Wh_hbb_535_400"]
     channels = [len(by_name[n]["patch"]) for n in names]
     assert channels == [8, 3, 4], "the first covers every channel, the others leave some out"
+    expected = pyhf_directly.start(workspace, patchset, names)
     code, results = warm.run(workspace, patchset, names)
     assert code == 0, results
     assert all(results[n]["path"] == "shared" for n in names)
-    assert_matches(results, reference(workspace, patchset, names))
+    assert_matches(results, expected.result())
 
 
 def _patchset_with(patchset: Path, out: Path, extra: list[dict[str, Any]]) -> Path:
@@ -234,9 +272,8 @@ def _variant(source: dict[str, Any], name: str, *ops: dict[str, Any]) -> dict[st
     return patch
 
 
-@pytest.mark.no_database
 def test_a_group_that_cannot_be_aligned_is_fitted_plain(
-    warm: WarmTransform, pallets: Path, tmp_path: Path
+    warm: WarmTransform, pyhf_directly: Reference, pallets: Path, tmp_path: Path
 ) -> None:
     """One patch's signal carries a shapesys where another patch has no signal at all: no
     neutral padding exists, so the job's patches are fitted the plain way."""
@@ -251,14 +288,16 @@ def test_a_group_that_cannot_be_aligned_is_fitted_plain(
     odd["patch"] = [odd["patch"][0]]  # signal in the first channel only
     bad = _patchset_with(patchset, tmp_path / "patchset.json", [odd])
     names = [first["metadata"]["name"], "DS_odd_shapesys"]
+    expected = pyhf_directly.start(workspace, bad, names)
     code, results = warm.run(workspace, bad, names)
     assert code == 0, results
     assert [results[n]["path"] for n in names] == ["plain", "plain"]
-    assert_matches(results, reference(workspace, bad, names))
+    assert_matches(results, expected.result())
 
 
-@pytest.mark.no_database
-def test_a_patch_pyhf_refuses_is_refused_not_fitted(warm: WarmTransform, pallets: Path) -> None:
+def test_a_patch_pyhf_refuses_is_refused_not_fitted(
+    warm: WarmTransform, pyhf_directly: Reference, pallets: Path
+) -> None:
     """sbottom RegionB's sbottom_1500_1495_60 has no signal normfactor: pyhf refuses its
     model (no POI). Aligned with another patch it would gain a zero-yield mu_SIG and a
     number; it must fail as in pyhf, and its job-mate must still be right."""
@@ -267,6 +306,7 @@ def test_a_patch_pyhf_refuses_is_refused_not_fitted(warm: WarmTransform, pallets
     workspace, patchset = pallet(pallets, "sbottom/RegionB")
     names = ["sbottom_1500_1495_60", "sbottom_1500_1250_60"]
     by_name = {p["metadata"]["name"]: p for p in read(patchset)["patches"]}
+    expected = pyhf_directly.start(workspace, patchset, names[1:])
     with pytest.raises(pyhf.exceptions.InvalidModel):
         pyhf.Workspace(read(workspace)).model(patches=[pyhf.patchset.Patch(by_name[names[0]])])
     code, results = warm.run(workspace, patchset, names)
@@ -275,12 +315,11 @@ def test_a_patch_pyhf_refuses_is_refused_not_fitted(warm: WarmTransform, pallets
     assert refused["status"] == "failed" and refused["path"] == "plain", refused
     assert "InvalidModel" in refused["message"] and "mu_SIG" in refused["message"]
     assert results[names[1]]["path"] == "shared"
-    assert_matches({names[1]: results[names[1]]}, reference(workspace, patchset, names[1:]))
+    assert_matches({names[1]: results[names[1]]}, expected.result())
 
 
-@pytest.mark.no_database
 def test_a_structure_mismatch_in_a_warm_worker_falls_back_to_plain(
-    tmp_path: Path, pallets: Path
+    tmp_path: Path, pyhf_directly: Reference, pallets: Path
 ) -> None:
     """The JAX template is made (on purpose) from a model of another structure: the worker
     notices, fits plain, and the next job of that worker is still right."""
@@ -295,6 +334,7 @@ def test_a_structure_mismatch_in_a_warm_worker_falls_back_to_plain(
     try:
         workspace, patchset = pallet(pallets, "staus/Region-combined")
         names = ["DS_100_1_Staus", "DS_160_40_Staus"]
+        expected = pyhf_directly.start(workspace, patchset, names)
         code, first = worker.run(workspace, patchset, names[:1])
         assert code == 0 and first[names[0]]["path"] == "plain", first
         code, second = worker.run(workspace, patchset, names[1:])
@@ -302,12 +342,11 @@ def test_a_structure_mismatch_in_a_warm_worker_falls_back_to_plain(
         assert "shared compilation unavailable" in worker.log(tmp_path / "job_1")
     finally:
         worker.close()
-    assert_matches({**first, **second}, reference(workspace, patchset, names))
+    assert_matches({**first, **second}, expected.result())
 
 
-@pytest.mark.no_database
 def test_patches_that_change_the_measurement(
-    warm: WarmTransform, pallets: Path, tmp_path: Path
+    warm: WarmTransform, pyhf_directly: Reference, pallets: Path, tmp_path: Path
 ) -> None:
     """A fixed nuisance parameter and a narrower POI range, written by the patch into
     ``/measurements``, take effect exactly as in pyhf; they share a job and a worker with
@@ -336,13 +375,16 @@ def test_patches_that_change_the_measurement(
         ["DS_120_1_Staus"],
         ["DS_120_1_fixed_jes"],
     ]
+    fitted = pyhf_directly.start(
+        workspace, changed, list(dict.fromkeys(n for names in jobs for n in names))
+    )
     results: dict[str, list[dict[str, Any]]] = {}
     for names in jobs:
         code, document = warm.run(workspace, changed, names)
         assert code == 0, document
         for name in names:
             results.setdefault(name, []).append(document[name])
-    expected = reference(workspace, changed, list(results))
+    expected = fitted.result()
     for name, entries in results.items():
         for entry in entries:
             assert_matches({name: entry}, {name: expected[name]})
@@ -352,15 +394,17 @@ def test_patches_that_change_the_measurement(
     )
 
 
-@pytest.mark.no_database
-def test_numpy_backend_and_jax_agree_in_one_worker(warm: WarmTransform, pallets: Path) -> None:
+def test_numpy_backend_and_jax_agree_in_one_worker(
+    warm: WarmTransform, pyhf_directly: Reference, pallets: Path
+) -> None:
     workspace, patchset = pallet(pallets, "sbottom/RegionA")
     names = ["sbottom_600_280_150", "sbottom_500_205_60"]
+    fitted = pyhf_directly.start(workspace, patchset, names)
     code, on_numpy = warm.run(workspace, patchset, names, backend="numpy")
     assert code == 0 and {e["path"] for e in on_numpy.values()} == {"plain"}
     code, on_jax = warm.run(workspace, patchset, names[::-1], backend="jax")
     assert code == 0 and {e["path"] for e in on_jax.values()} == {"shared"}
-    expected = reference(workspace, patchset, names)
+    expected = fitted.result()
     assert_matches(on_numpy, expected)
     assert_matches(on_jax, expected)
     assert {e["device"] for e in on_jax.values()} == {"cpu"}
@@ -389,11 +433,12 @@ def one_pilot(
 
 @pytest.mark.e2e
 def test_the_reported_order_through_a_harvester_with_one_pilot(
-    one_pilot: Harvester, pallets: Path
+    one_pilot: Harvester, pyhf_directly: Reference, pallets: Path
 ) -> None:
     """The order from the report, as a user ran it: ``maxWorkers = 1``, so one pilot and
     one warm fit worker serve the three pfit tasks one after another."""
     workspace, patchset = pallet(pallets, "sbottom/RegionA")
+    fitted = pyhf_directly.start(workspace, patchset, [n for names in SBOTTOM_ORDER for n in names])
     results: dict[str, Any] = {}
     for names in SBOTTOM_ORDER:
         args = ["--workspace", str(workspace), "--patchset", str(patchset), "--backend", "jax"]
@@ -412,5 +457,4 @@ def test_the_reported_order_through_a_harvester_with_one_pilot(
         results.update(json.loads(one_pilot.pbook("results", str(task_id), "--json").stdout))
     workers = one_pilot.query("SELECT count(DISTINCT worker_id) FROM jobs")[0][0]
     assert workers == 1, "one pilot ran every job"
-    expected = reference(workspace, patchset, [n for names in SBOTTOM_ORDER for n in names])
-    assert_matches(results, expected)
+    assert_matches(results, fitted.result())

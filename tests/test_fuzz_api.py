@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, settings
 
 from tests.helpers import Harvester, harvester_settings, make_harvester
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.database, pytest.mark.e2e]
 
 FUZZ_EXAMPLES = 12
 

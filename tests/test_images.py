@@ -14,8 +14,6 @@ from harvester.images.build import import_image
 from harvester.images.cache import ImageCache, cache_key
 from harvester.images.definition import parse_definition, read_definition
 
-pytestmark = pytest.mark.no_database
-
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -115,6 +115,7 @@ def test_grid_scan_of_two_by_two(harvester: Harvester, tmp_path: Path) -> None:
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "4 evaluated points" in drawn.stdout
 
 
+@pytest.mark.database
 def test_tpe_scan_keeps_at_most_k_evaluations_running(harvester_factory: Any) -> None:
     h = harvester_factory(harvester_settings(max_workers=3))
     task_id = submit_scan(
@@ -157,6 +158,7 @@ def test_tpe_scan_keeps_at_most_k_evaluations_running(harvester_factory: Any) ->
     assert summary["best"]["metric"] == best
 
 
+@pytest.mark.database
 def test_scan_survives_a_harvester_restart(harvester: Harvester) -> None:
     """SIGKILL the service mid-scan: the restarted one resumes; no point lost or repeated."""
     task_id = submit_scan(

@@ -7,8 +7,11 @@ import threading
 from collections import Counter
 
 import httpx
+import pytest
 
 from tests.helpers import Harvester, wait_for
+
+pytestmark = pytest.mark.database
 
 N_JOBS = 1000
 N_PILOTS = 10

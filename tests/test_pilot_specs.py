@@ -47,7 +47,6 @@ def server_spec(**changes: Any) -> dict[str, Any]:
     return raw
 
 
-@pytest.mark.no_database
 def test_a_spec_reads_back_to_the_json_the_server_sent() -> None:
     raw = server_spec()
     spec = read_job(raw)
@@ -56,7 +55,6 @@ def test_a_spec_reads_back_to_the_json_the_server_sent() -> None:
     assert json.dumps(spec.model_dump(mode="json")) == json.dumps(raw)
 
 
-@pytest.mark.no_database
 def test_missing_optional_fields_take_the_pilots_old_defaults() -> None:
     raw = server_spec()
     for name in ("image_path", "env", "inputs", "outputs", "cores", "container"):
@@ -71,7 +69,6 @@ def test_missing_optional_fields_take_the_pilots_old_defaults() -> None:
     )
 
 
-@pytest.mark.no_database
 def test_an_unreadable_spec_names_its_job_and_what_is_wrong() -> None:
     raw = server_spec(cores="many")
     del raw["walltime_s"]
@@ -93,7 +90,6 @@ class FakeServer:
         return {"status": body["state"]}
 
 
-@pytest.mark.no_database
 def test_an_unreadable_job_is_reported_failed_and_not_run(tmp_path: Path) -> None:
     server = FakeServer()
     runner = JobRunner(server, "p1", tmp_path, 1, warm=False)  # type: ignore[arg-type]
@@ -124,7 +120,6 @@ def acquiring(reply: httpx.Response) -> PilotServer:
     return server
 
 
-@pytest.mark.no_database
 def test_acquire_reads_each_job_where_it_arrives() -> None:
     bad = server_spec(job_id=8)
     del bad["image"]
@@ -133,7 +128,6 @@ def test_acquire_reads_each_job_where_it_arrives() -> None:
     assert isinstance(jobs[1], UnreadableJob) and jobs[1].job_id == 8
 
 
-@pytest.mark.no_database
 @pytest.mark.parametrize(
     "reply", [httpx.Response(200, text="<html>"), httpx.Response(200, json={})]
 )

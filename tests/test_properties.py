@@ -17,8 +17,6 @@ from harvester.errors import InvalidRequest
 from harvester.scans.space import check_placeholders, parse_search_space
 from protocol.states import JobStatus, TaskStatus, WorkerStatus
 
-pytestmark = pytest.mark.no_database
-
 MACHINES = [
     (TaskStatus, TaskStatus.REGISTERED, TASK_TERMINAL),
     (JobStatus, JobStatus.DEFINED, JOB_TERMINAL),

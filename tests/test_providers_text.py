@@ -23,8 +23,6 @@ from harvester.providers.registry import make_provider
 from harvester.providers.slurm import SLURM_STATES, SlurmOptions, SlurmProvider, _exit_code
 from protocol.states import WorkerStatus
 
-pytestmark = pytest.mark.no_database
-
 GPU = WorkerResources(cores=8, memory_mb=32000, walltime_s=7200, gpus=2)
 
 

@@ -18,7 +18,7 @@ from db.models import Job, Task, Worker
 from protocol.states import JobStatus, TaskStatus, WorkerStatus
 from tests.helpers import Harvester, harvester_settings, make_harvester
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.database, pytest.mark.e2e]
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from pilot.runtimes.apptainer import ApptainerRuntime
 from pilot.runtimes.base import Bind, ContainerRequest
 from pilot.runtimes.bwrap import BubblewrapRuntime
-
-pytestmark = pytest.mark.no_database
 
 
 def request(**kw) -> ContainerRequest:  # type: ignore[no-untyped-def]

@@ -14,8 +14,6 @@ from pilot.outcome import Outcome
 from pilot.supervision import Exited, Supervisor
 from protocol.error_codes import PilotErrorCode
 
-pytestmark = pytest.mark.no_database
-
 
 def payload(seconds: float, code: int = 0) -> ContainerPayload:
     return ContainerPayload(

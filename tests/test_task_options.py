@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 from harvester.client.task_options import WIRE_NAMES, TaskOptions, task_parameters
 from protocol.tasks import TaskCreate
-
-pytestmark = pytest.mark.no_database
 
 
 def test_every_option_is_a_task_parameter_under_its_wire_name() -> None:

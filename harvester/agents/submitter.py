@@ -69,6 +69,12 @@ class Submitter(Agent):
         self.providers = providers
         self._backoff: dict[str, tuple[float, float]] = {}  # queue → (retry at, delay)
 
+    def stop(self) -> None:
+        """The harvester is stopping: each provider lets go of the pilots it started (local
+        pilots stop with it; batch pilots stay in their slots)."""
+        for provider in {id(p): p for p in self.providers.values()}.values():
+            provider.close()
+
     def run_once(self) -> None:
         for queue in self.ctx.queues.values():
             if not self.ctx.leases.holds(queue_lease(queue.name)):

@@ -81,6 +81,11 @@ class Provider(ABC):
         providers ask their batch system and need nothing."""
         return None
 
+    def close(self) -> None:
+        """The harvester is stopping. Batch pilots outlive it (they fail over, or wait for
+        it to come back); pilots that are the harvester's own processes stop with it."""
+        return None
+
     def sweep(self, batch_id: str, workdir: Path | None) -> None:
         """Remove what a finished worker left behind (scripts, logs)."""
         if workdir is not None and workdir.exists():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from harvester.errors import ProviderError
@@ -17,6 +18,8 @@ from harvester.providers.base import BatchStatus, Provider, WorkerResources
 from protocol.states import WorkerStatus
 
 EXIT_CODE_FILE = "exit_code"
+CLOSE_GRACE_S = 10.0
+"""How long pilots get to report after SIGTERM when the harvester stops, before SIGKILL."""
 
 SCRIPT_TEMPLATE = """\
 #!/bin/sh
@@ -99,10 +102,30 @@ class LocalProvider(Provider):
 
     def cancel(self, batch_ids: list[str]) -> None:
         for batch_id in batch_ids:
+            _signal_group(batch_id, signal.SIGTERM)
+
+    def close(self) -> None:
+        """Local pilots are this harvester's children: they do not outlive it, polling an
+        address nobody answers with their warm workers' memory held. SIGTERM first (the
+        pilot reports its job and stops its containers), SIGKILL after ``CLOSE_GRACE_S``.
+        A restarted harvester finds these workers gone and their jobs are retried."""
+        running = [b for b, child in self._children.items() if child.poll() is None]
+        for batch_id in running:
+            _signal_group(batch_id, signal.SIGTERM)
+        deadline = time.monotonic() + CLOSE_GRACE_S
+        for batch_id in running:
             try:
-                os.killpg(int(batch_id), signal.SIGTERM)
-            except (ProcessLookupError, PermissionError, ValueError):
-                continue
+                self._children[batch_id].wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(batch_id, signal.SIGKILL)  # what the pilot left in its group
+
+
+def _signal_group(batch_id: str, sig: signal.Signals) -> None:
+    try:
+        os.killpg(int(batch_id), sig)
+    except (ProcessLookupError, PermissionError, ValueError):
+        pass
 
 
 def _process_alive(pid: int) -> bool:
