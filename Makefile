@@ -1,6 +1,7 @@
 # The README's two commands: `make demo` and `make test`.
-PYTHON ?= python3
-export HPCAF_IMAGE_CACHE ?= $(CURDIR)/.cache/images
+# Everything runs in the project virtual environment that `make deps` (scripts/install-deps.sh)
+# makes; images go where the harvester looks for them ($HPCAF_HOME/images, or HPCAF_IMAGE_CACHE).
+PYTHON ?= $(CURDIR)/.venv/bin/python
 
 .PHONY: demo test deps lint typecheck unit image clean screenshots
 
@@ -17,7 +18,8 @@ demo:
 	scripts/demo.sh
 
 ## test: install what the tests need, then lint, type-check and run the test suite on
-## each database of TEST_DATABASES (a throw-away PostgreSQL server on loopback for the second)
+## each database of TEST_DATABASES (the second, on a throw-away PostgreSQL server on loopback,
+## runs the tests whose outcome can depend on the database: tests/conftest.py)
 TEST_DATABASES ?= sqlite postgresql
 test: deps lint typecheck
 	@failed=""; for db in $(TEST_DATABASES); do \

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import ModuleType
 from typing import TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from harvester.client.http import ClientError, HarvesterClient
 
@@ -19,8 +22,23 @@ T = TypeVar("T")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
+    """Print ``message`` as an error (plain text: brackets in it are not markup)."""
+    err.print(f"[red]error:[/red] {escape(message)}")
     return typer.Exit(code)
+
+
+def optional(module: str, extra: str, needed_for: str) -> ModuleType:
+    """An optional dependency, imported when first needed; when it is not installed, a
+    one-line message naming the extra that brings it (never a traceback)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module.split(".")[0]:
+            raise  # the package is there but broken: its own traceback says more
+        raise fail(
+            f"{needed_for} needs {module}, which is not installed: "
+            f"pip install 'hpcaf[{extra}]' (from a clone: pip install -e '.[{extra}]')"
+        ) from exc
 
 
 @contextmanager

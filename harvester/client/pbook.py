@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from harvester.client.common import client, err, fail, out
+from harvester.client.common import client, err, fail, optional, out
 from harvester.client.http import HarvesterClient
 from harvester.client.tasks import (
     counts_text,
@@ -232,6 +232,7 @@ def _scan_results(summary: dict[str, Any], plot: Path | None, *, as_json: bool) 
     else:
         print_points(summary)
     if plot is not None:
+        optional("matplotlib", "fit", "--plot")
         from harvester.plotting import plot_scan
 
         try:

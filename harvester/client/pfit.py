@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
-from harvester.client.common import client, err, fail, out
+from harvester.client.common import client, err, fail, optional, out
 from harvester.client.task_options import task_parameters
 from harvester.client.tasks import draw_plot, print_fit_table, wait_for_task
 
@@ -51,7 +51,7 @@ def read_json(path: Path, what: str) -> Any:
 
 def validate(workspace_doc: Any, patchset_doc: Any, names: list[str]) -> tuple[Any, list[str]]:
     """Check the inputs with pyhf; returns the patchset and the patch names to fit."""
-    import pyhf
+    pyhf = optional("pyhf", "fit", "pfit (it checks the pallet with pyhf)")
 
     try:
         workspace = pyhf.Workspace(workspace_doc)
@@ -90,9 +90,8 @@ def pallet_files(pallet: str, cache: Path) -> tuple[Path, Path]:
     if pallet.startswith(("http://", "https://")):
         folder = cache / hashlib.sha256(pallet.encode()).hexdigest()[:16]
         if not folder.exists():
-            from pyhf.contrib.utils import download
-
-            download(pallet, str(folder))
+            contrib = optional("pyhf.contrib.utils", "fit", "pfit (it downloads pallets with pyhf)")
+            contrib.download(pallet, str(folder))
         source = folder
     elif source.is_file() and tarfile.is_tarfile(source):
         digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]

@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from harvester.client.common import err, fail, out
+from harvester.client.common import err, fail, optional, out
 from harvester.client.http import HarvesterClient
 
 TERMINAL = {"done", "finished", "failed", "aborted", "broken"}
@@ -137,6 +137,7 @@ def print_fit_table(fit: dict[str, Any]) -> None:
 
 
 def draw_plot(fit: dict[str, Any], path: Path, params: dict[str, Any], task_id: int) -> None:
+    optional("matplotlib", "fit", "--plot")
     from harvester.plotting import plot_exclusion
 
     labels = params.get("transformArgs", {}).get("labels") or ["m1", "m2"]

@@ -7,6 +7,7 @@ ended; a worker whose process is gone without an exit code is ``missed``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -114,18 +115,14 @@ class LocalProvider(Provider):
             _signal_group(batch_id, signal.SIGTERM)
         deadline = time.monotonic() + CLOSE_GRACE_S
         for batch_id in running:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self._children[batch_id].wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
             _signal_group(batch_id, signal.SIGKILL)  # what the pilot left in its group
 
 
 def _signal_group(batch_id: str, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
         os.killpg(int(batch_id), sig)
-    except (ProcessLookupError, PermissionError, ValueError):
-        pass
 
 
 def _process_alive(pid: int) -> bool:
