@@ -148,6 +148,8 @@ class Task(Base):
     image: Mapped[str] = mapped_column(String(256))
     architecture: Mapped[str | None] = mapped_column(String(256), default=None)
     site: Mapped[str | None] = mapped_column(String(128), default=None)
+    """The queues the task may run on, comma-separated (``--site A,B``); None: any. Read
+    it through :attr:`sites`."""
     excluded_sites: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     """Queues brokerage must not choose (``excludedSite``)."""
     cores: Mapped[int] = mapped_column(Integer, server_default="1")
@@ -174,6 +176,11 @@ class Task(Base):
     ended_at: Mapped[datetime | None] = mapped_column(default=None)
 
     jobs: Mapped[list[Job]] = relationship(back_populates="task", lazy="raise_on_sql")
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """The queues named by ``site``; empty: brokerage may choose any."""
+        return tuple(self.site.split(",")) if self.site else ()
 
     @property
     def parameters(self) -> TaskParameters:

@@ -104,6 +104,28 @@ class TaskSubmitted(BaseModel):
     status: TaskStatus
 
 
+class TaskChecked(BaseModel):
+    """A dry run (``--noSubmit``): the task would be accepted as it is; nothing was stored."""
+
+    accepted: bool = True
+    nJobs: int
+    site: str | None
+    """The queues the task may run on (comma list; None: any)."""
+
+
+class RetryChanges(RequestBody):
+    """What ``pbook retry`` may change on the retried jobs (panda-client's names on the wire,
+    as at submission); unset fields stay as they were."""
+
+    memory_mb: int | None = Field(
+        None, ge=1, le=4_194_304, alias="ramCount", description="MiB per job"
+    )
+    walltime_s: int | None = Field(
+        None, ge=60, le=30 * 86400, alias="maxWalltime", description="seconds per job"
+    )
+    site: str | None = Field(None, max_length=128, description="queues, comma-separated; AUTO: any")
+
+
 class TaskReaders(RequestBody):
     """Users to let read a task's logs, outputs and results, and users to stop."""
 

@@ -19,7 +19,9 @@ def q(name: str, **kw) -> QueueConfig:  # type: ignore[no-untyped-def]
 
 
 def needs(**kw) -> JobNeeds:  # type: ignore[no-untyped-def]
-    base = dict(cores=1, memory_mb=1000, walltime_s=0, gpu=None, site=None, excluded=frozenset())
+    base = dict(
+        cores=1, memory_mb=1000, walltime_s=0, gpu=None, sites=frozenset(), excluded=frozenset()
+    )
     base.update(kw)
     return JobNeeds(**base)
 
@@ -40,10 +42,19 @@ def test_resources_site_and_exclusions() -> None:
         (q("OFF", cores=8, memory_mb=16000, maxWorkers=1), QueueStatus.OFFLINE),
     ]
     assert choose_queue(queues, needs(cores=4), {})[0] == "BIG"
-    assert choose_queue(queues, needs(site="SMALL"), {})[0] == "SMALL"
+    assert choose_queue(queues, needs(sites=frozenset({"SMALL"})), {})[0] == "SMALL"
     name, why = choose_queue(queues, needs(cores=4, excluded=frozenset({"BIG"})), {})
     assert name is None
     assert "SMALL: 1 cores per slot < 4" in why and "BIG: excluded" in why and "OFF: offline" in why
+
+
+def test_a_site_list_is_any_of_its_queues_and_no_other() -> None:
+    queues = [(q(name, maxWorkers=4), ON) for name in ("A", "B", "C")]
+    both = needs(sites=frozenset({"A", "B"}))
+    assert choose_queue(queues, both, {"A": 3, "B": 0, "C": 0})[0] == "B"
+    assert choose_queue(queues, both, {"A": 0, "B": 3, "C": 0})[0] == "A"
+    name, why = choose_queue(queues, needs(sites=frozenset({"A", "B"}), cores=2), {})
+    assert name is None and "C: not a requested site" in why
 
 
 def test_gpu_jobs_only_on_gpu_queues_and_back() -> None:
@@ -57,13 +68,13 @@ def test_gpu_jobs_only_on_gpu_queues_and_back() -> None:
 def test_manual_queues_only_as_last_resort() -> None:
     queues = [(q("AUTO", maxWorkers=2), ON), (q("MANUAL", maxWorkers=0), ON)]
     assert choose_queue(queues, needs(), {"AUTO": 100})[0] == "AUTO"
-    assert choose_queue(queues, needs(site="MANUAL"), {})[0] == "MANUAL"
+    assert choose_queue(queues, needs(sites=frozenset({"MANUAL"})), {})[0] == "MANUAL"
 
 
 def test_test_queues_need_the_site() -> None:
     queues = [(q("T", maxWorkers=1), QueueStatus.TEST)]
     assert choose_queue(queues, needs(), {})[0] is None
-    assert choose_queue(queues, needs(site="T"), {})[0] == "T"
+    assert choose_queue(queues, needs(sites=frozenset({"T"})), {})[0] == "T"
 
 
 @pytest.mark.parametrize(

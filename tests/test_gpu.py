@@ -160,7 +160,7 @@ def test_brokerage_table(architecture: str | None, queue: str | None) -> None:
         memory_mb=0,
         walltime_s=0,
         gpu=parse_architecture(architecture).gpu,
-        site=None,
+        sites=frozenset(),
         excluded=frozenset(),
     )
     chosen, why = choose_queue(QUEUES, needs, {})
@@ -170,7 +170,9 @@ def test_brokerage_table(architecture: str | None, queue: str | None) -> None:
 
 
 def test_cpu_jobs_stay_off_gpu_queues_unless_allowed() -> None:
-    needs = JobNeeds(cores=1, memory_mb=0, walltime_s=0, gpu=None, site=None, excluded=frozenset())
+    needs = JobNeeds(
+        cores=1, memory_mb=0, walltime_s=0, gpu=None, sites=frozenset(), excluded=frozenset()
+    )
     only_gpu = [(gpu_queue("G", A100), QueueStatus.ONLINE)]
     assert choose_queue(only_gpu, needs, {})[0] is None
     shared = [(gpu_queue("G", A100, allow_cpu_jobs=True), QueueStatus.ONLINE)]

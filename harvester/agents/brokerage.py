@@ -32,19 +32,20 @@ class JobNeeds:
     memory_mb: int
     walltime_s: int
     gpu: GpuRequest | None
-    site: str | None
+    sites: frozenset[str]
+    """The queues the task names (``--site A,B``); empty: any."""
     excluded: frozenset[str]
 
 
 def rejection(queue: QueueConfig, status: QueueStatus, needs: JobNeeds) -> str | None:
     """Why ``queue`` cannot take the job, or ``None`` when it can."""
-    if needs.site is not None and queue.name != needs.site:
-        return "not the requested site"
+    if needs.sites and queue.name not in needs.sites:
+        return "not a requested site"
     if queue.name in needs.excluded:
         return "excluded"
     if status is QueueStatus.OFFLINE:
         return "offline"
-    if status is QueueStatus.TEST and needs.site != queue.name:
+    if status is QueueStatus.TEST and queue.name not in needs.sites:
         return "in test (only for tasks that name it)"
     if needs.cores > queue.cores:
         return f"{queue.cores} cores per slot < {needs.cores}"
@@ -164,7 +165,7 @@ class Brokerage(Agent):
                     memory_mb=job.memory_mb,
                     walltime_s=job.walltime_s,
                     gpu=gpus.get(task.id),
-                    site=task.site,
+                    sites=frozenset(task.sites),
                     excluded=frozenset(task.excluded_sites),
                 )
                 name, message = choose_queue(queues, needs, load)

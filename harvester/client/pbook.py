@@ -7,10 +7,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from harvester.client.common import client, err, fail, optional, out
-from harvester.client.http import HarvesterClient
+from harvester.client.http import ClientError, HarvesterClient
+from harvester.client.task_options import (
+    OptionError,
+    memory_per_job,
+    walltime_seconds,
+)
 from harvester.client.tasks import (
     counts_text,
     draw_plot,
@@ -139,20 +145,100 @@ def wait(
         raise typer.Exit(1)
 
 
-@app.command()
-def kill(task_id: int) -> None:
-    """Kill a task: pending jobs are cancelled and running payloads stopped."""
-    with client() as c:
-        task = c.post(f"/api/v1/tasks/{task_id}/kill")
-    out.print(f"task {task_id} {task['status']}")
+TaskIds = Annotated[
+    str, typer.Argument(help="task ids, comma-separated (1,2,3), or all", show_default=False)
+]
+ACTIVE = ["registered", "ready", "running"]
+"""Task states ``pbook kill all`` picks: every task that has not ended."""
+RETRYABLE = ("finished", "failed", "aborted")
+"""Task states ``pbook retry all`` picks (a finished task may have failed jobs)."""
+
+
+def _my_tasks(c: HarvesterClient, statuses: list[str]) -> list[int]:
+    """The ids of the caller's own tasks in one of ``statuses``, every page (an admin's
+    ``all`` is still only the admin's own tasks)."""
+    me = c.get("/api/v1/whoami")["user"]
+    ids: list[int] = []
+    while True:
+        page = c.get("/api/v1/tasks", owner=me, status=statuses, limit=1000, offset=len(ids))
+        ids += [task["id"] for task in page["items"]]
+        if not page["items"] or len(ids) >= page["total"]:
+            return ids
+
+
+def _task_ids(value: str, c: HarvesterClient, all_statuses: list[str]) -> list[int]:
+    """``1,2,3`` as panda-client's pbook takes it, or ``all`` (the caller's tasks in
+    ``all_statuses``)."""
+    if value.strip().lower() == "all":
+        return _my_tasks(c, all_statuses)
+    try:
+        ids = [int(item) for item in value.split(",") if item.strip()]
+    except ValueError:
+        raise fail(f"{value!r}: give task ids as 1,2,3 or all") from None
+    if not ids:
+        raise fail("give task ids as 1,2,3 or all")
+    return list(dict.fromkeys(ids))
+
+
+def _each(ids: list[int], act: Any) -> None:
+    """``act`` on every task; one refused does not stop the others; exit 2 if any was."""
+    refused = 0
+    for task_id in ids:
+        try:
+            task = act(task_id)
+        except ClientError as exc:
+            err.print(f"task {task_id}: {escape(str(exc))}")
+            refused += 1
+            continue
+        out.print(f"task {task_id} {task['status']}")
+    if not ids:
+        out.print("no task to act on")
+    if refused:
+        raise typer.Exit(2)
 
 
 @app.command()
-def retry(task_id: int) -> None:
-    """Retry the failed and cancelled jobs of an ended task."""
+def kill(tasks: TaskIds) -> None:
+    """Kill tasks: pending jobs are cancelled and running payloads stopped. ``all``: every
+    task of yours that has not ended."""
     with client() as c:
-        task = c.post(f"/api/v1/tasks/{task_id}/retry")
-    out.print(f"task {task_id} {task['status']}")
+        ids = _task_ids(tasks, c, ACTIVE)
+        _each(ids, lambda task_id: c.post(f"/api/v1/tasks/{task_id}/kill"))
+
+
+@app.command()
+def retry(
+    tasks: TaskIds,
+    memory: Annotated[
+        int | None, typer.Option("--memory", help="new MB per core for the retried jobs")
+    ] = None,
+    walltime_h: Annotated[
+        float | None, typer.Option("--maxWalltime", help="new hours per retried job")
+    ] = None,
+    site: Annotated[
+        str | None, typer.Option("--site", help="new queue(s), comma-separated, or AUTO")
+    ] = None,
+) -> None:
+    """Retry the failed and cancelled jobs of ended tasks, optionally with more memory, a
+    longer walltime or other sites. ``all``: every ended task of yours."""
+    try:
+        walltime_s = walltime_seconds(walltime_h)
+        if memory is not None:
+            memory_per_job(memory, 1)  # checks the value; the cores are each task's
+    except OptionError as exc:
+        raise fail(str(exc)) from exc
+
+    def changes(c: HarvesterClient, task_id: int) -> dict[str, Any] | None:
+        body: dict[str, Any] = {"maxWalltime": walltime_s, "site": site}
+        if memory is not None:
+            cores = (c.task(task_id).get("params") or {}).get("coreCount") or 1
+            body["ramCount"] = memory_per_job(memory, int(cores))
+        body = {k: v for k, v in body.items() if v is not None}
+        return body or None
+
+    with client() as c:
+        ids = _task_ids(tasks, c, list(RETRYABLE))
+        _each(ids, lambda task_id: c.post(f"/api/v1/tasks/{task_id}/retry", changes(c, task_id)))
 
 
 @app.command()

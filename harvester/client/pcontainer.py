@@ -9,7 +9,13 @@ from typing import Annotated, Any
 import typer
 
 from harvester.client.common import client, err, fail, split_list
-from harvester.client.task_options import task_parameters
+from harvester.client.task_options import (
+    OptionError,
+    memory_per_job,
+    task_parameters,
+    walltime_seconds,
+)
+from harvester.client.tasks import check_submission
 
 app = typer.Typer(add_completion=False, help="Submit a containerized task to hpcaf.")
 
@@ -49,7 +55,8 @@ def main(
         str | None, typer.Option("--outputs", help="comma list of output files")
     ] = None,
     site: Annotated[
-        str | None, typer.Option("--site", help="queue to run on (default AUTO)")
+        str | None,
+        typer.Option("--site", help="queue(s) to run on, comma-separated (default AUTO)"),
     ] = None,
     excludedSite: Annotated[
         str | None, typer.Option("--excludedSite", help="comma list of queues to avoid")
@@ -59,8 +66,12 @@ def main(
     ] = None,
     nJobs: Annotated[int | None, typer.Option("--nJobs", help="number of jobs")] = None,
     cores: Annotated[int | None, typer.Option("--nCore", help="cores per job")] = None,
-    memory_mb: Annotated[int | None, typer.Option("--memory", help="MiB per job")] = None,
-    walltime_s: Annotated[int | None, typer.Option("--maxWalltime", help="seconds per job")] = None,
+    memory: Annotated[
+        int | None, typer.Option("--memory", help="MB per core (panda-client's unit)")
+    ] = None,
+    walltime_h: Annotated[
+        float | None, typer.Option("--maxWalltime", help="hours per job (panda-client's unit)")
+    ] = None,
     priority: Annotated[
         int | None, typer.Option("--priority", help="900-1100, default 1000")
     ] = None,
@@ -76,6 +87,11 @@ def main(
 ) -> None:
     """Submit a task whose jobs run ``--exec`` in ``--containerImage``; prints jediTaskID=<id>."""
     loaded = load_json(loadJson) if loadJson else {}
+    try:
+        memory_mb = memory_per_job(memory, cores or loaded.get("coreCount"))
+        walltime_s = walltime_seconds(walltime_h)
+    except OptionError as exc:
+        raise fail(str(exc)) from exc
     params = build_params(
         task_parameters(
             containerImage=containerImage,
@@ -106,6 +122,7 @@ def main(
         dumpJson.write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
         err.print(f"task parameters written to {dumpJson}")
     if noSubmit:
+        check_submission(params)
         return
     with client() as c:
         reply = c.submit_task(params)

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
-from harvester.client.common import client, err, fail, optional, out
+from harvester.client.common import client, err, fail, optional, out, split_list
 from harvester.client.task_options import task_parameters
 from harvester.client.tasks import draw_plot, print_fit_table, wait_for_task
 
@@ -126,10 +126,11 @@ def group(names: list[str], per_job: int) -> list[dict[str, Any]]:
 
 def auto_patches_per_job(c: Any, n_patches: int, site: str | None) -> int:
     """About two jobs per slot, so slots stay busy and compilations are shared."""
+    named = set(split_list(site)) - {"AUTO"}
     slots = sum(
         int(q["config"].get("maxWorkers", 0))
         for q in c.get("/api/v1/queues")
-        if q["status"] == "online" and (site is None or q["name"] == site)
+        if q["status"] == "online" and (not named or q["name"] in named)
     )
     return max(1, math.ceil(n_patches / (2 * max(slots, 1))))
 
@@ -158,7 +159,9 @@ def main(
             "--patchesPerJob", help="patches fitted by one job (default: about two jobs per slot)"
         ),
     ] = None,
-    site: Annotated[str | None, typer.Option("--site", help="queue to run on")] = None,
+    site: Annotated[
+        str | None, typer.Option("--site", help="queue(s) to run on, comma-separated")
+    ] = None,
     architecture: Annotated[str | None, typer.Option("--architecture")] = None,
     container_image: Annotated[
         str, typer.Option("--containerImage", help="the fit image")

@@ -17,8 +17,13 @@ from typing import Annotated, Any
 import typer
 
 from harvester.client.common import client, err, fail, out, split_list
-from harvester.client.task_options import task_parameters
-from harvester.client.tasks import print_points, wait_for_task
+from harvester.client.task_options import (
+    OptionError,
+    memory_per_job,
+    task_parameters,
+    walltime_seconds,
+)
+from harvester.client.tasks import check_submission, print_points, wait_for_task
 from harvester.errors import InvalidRequest
 from harvester.scans.proposers import ALGORITHMS
 from harvester.scans.space import check_placeholders, parse_search_space
@@ -78,14 +83,19 @@ def main(
         str | None,
         typer.Option("--inputFiles", help="local files put in every evaluation's work dir"),
     ] = None,
-    site: Annotated[str | None, typer.Option("--site", help="queue to run on")] = None,
+    site: Annotated[
+        str | None, typer.Option("--site", help="queue(s) to run on, comma-separated")
+    ] = None,
     architecture: Annotated[
         str | None, typer.Option("--architecture", help="e.g. nvidia-gpu")
     ] = None,
     cores: Annotated[int | None, typer.Option("--nCore", help="cores per evaluation")] = None,
-    memory_mb: Annotated[int | None, typer.Option("--memory", help="MiB per evaluation")] = None,
-    walltime_s: Annotated[
-        int | None, typer.Option("--maxWalltime", help="seconds per evaluation")
+    memory: Annotated[
+        int | None, typer.Option("--memory", help="MB per core (panda-client's unit)")
+    ] = None,
+    walltime_h: Annotated[
+        float | None,
+        typer.Option("--maxWalltime", help="hours per evaluation (panda-client's unit)"),
     ] = None,
     maxAttempt: Annotated[int, typer.Option("--maxAttempt", help="attempts per point")] = 2,
     taskName: Annotated[str | None, typer.Option("--taskName")] = None,
@@ -107,6 +117,11 @@ def main(
         raise fail(f"--algorithm must be one of {', '.join(ALGORITHMS)}")
     if not exec_.strip():
         raise fail("--exec must not be empty")
+    try:
+        memory_mb = memory_per_job(memory, cores)
+        walltime_s = walltime_seconds(walltime_h)
+    except OptionError as exc:
+        raise fail(str(exc)) from exc
     document = read_search_space(searchSpace)
     try:
         space = parse_search_space(document)
@@ -149,7 +164,8 @@ def main(
     if dumpJson:
         dumpJson.write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
         err.print(f"task parameters written to {dumpJson}")
-    if noSubmit:
+    if noSubmit:  # the input files were found; they are uploaded only when submitting
+        check_submission(params, out_ds_kind="phpo")
         return
     with client() as c:
         if params["outDS"] is None:

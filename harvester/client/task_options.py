@@ -33,9 +33,9 @@ class TaskOptions(TypedDict, total=False):
     cores: int | None
     """``--nCore``: cores per job (the chain to ``OMP_NUM_THREADS``: ``TaskParameters.cores``)."""
     memory_mb: int | None
-    """``--memory``: MiB per job."""
+    """MiB per job: ``--memory`` (MB per core, as in panda-client) times the cores."""
     walltime_s: int | None
-    """``--maxWalltime``: seconds per job."""
+    """Seconds per job: ``--maxWalltime`` (hours, as in panda-client) times 3600."""
 
 
 WIRE_NAMES: dict[str, str] = {
@@ -44,6 +44,30 @@ WIRE_NAMES: dict[str, str] = {
     "walltime_s": "maxWalltime",
 }
 """The parameters whose wire name (panda-client's) is not the harvester's name."""
+
+
+class OptionError(ValueError):
+    """An option's value makes no sense; the message names the option."""
+
+
+def memory_per_job(mb_per_core: int | None, cores: int | None) -> int | None:
+    """``--memory`` is MB per core in panda-client's prun; a job's memory is that times its
+    cores (``--nCore``, default 1). The harvester keeps MiB per job."""
+    if mb_per_core is None:
+        return None
+    if mb_per_core < 1:
+        raise OptionError(f"--memory {mb_per_core}: MB per core must be at least 1")
+    return mb_per_core * (cores or 1)
+
+
+def walltime_seconds(hours: float | None) -> int | None:
+    """``--maxWalltime`` is hours in panda-client's prun (``--maxWalltime 24``: a day); the
+    harvester keeps seconds."""
+    if hours is None:
+        return None
+    if not hours > 0:
+        raise OptionError(f"--maxWalltime {hours}: hours must be more than 0")
+    return max(60, round(hours * 3600))
 
 
 def task_parameters(**options: Unpack[TaskOptions]) -> dict[str, Any]:

@@ -273,7 +273,7 @@ def task_action(
         if action == "kill":
             task_service.kill_task(session, viewer, task_id)
         else:
-            task_service.retry_task(session, viewer, task_id)
+            task_service.retry_task(session, _ctx(request), viewer, task_id)
     return RedirectResponse(f"/tasks/{task_id}", status_code=303)
 
 

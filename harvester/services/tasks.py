@@ -25,7 +25,7 @@ from harvester.services.scan_submission import check_steering
 from harvester.services.tokens import USER_NAME_PATTERN
 from harvester.stores.files import check_file_name, check_sha256
 from protocol.states import JobStatus, TaskStatus
-from protocol.tasks import TaskCreate
+from protocol.tasks import RetryChanges, TaskCreate
 
 DATASET_SUFFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,200}$")
 
@@ -72,11 +72,8 @@ def submit_task(
         raise InvalidRequest("a task needs at least one job")
     if n_jobs > limit:
         raise InvalidRequest(f"nJobs={n_jobs} is over the limit of {limit} jobs per task")
-    site = params.site if params.site and params.site.upper() != "AUTO" else None
-    if site is not None and site not in ctx.queues:
-        raise InvalidRequest(
-            f"unknown site {site!r}; known queues: {', '.join(sorted(ctx.queues)) or 'none'}"
-        )
+    sites = parse_sites(params.site, ctx)
+    site = ",".join(sites) or None
     for name in params.excludedSite:
         if name not in ctx.queues:
             raise InvalidRequest(f"unknown site {name!r} in excludedSite")
@@ -161,6 +158,22 @@ def check_fit_parameters(params: TaskCreate, *, steered: bool = False) -> None:
             raise InvalidRequest(f"jobParameters[{index}].patches must be a list of patch names")
 
 
+def parse_sites(value: str | None, ctx: HarvesterContext) -> tuple[str, ...]:
+    """``site`` as panda-client sends it: one queue, a comma list (``--site A,B``: any of
+    them), or ``AUTO``/nothing (empty: brokerage chooses). Every name must be a queue."""
+    if value is None or value.strip().upper() in ("", "AUTO"):
+        return ()
+    names = [name.strip() for name in value.split(",")]
+    if any(not name for name in names):
+        raise InvalidRequest(f"site {value!r} has an empty name: give queues as A,B")
+    for name in names:
+        if name not in ctx.queues:
+            raise InvalidRequest(
+                f"unknown site {name!r}; known queues: {', '.join(sorted(ctx.queues)) or 'none'}"
+            )
+    return tuple(dict.fromkeys(names))
+
+
 def get_task(session: Session, task_id: int) -> Task:
     task = session.get(Task, task_id)
     if task is None:
@@ -234,8 +247,16 @@ def kill_task(session: Session, principal: Principal, task_id: int) -> Task:
     return task
 
 
-def retry_task(session: Session, principal: Principal, task_id: int) -> tuple[Task, int]:
-    """New attempts for every job whose last attempt failed or was cancelled."""
+def retry_task(
+    session: Session,
+    ctx: HarvesterContext,
+    principal: Principal,
+    task_id: int,
+    changes: RetryChanges | None = None,
+) -> tuple[Task, int]:
+    """New attempts for every job whose last attempt failed or was cancelled; ``changes``
+    (``pbook retry --memory/--maxWalltime/--site``) apply to them and to the task's later
+    attempts. The parameters as submitted stay as they were; the history says what changed."""
     task = get_task(session, task_id)
     check_owner(principal, task, action="retry it")
     if task.status not in (TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.ABORTED):
@@ -243,19 +264,35 @@ def retry_task(session: Session, principal: Principal, task_id: int) -> tuple[Ta
             f"task {task_id} is {task.status.value}; only finished, failed or aborted tasks "
             "can be retried"
         )
+    changed = _apply_retry_changes(task, ctx, changes) if changes is not None else []
     retried = 0
     extra_budget = task.parameters.maxAttempt
     for job in current_attempts(session, task_id):
         if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-            new_attempt(session, job, reason=f"task retried by {principal.user}")
+            retry = new_attempt(session, job, reason=f"task retried by {principal.user}")
+            retry.memory_mb, retry.walltime_s = task.memory_mb, task.walltime_s
             retried += 1
     if retried == 0:
         raise Conflict(f"task {task_id} has no failed or cancelled jobs to retry")
     task.max_attempt += extra_budget
-    transition(
-        session, task, TaskStatus.READY, reason=f"retried {retried} jobs", actor=principal.user
-    )
+    reason = f"retried {retried} jobs" + (f" with {', '.join(changed)}" if changed else "")
+    transition(session, task, TaskStatus.READY, reason=reason, actor=principal.user)
     return task, retried
+
+
+def _apply_retry_changes(task: Task, ctx: HarvesterContext, changes: RetryChanges) -> list[str]:
+    """Set the task's requirements from ``changes``; what changed, for the history."""
+    changed = []
+    if changes.memory_mb is not None:
+        task.memory_mb = changes.memory_mb
+        changed.append(f"ramCount={changes.memory_mb} MiB per job")
+    if changes.walltime_s is not None:
+        task.walltime_s = changes.walltime_s
+        changed.append(f"maxWalltime={changes.walltime_s} s")
+    if changes.site is not None:
+        task.site = ",".join(parse_sites(changes.site, ctx)) or None
+        changed.append(f"site={task.site or 'AUTO'}")
+    return changed
 
 
 def list_tasks(

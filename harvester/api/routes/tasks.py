@@ -25,7 +25,14 @@ from protocol.history import HistoryEntry
 from protocol.jobs import JobPublic
 from protocol.pages import Page
 from protocol.states import JobStatus, TaskStatus
-from protocol.tasks import TaskCreate, TaskPublic, TaskReaders, TaskSubmitted
+from protocol.tasks import (
+    RetryChanges,
+    TaskChecked,
+    TaskCreate,
+    TaskPublic,
+    TaskReaders,
+    TaskSubmitted,
+)
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 
@@ -36,6 +43,18 @@ def submit(params: TaskCreate, ctx: Context, principal: CurrentPrincipal) -> Tas
     with ctx.sessions.begin() as session:
         task = task_service.submit_task(session, ctx, principal, params)
         return TaskSubmitted(jediTaskID=task.id, status=task.status)
+
+
+@router.post("/check", response_model=TaskChecked)
+def check(params: TaskCreate, ctx: Context, principal: CurrentPrincipal) -> TaskChecked:
+    """A dry run of a submission (``--noSubmit``): every check ``POST /tasks`` makes, the
+    same 4xx when one fails; nothing is stored."""
+    with ctx.sessions() as session:
+        try:
+            task = task_service.submit_task(session, ctx, principal, params)
+            return TaskChecked(nJobs=task.n_jobs, site=task.site)
+        finally:
+            session.rollback()
 
 
 @router.get("", response_model=Page[TaskPublic])
@@ -96,10 +115,16 @@ def kill(task_id: TaskIdPath, ctx: Context, principal: CurrentPrincipal) -> Task
 
 
 @router.post("/{task_id}/retry", response_model=TaskPublic)
-def retry(task_id: TaskIdPath, ctx: Context, principal: CurrentPrincipal) -> TaskPublic:
-    """New attempts for the jobs that failed or were cancelled."""
+def retry(
+    task_id: TaskIdPath,
+    ctx: Context,
+    principal: CurrentPrincipal,
+    changes: RetryChanges | None = None,
+) -> TaskPublic:
+    """New attempts for the jobs that failed or were cancelled; the body, when given,
+    changes their memory, walltime or sites (``pbook retry --memory …``)."""
     with ctx.sessions.begin() as session:
-        task, _ = task_service.retry_task(session, principal, task_id)
+        task, _ = task_service.retry_task(session, ctx, principal, task_id, changes)
         counts = task_service.job_counts(session, [task_id]).get(task_id, {})
         return task_public(task, counts)
 
