@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from harvester.errors import HarvesterError
+from harvester.terminal import print_listing, stdout_console
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -31,13 +31,14 @@ app.add_typer(token_app, name="token")
 app.add_typer(image_app, name="image")
 app.add_typer(queue_app, name="queue")
 
-console = Console()
+console = stdout_console()
 err = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", help="settings file (default $HPCAF_HOME/harvester.toml)"),
 ]
+JsonOption = Annotated[bool, typer.Option("--json", help="print the rows as JSON")]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -218,24 +219,25 @@ def token_revoke(
 
 
 @token_app.command("list")
-def token_list(config: ConfigOption = None) -> None:
+def token_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """List tokens (id, user, role, created, revoked); never the secrets."""
     from sqlalchemy import select
 
     from db.models import Token
 
     sessions = _sessions(config)
-    table = Table("id", "user", "role", "created", "revoked")
     with sessions() as session:
-        for t in session.scalars(select(Token).order_by(Token.id)):
-            table.add_row(
-                str(t.id),
-                t.user,
-                t.role.value,
-                f"{t.created_at:%Y-%m-%d %H:%M}",
-                f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "",
-            )
-    console.print(table)
+        rows = [
+            {
+                "id": t.id,
+                "user": t.user,
+                "role": t.role.value,
+                "created": f"{t.created_at:%Y-%m-%d %H:%M}",
+                "revoked": f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else None,
+            }
+            for t in session.scalars(select(Token).order_by(Token.id))
+        ]
+    print_listing(("id", "user", "role", "created", "revoked"), rows, as_json=as_json)
 
 
 @image_app.command("build")
@@ -286,53 +288,50 @@ def image_import(
 
 
 @image_app.command("list")
-def image_list(config: ConfigOption = None) -> None:
+def image_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Images in the cache."""
     ctx = _context(config)
-    table = Table("name", "source", "created", "path")
-    for image in ctx.images.list():
-        meta = image.metadata
-        table.add_row(
-            image.name, str(meta.get("source", "")), str(meta.get("created", "")), str(image.rootfs)
-        )
-    console.print(table)
+    rows = [
+        {
+            "name": image.name,
+            "source": image.metadata.get("source"),
+            "created": image.metadata.get("created"),
+            "path": str(image.rootfs),
+        }
+        for image in ctx.images.list()
+    ]
+    print_listing(("name", "source", "created", "path"), rows, as_json=as_json)
 
 
 @queue_app.command("list")
-def queue_list(config: ConfigOption = None) -> None:
+def queue_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Queues with their provider, status, slot size and workers."""
     from harvester.services.queues import activated_counts, list_queues, worker_counts
 
     ctx = _context(config)
-    table = Table(
-        "queue",
-        "provider",
-        "status",
-        "cores",
-        "memory",
-        "gpus",
-        "maxWorkers",
-        "workers",
-        "activated",
-    )
     with ctx.sessions() as session:
         workers = worker_counts(session)
         activated = activated_counts(session)
-        for q in list_queues(session):
-            c = q.config
-            w = ", ".join(f"{k}={v}" for k, v in sorted(workers.get(q.name, {}).items()))
-            table.add_row(
-                q.name,
-                q.provider,
-                q.status.value,
-                str(c.get("cores")),
-                f"{c.get('memory_mb')} MiB",
-                str(c.get("gpus")),
-                str(c.get("maxWorkers")),
-                w,
-                str(activated.get(q.name, 0)),
-            )
-    console.print(table)
+        rows = [
+            {
+                "queue": q.name,
+                "provider": q.provider,
+                "status": q.status.value,
+                "cores": q.config.get("cores"),
+                "memory_mb": q.config.get("memory_mb"),
+                "gpus": q.config.get("gpus"),
+                "maxWorkers": q.config.get("maxWorkers"),
+                "workers": (
+                    dict(sorted(workers.get(q.name, {}).items()))
+                    if as_json
+                    else ", ".join(f"{k}={v}" for k, v in sorted(workers.get(q.name, {}).items()))
+                ),
+                "activated": activated.get(q.name, 0),
+            }
+            for q in list_queues(session)
+        ]
+    columns = ("queue", "provider", "status", "cores", "memory_mb", "gpus", "maxWorkers")
+    print_listing((*columns, "workers", "activated"), rows, as_json=as_json)
 
 
 @queue_app.command("show")

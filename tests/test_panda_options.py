@@ -7,6 +7,7 @@ the tests read what was stored and decided, and kill or retry tasks without raci
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,3 +153,35 @@ def test_pbook_kill_and_retry_take_lists_and_all(hv: Harvester) -> None:
 
     nonsense = hv.pbook("retry", "1,two")
     assert nonsense.returncode == 2 and "1,2,3 or all" in nonsense.stderr, nonsense.output
+
+
+LONG_QUEUE = "ANALY_A_QUEUE_NAME_LONGER_THAN_EIGHTY_COLUMNS_COULD_EVER_SHOW_IN_A_TABLE_CELL_X"
+
+
+def test_listings_are_whole_when_piped_and_json_on_request(harvester_factory) -> None:  # type: ignore[no-untyped-def]
+    """Captured output is not a terminal: a table never cuts a queue name to ``ANALY…``,
+    and every admin and user listing prints JSON with ``--json``."""
+    h = harvester_factory(
+        harvester_settings(
+            f'[queues.{LONG_QUEUE}]\nprovider = "local"\ncores = 1\nmemory_mb = 1000\n'
+            "maxWalltime = 600\nmaxWorkers = 0\n"
+        )
+    )
+    table = h.cli("harvester.cli", "queue", "list")
+    assert table.returncode == 0, table.output
+    assert LONG_QUEUE in table.stdout and "…" not in table.stdout, table.stdout
+    queues = json.loads(h.cli("harvester.cli", "queue", "list", "--json").stdout)
+    assert {q["queue"] for q in queues} == {"ANALY_LOCAL", "ANALY_MANUAL", LONG_QUEUE}
+    assert all(isinstance(q["cores"], int) for q in queues)
+
+    tokens = json.loads(h.cli("harvester.cli", "token", "list", "--json").stdout)
+    assert {"alice", "bob", "admin"} <= {t["user"] for t in tokens}
+    assert not any(secret in json.dumps(tokens) for secret in h.tokens.values())
+    images = json.loads(h.cli("harvester.cli", "image", "list", "--json").stdout)
+    assert "base" in {i["name"] for i in images}
+
+    task_id = h.submit(*TASK, "--site", LONG_QUEUE)
+    mine = json.loads(h.pbook("show", "--json").stdout)
+    assert task_id in {t["id"] for t in (mine["items"] if isinstance(mine, dict) else mine)}
+    jobs = h.pbook("jobs", str(task_id))
+    assert jobs.returncode == 0 and LONG_QUEUE in jobs.stdout, jobs.output

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import ModuleType
@@ -14,9 +13,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from harvester.client.http import ClientError, HarvesterClient
+from harvester.terminal import stdout_console
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+out = stdout_console()
 
 T = TypeVar("T")
 
