@@ -29,7 +29,7 @@ from pilot.report import final_report
 from pilot.runtimes.select import RuntimeUnavailable, select_runtime
 from pilot.server import PilotServer, ServerError
 from pilot.specs import UnreadableJob
-from pilot.stage import StageError, stage_in, stage_out, stage_out_partial
+from pilot.stage import StageError, stage_in, stage_out, stage_out_partial, unpack_sandbox
 from pilot.supervision import KILLED_BY_SERVER, Payload, Supervisor
 from pilot.warm import WarmPool
 from protocol.error_codes import PilotErrorCode
@@ -114,6 +114,8 @@ class JobRunner:
                 error_code=PilotErrorCode.IMAGE_NOT_FOUND,
                 diagnostics=f"image {spec.image} not found at {image}",
             )
+        if spec.sandbox is not None:
+            unpack_sandbox(self.server, spec.sandbox, workdir)
         stage_in(self.server, spec.inputs, workdir)
         if spec.transform != "runcontainer":
             (workdir / "job.json").write_text(json.dumps(spec.model_dump(mode="json")))

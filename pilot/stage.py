@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pilot.server import PilotServer, ServerError
@@ -28,6 +30,59 @@ def stage_in(server: PilotServer, inputs: list[InputFile], workdir: Path) -> Non
             server.download(item.sha256, workdir / name)
         except ServerError as exc:
             raise StageError(PilotErrorCode.STAGEIN_FAILED, f"input {name}: {exc}") from exc
+
+
+def unpack_sandbox(server: PilotServer, sandbox: InputFile, workdir: Path) -> int:
+    """The user's work directory (``pcontainer --workDir``) unpacked into the work dir;
+    returns the number of files."""
+    with tempfile.TemporaryDirectory(dir=workdir.parent, prefix=".sandbox-") as scratch:
+        archive = Path(scratch) / "sandbox.tar.gz"
+        try:
+            server.download(sandbox.sha256, archive)
+        except ServerError as exc:
+            raise StageError(PilotErrorCode.STAGEIN_FAILED, f"sandbox: {exc}") from exc
+        return extract_sandbox(archive, workdir)
+
+
+def extract_sandbox(archive: Path, workdir: Path) -> int:
+    """Unpack ``archive`` below ``workdir``: regular files and folders only. A member that
+    is a link, a device, an absolute path or climbs out with ``..`` fails the stage-in
+    before anything is written (a link unpacked first could carry a later member out of
+    the work dir onto the pilot's host)."""
+    try:
+        with tarfile.open(archive, mode="r:gz") as tar:
+            members = tar.getmembers()
+            for member in members:
+                _check_member(member)
+            files = 0
+            for member in members:
+                target = workdir.joinpath(*PurePosixPath(member.name).parts)
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                assert source is not None  # a regular file, checked above
+                with source, target.open("wb") as out:
+                    while chunk := source.read(1 << 20):
+                        out.write(chunk)
+                target.chmod(0o755 if member.mode & 0o100 else 0o644)
+                files += 1
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise StageError(PilotErrorCode.STAGEIN_FAILED, f"sandbox: {exc}") from exc
+    return files
+
+
+def _check_member(member: tarfile.TarInfo) -> None:
+    path = PurePosixPath(member.name)
+    if not (member.isfile() or member.isdir()):
+        raise StageError(
+            PilotErrorCode.STAGEIN_FAILED, f"sandbox: {member.name!r} is not a file or folder"
+        )
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise StageError(
+            PilotErrorCode.STAGEIN_FAILED, f"sandbox: {member.name!r} points outside the work dir"
+        )
 
 
 def collect_output(workdir: Path, name: str) -> Path:

@@ -62,6 +62,8 @@ class JobSpec(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     outputs: list[str] = Field(default_factory=list)
     inputs: list[InputFile] = Field(default_factory=list)
+    sandbox: InputFile | None = None
+    """The user's work directory (a gzipped tar) to unpack into the work dir first."""
     cores: int = 1
     memory_mb: int
     walltime_s: int

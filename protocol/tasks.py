@@ -44,6 +44,9 @@ class TaskParameters(BaseModel):
     outDS: str = Field(max_length=256)
     outputs: list[str] = Field(default_factory=list, max_length=100)
     inputs: list[InputFile] = Field(default_factory=list, max_length=100)
+    sandbox: InputFile | None = None
+    """The user's work directory, a gzipped tar in the file store (``pcontainer
+    --workDir``); unpacked into each job's work dir before the inputs."""
     site: str | None = Field(None, max_length=128)
     excludedSite: list[str] = Field(default_factory=list, max_length=100)
     architecture: str | None = Field(None, max_length=256)

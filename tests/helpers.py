@@ -186,9 +186,17 @@ class Harvester:
             capture_output=True,
             text=True,
             timeout=timeout,
-            cwd=self.home,
+            cwd=self.user_dir,
         )
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+    @property
+    def user_dir(self) -> Path:
+        """Where the user CLIs run: a folder of the user's own, as a user submits from a
+        project folder (``pcontainer`` ships it to the jobs), not the harvester's home."""
+        folder = self.home / "user"
+        folder.mkdir(exist_ok=True)
+        return folder
 
     def pcontainer(self, *args: str, user: str = "alice") -> CliResult:
         return self.cli("harvester.client.pcontainer", *args, user=user)

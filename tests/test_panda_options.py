@@ -49,6 +49,8 @@ def _brokerage(h: Harvester, task_id: int) -> tuple[str | None, str | None]:
         rows = h.query(
             "SELECT queue, brokerage_message FROM jobs WHERE task_id = :t ORDER BY id", t=task_id
         )
+        if not rows:  # the splitter has not made the job yet
+            return None
         queue, message = rows[0]
         return (queue, message) if queue or message else None
 
@@ -79,7 +81,7 @@ def test_walltime_in_hours_and_memory_per_core(hv: Harvester) -> None:
 
     per_core = hv.pcontainer(*TASK, "--memory", "900", "--nCore", "2", "--dumpJson", "t.json")
     assert per_core.returncode == 0, per_core.output
-    assert '"ramCount": 1800' in (hv.home / "t.json").read_text(), "900 MB per core, 2 cores"
+    assert '"ramCount": 1800' in (hv.user_dir / "t.json").read_text(), "900 MB per core, 2 cores"
 
     refused = hv.pcontainer(*TASK, "--maxWalltime", "0")
     assert refused.returncode == 2 and "--maxWalltime 0" in refused.stderr, refused.output

@@ -78,10 +78,13 @@ class HarvesterClient:
 
     def upload(self, path: Path, name: str | None = None) -> dict[str, Any]:
         """Upload a local file (an input); returns its registration with the sha256."""
-        data = path.read_bytes()
+        return self.upload_bytes(path.read_bytes(), name or path.name)
+
+    def upload_bytes(self, data: bytes, name: str) -> dict[str, Any]:
+        """Upload content under ``name``; the store keeps each sha256 once."""
         sha = hashlib.sha256(data).hexdigest()
         response = self.request(
-            "POST", "/api/v1/files", params={"name": name or path.name, "sha256": sha}, content=data
+            "POST", "/api/v1/files", params={"name": name, "sha256": sha}, content=data
         )
         result: dict[str, Any] = response.json()
         return result

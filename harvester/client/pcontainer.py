@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from harvester.client.common import client, err, fail, split_list
+from harvester.client.sandbox import SANDBOX_NAME, SandboxError, pack_work_dir
 from harvester.client.task_options import (
     OptionError,
     memory_per_job,
@@ -83,7 +84,25 @@ def main(
     dumpJson: Annotated[
         Path | None, typer.Option("--dumpJson", help="write the task parameters to JSON")
     ] = None,
-    noSubmit: Annotated[bool, typer.Option("--noSubmit", help="do not submit")] = False,
+    noSubmit: Annotated[
+        bool, typer.Option("--noSubmit", help="check everything with the harvester; submit nothing")
+    ] = False,
+    workDir: Annotated[
+        Path,
+        typer.Option("--workDir", help="the folder shipped to every job's /srv/workDir"),
+    ] = Path("."),
+    extFile: Annotated[
+        str | None,
+        typer.Option("--extFile", help="comma list of patterns: ship these large or ROOT files"),
+    ] = None,
+    excludeFile: Annotated[
+        str | None,
+        typer.Option("--excludeFile", help="comma list of patterns: never ship these files"),
+    ] = None,
+    noBuild: Annotated[
+        bool,
+        typer.Option("--noBuild", help="no build step (hpcaf builds nothing; kept for prun users)"),
+    ] = False,
 ) -> None:
     """Submit a task whose jobs run ``--exec`` in ``--containerImage``; prints jediTaskID=<id>."""
     loaded = load_json(loadJson) if loadJson else {}
@@ -121,10 +140,21 @@ def main(
     if dumpJson:
         dumpJson.write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
         err.print(f"task parameters written to {dumpJson}")
+    try:
+        sandbox = pack_work_dir(
+            workDir, ext_files=split_list(extFile), exclude_files=split_list(excludeFile)
+        )
+    except SandboxError as exc:
+        raise fail(str(exc)) from exc
+    for skipped in sandbox.left_out:
+        err.print(f"not shipped: {skipped}")
     if noSubmit:
         check_submission(params)
         return
     with client() as c:
+        if sandbox.files:
+            stored = c.upload_bytes(sandbox.data, SANDBOX_NAME)
+            params["sandbox"] = {"name": SANDBOX_NAME, "sha256": stored["sha256"]}
         reply = c.submit_task(params)
     print(f"jediTaskID={reply['jediTaskID']}")
 

@@ -164,6 +164,7 @@ def _job_spec(ctx: HarvesterContext, job: Job, task: Task, image: ImageInfo | No
         env=env,
         outputs=list(parameters.outputs),
         inputs=list(parameters.inputs),
+        sandbox=parameters.sandbox,
         cores=job.cores,
         memory_mb=job.memory_mb or (queue.memory_mb if queue else 2000),
         walltime_s=job.walltime_s or (queue.walltime_s if queue else 3600),

@@ -83,7 +83,7 @@ def submit_task(
         if name in seen:
             raise InvalidRequest(f"output {name!r} is listed twice")
         seen.add(name)
-    for item in params.inputs:
+    for item in [*params.inputs, *([params.sandbox] if params.sandbox else [])]:
         check_file_name(item.name, what="input name")
         check_sha256(item.sha256)
         if not ctx.files.exists(item.sha256):
