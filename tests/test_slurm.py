@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from protocol.states import WorkerStatus
 from tests.helpers import REPO, Harvester, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -303,3 +304,31 @@ def test_queue_larger_than_any_node_is_refused(slurm_conf: Path, tmp_path: Path)
     )
     assert result.returncode == 2
     assert "queue ANALY_SLURM_HUGE: field cores: 512 cores per slot" in result.stderr
+
+
+def test_without_accounting_storage_the_completion_log_is_read(
+    slurm_conf: Path, tmp_path: Path
+) -> None:
+    """The dev cluster keeps no accounting database, only a job completion log: plain sacct
+    refuses ("accounting storage is disabled"), and the provider reads ``sacct -c`` instead
+    (called here directly: it is the path a job takes once slurmctld has forgotten it)."""
+    from harvester.providers.base import WorkerResources
+    from harvester.providers.slurm import SlurmOptions, SlurmProvider
+
+    plain = subprocess.run(
+        ["sacct", "-n", "-j", "1"],
+        env={**os.environ, "SLURM_CONF": str(slurm_conf)},
+        capture_output=True,
+        text=True,
+    )
+    assert "accounting storage is disabled" in (plain.stdout + plain.stderr).lower()
+    provider = SlurmProvider(SlurmOptions(partition="debug", slurm_conf=str(slurm_conf)))
+    batch_id = provider.submit(
+        "exit 4", WorkerResources(cores=1, memory_mb=100, walltime_s=120), "hpcaf-jc", tmp_path
+    )
+    wait_for(
+        lambda: batch_id not in slurm(slurm_conf, "squeue", "-h", "-o", "%i"), 60, "the job to end"
+    )
+    ended = wait_for(lambda: provider._sacct(batch_id), 30, "the completion log to list it")
+    assert ended.status is WorkerStatus.FAILED and ended.exit_code == 4, ended
+    assert provider._no_accounting, "learnt once, so later polls go straight to sacct -c"

@@ -2,9 +2,11 @@
 
 The script is a template plus ``#SBATCH`` directives from the queue's
 configuration, testable as text without Slurm. Status comes from ``squeue``
-for jobs in the queue and from ``scontrol``/``sacct -c`` for jobs that left
-it; every command runs through :func:`harvester.commands.run_command` with a
-timeout, so a hung Slurm controller never blocks the harvester.
+for jobs in the queue and from ``scontrol``/``sacct`` for jobs that left it
+(the accounting database, slurmdbd, as production sites run it; ``sacct -c``,
+the job completion log, only where the site has no accounting storage); every
+command runs through :func:`harvester.commands.run_command` with a timeout, so a
+hung Slurm controller never blocks the harvester.
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ class SlurmProvider(Provider):
 
     def __init__(self, options: SlurmOptions) -> None:
         self.options = options
+        self._no_accounting = False
+        """Learnt from sacct: the site keeps no accounting database, only (perhaps) a
+        job completion log, which ``sacct -c`` reads."""
 
     @property
     def polling_interval_s(self) -> float:
@@ -243,7 +248,20 @@ class SlurmProvider(Provider):
         return self._final(native, fields.get("ExitCode", ""), fields.get("Reason"))
 
     def _sacct(self, batch_id: str) -> BatchStatus | None:
-        out = self._run("sacct", "-c", "-n", "-P", "-j", batch_id, "-o", "JobID,State,ExitCode")
+        """The job's end from slurmdbd (plain ``sacct``); where the site has no accounting
+        storage, sacct says so and the job completion log (``sacct -c``) is read instead."""
+        query = ("-n", "-P", "-j", batch_id, "-o", "JobID,State,ExitCode")
+        out = None
+        if not self._no_accounting:
+            try:
+                out = self._run("sacct", *query)
+            except CommandError as exc:
+                if "accounting storage is disabled" not in str(exc).lower():
+                    raise
+                log.info("slurm: no accounting database here; reading the job completion log")
+                self._no_accounting = True
+        if out is None:
+            out = self._run("sacct", "-c", *query)
         for line in out.splitlines():
             parts = line.strip().split("|")
             if len(parts) >= 3 and parts[0] == batch_id:
