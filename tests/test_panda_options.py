@@ -187,3 +187,26 @@ def test_listings_are_whole_when_piped_and_json_on_request(harvester_factory) ->
     assert task_id in {t["id"] for t in (mine["items"] if isinstance(mine, dict) else mine)}
     jobs = h.pbook("jobs", str(task_id))
     assert jobs.returncode == 0 and LONG_QUEUE in jobs.stdout, jobs.output
+
+
+def test_phpo_load_json_takes_what_dump_json_wrote(hv: Harvester) -> None:
+    """``phpo --dumpJson`` then ``phpo --loadJson``, as panda-client users keep scan
+    definitions: the scan comes back whole, and options on the command line override it."""
+    dumped = hv.user_dir / "scan.json"
+    first = hv.cli(
+        "harvester.client.phpo", "--containerImage", "base", "--exec", "echo %{x} %{y}",
+        "--searchSpace", '{"x": [1, 2, 3], "y": {"method": "uniform", "dimension": '
+        '{"low": 0, "high": 1}}}', "--algorithm", "random", "--maxPoints", "7",
+        "--outDS", "user.alice.scan", "--dumpJson", str(dumped), "--noSubmit",
+    )  # fmt: skip
+    assert first.returncode == 0 and "would accept" in first.stderr, first.output
+    again = hv.cli("harvester.client.phpo", "--loadJson", str(dumped), "--maxPoints", "3")
+    assert again.returncode == 0, again.output
+    task_id = int(again.stdout.split("jediTaskID=")[1].split()[0])
+    steering = hv.task(task_id)["params"]["steering"]
+    assert steering["algorithm"] == "random" and steering["maxPoints"] == 3
+    assert set(steering["searchSpace"]) == {"x", "y"}
+    assert hv.task(task_id)["params"]["exec"] == "echo %{x} %{y}"
+
+    missing = hv.cli("harvester.client.phpo", "--containerImage", "base", "--exec", "true")
+    assert missing.returncode == 2 and "--searchSpace is required" in missing.stderr

@@ -1,12 +1,14 @@
-"""What the user CLIs share: error output and the client factory."""
+"""What the user CLIs share: error output, the client factory, optional parts, --loadJson."""
 
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import ModuleType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -49,6 +51,27 @@ def client() -> Iterator[HarvesterClient]:
             yield c
     except ClientError as exc:
         raise fail(str(exc)) from exc
+
+
+def build_params(options: dict[str, Any], loaded: dict[str, Any]) -> dict[str, Any]:
+    """Task parameters: the --loadJson dict, overridden by options given on the command line."""
+    params = dict(loaded)
+    for key, value in options.items():
+        if value is not None:
+            params[key] = value
+    return params
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text())
+    except OSError as exc:
+        raise fail(f"--loadJson {path}: {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise fail(f"--loadJson {path}: not valid JSON ({exc})") from exc
+    if not isinstance(document, dict):
+        raise fail(f"--loadJson {path}: expected a JSON object of task parameters")
+    return document
 
 
 def split_list(value: str | None) -> list[str]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from harvester.client.common import client, err, fail, split_list
+from harvester.client.common import build_params, client, err, fail, load_json, split_list
 from harvester.client.sandbox import SANDBOX_NAME, SandboxError, pack_work_dir
 from harvester.client.task_options import (
     OptionError,
@@ -19,27 +19,6 @@ from harvester.client.task_options import (
 from harvester.client.tasks import check_submission
 
 app = typer.Typer(add_completion=False, help="Submit a containerized task to hpcaf.")
-
-
-def build_params(options: dict[str, Any], loaded: dict[str, Any]) -> dict[str, Any]:
-    """Task parameters: the --loadJson dict, overridden by options given on the command line."""
-    params = dict(loaded)
-    for key, value in options.items():
-        if value is not None:
-            params[key] = value
-    return params
-
-
-def load_json(path: Path) -> dict[str, Any]:
-    try:
-        document = json.loads(path.read_text())
-    except OSError as exc:
-        raise fail(f"--loadJson {path}: {exc.strerror or exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise fail(f"--loadJson {path}: not valid JSON ({exc})") from exc
-    if not isinstance(document, dict):
-        raise fail(f"--loadJson {path}: expected a JSON object of task parameters")
-    return document
 
 
 @app.command()

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
-from harvester.client.common import client, err, fail, out, split_list
+from harvester.client.common import build_params, client, err, fail, load_json, out, split_list
 from harvester.client.task_options import (
     OptionError,
     memory_per_job,
@@ -29,6 +29,16 @@ from harvester.scans.proposers import ALGORITHMS
 from harvester.scans.space import check_placeholders, parse_search_space
 
 app = typer.Typer(add_completion=False, help="Submit a hyperparameter scan to hpcaf.")
+
+T = TypeVar("T")
+
+
+def _given(option: T | None, loaded: Any, default: T) -> T:
+    """The command line's value, else the one from --loadJson, else the default."""
+    if option is not None:
+        return option
+    return loaded if loaded is not None else default
+
 
 METRICS_FILE = "metrics.json"
 
@@ -50,30 +60,39 @@ def read_search_space(value: str) -> Any:
 @app.command()
 def main(
     containerImage: Annotated[
-        str, typer.Option("--containerImage", help="image that runs the evaluations")
-    ],
+        str | None, typer.Option("--containerImage", help="image that runs the evaluations")
+    ] = None,
     exec_: Annotated[
-        str, typer.Option("--exec", help="evaluation command with %{name} placeholders")
-    ],
+        str | None, typer.Option("--exec", help="evaluation command with %{name} placeholders")
+    ] = None,
     searchSpace: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--searchSpace", "--searchSpaceFile", help="search space: a JSON file or JSON text"
         ),
-    ],
-    maxPoints: Annotated[int, typer.Option("--maxPoints", help="points to evaluate")] = 10,
+    ] = None,
+    maxPoints: Annotated[
+        int | None, typer.Option("--maxPoints", help="points to evaluate [default: 10]")
+    ] = None,
     nParallelEvaluation: Annotated[
-        int, typer.Option("--nParallelEvaluation", help="evaluations running at once")
-    ] = 1,
+        int | None,
+        typer.Option("--nParallelEvaluation", help="evaluations running at once [default: 1]"),
+    ] = None,
     algorithm: Annotated[
-        str, typer.Option("--algorithm", help="grid, random or tpe (Optuna)")
-    ] = "tpe",
+        str | None, typer.Option("--algorithm", help="grid, random or tpe (Optuna) [default: tpe]")
+    ] = None,
     minimize: Annotated[
-        bool, typer.Option("--minimize/--maximize", help="optimise the metric down or up")
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--minimize/--maximize", help="optimise the metric down or up [default: down]"
+        ),
+    ] = None,
     metric: Annotated[
-        str, typer.Option("--metric", help=f"the key of {METRICS_FILE} that is optimised")
-    ] = "loss",
+        str | None,
+        typer.Option(
+            "--metric", help=f"the key of {METRICS_FILE} that is optimised [default: loss]"
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="seed of the proposals")] = None,
     outDS: Annotated[str | None, typer.Option("--outDS", help="output dataset user.NAME.X")] = None,
     outputs: Annotated[
@@ -97,8 +116,14 @@ def main(
         float | None,
         typer.Option("--maxWalltime", help="hours per evaluation (panda-client's unit)"),
     ] = None,
-    maxAttempt: Annotated[int, typer.Option("--maxAttempt", help="attempts per point")] = 2,
+    maxAttempt: Annotated[
+        int | None, typer.Option("--maxAttempt", help="attempts per point [default: 2]")
+    ] = None,
     taskName: Annotated[str | None, typer.Option("--taskName")] = None,
+    loadJson: Annotated[
+        Path | None,
+        typer.Option("--loadJson", help="task parameters from JSON (as --dumpJson writes)"),
+    ] = None,
     dumpJson: Annotated[
         Path | None, typer.Option("--dumpJson", help="write the task parameters to JSON")
     ] = None,
@@ -109,6 +134,24 @@ def main(
     ] = 7200.0,
 ) -> None:
     """Submit a scan; prints jediTaskID=<id>."""
+    loaded = load_json(loadJson) if loadJson else {}
+    steering_loaded = loaded.get("steering")
+    steered: dict[str, Any] = steering_loaded if isinstance(steering_loaded, dict) else {}
+    containerImage = containerImage or loaded.get("containerImage")
+    exec_ = exec_ if exec_ is not None else loaded.get("exec")
+    maxPoints = _given(maxPoints, steered.get("maxPoints"), 10)
+    nParallelEvaluation = _given(nParallelEvaluation, steered.get("nParallelEvaluation"), 1)
+    algorithm = _given(algorithm, steered.get("algorithm"), "tpe")
+    minimize = _given(minimize, steered.get("minimize"), True)
+    metric = _given(metric, steered.get("metric"), "loss")
+    seed = _given(seed, steered.get("seed"), None)
+    maxAttempt = _given(maxAttempt, loaded.get("maxAttempt"), 2)
+    if not containerImage:
+        raise fail("--containerImage is required (or in --loadJson)")
+    if exec_ is None:
+        raise fail("--exec is required (or in --loadJson)")
+    if searchSpace is None and "searchSpace" not in steered:
+        raise fail("--searchSpace is required (or a steering.searchSpace in --loadJson)")
     if maxPoints < 1:
         raise fail("--maxPoints must be at least 1")
     if nParallelEvaluation < 1:
@@ -122,7 +165,7 @@ def main(
         walltime_s = walltime_seconds(walltime_h)
     except OptionError as exc:
         raise fail(str(exc)) from exc
-    document = read_search_space(searchSpace)
+    document = read_search_space(searchSpace) if searchSpace is not None else steered["searchSpace"]
     try:
         space = parse_search_space(document)
         check_placeholders(exec_, space)
@@ -147,20 +190,30 @@ def main(
     params: dict[str, Any] = {
         "transform": "hpo_eval",
         "steering": steering,
-        **task_parameters(
-            taskName=taskName or f"phpo {algorithm} ({n_points} points)",
-            containerImage=containerImage,
-            exec=exec_,
-            outDS=outDS,
-            outputs=[METRICS_FILE, *[o for o in split_list(outputs) if o != METRICS_FILE]],
-            site=site,
-            architecture=architecture,
-            cores=cores,
-            memory_mb=memory_mb,
-            walltime_s=walltime_s,
-            maxAttempt=maxAttempt,
+        **build_params(
+            task_parameters(
+                taskName=taskName
+                or loaded.get("taskName")
+                or f"phpo {algorithm} ({n_points} points)",
+                containerImage=containerImage,
+                exec=exec_,
+                outDS=outDS,
+                outputs=(
+                    [METRICS_FILE, *[o for o in split_list(outputs) if o != METRICS_FILE]]
+                    if outputs is not None or "outputs" not in loaded
+                    else None
+                ),
+                site=site,
+                architecture=architecture,
+                cores=cores,
+                memory_mb=memory_mb,
+                walltime_s=walltime_s,
+                maxAttempt=maxAttempt,
+            ),
+            {k: v for k, v in loaded.items() if k not in ("steering", "transform", "inputs")},
         ),
     }
+    params.setdefault("outDS", None)
     if dumpJson:
         dumpJson.write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
         err.print(f"task parameters written to {dumpJson}")
