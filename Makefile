@@ -1,7 +1,8 @@
 # The README's two commands: `make demo` and `make test`.
 # Everything runs in the project virtual environment that `make deps` (scripts/install-deps.sh)
 # makes; images go where the harvester looks for them ($HPCAF_HOME/images, or HPCAF_IMAGE_CACHE).
-PYTHON ?= $(CURDIR)/.venv/bin/python
+HPCAF_VENV ?= .venv
+PYTHON ?= $(abspath $(HPCAF_VENV))/bin/python
 
 .PHONY: demo test deps lint typecheck unit image clean screenshots
 

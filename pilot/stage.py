@@ -12,6 +12,7 @@ from typing import Any
 from pilot.server import PilotServer, ServerError
 from protocol.error_codes import PilotErrorCode
 from protocol.files import InputFile
+from protocol.sandbox import MAX_SANDBOX_MEMBERS, MAX_SANDBOX_UNPACKED_BYTES
 
 
 class StageError(Exception):
@@ -54,6 +55,13 @@ def extract_sandbox(archive: Path, workdir: Path) -> int:
             members = tar.getmembers()
             for member in members:
                 _check_member(member)
+            unpacked = sum(m.size for m in members)
+            if len(members) > MAX_SANDBOX_MEMBERS or unpacked > MAX_SANDBOX_UNPACKED_BYTES:
+                raise StageError(
+                    PilotErrorCode.STAGEIN_FAILED,
+                    f"sandbox: {len(members)} members, {unpacked} bytes unpacked: over the "
+                    f"limits ({MAX_SANDBOX_MEMBERS} members, {MAX_SANDBOX_UNPACKED_BYTES} bytes)",
+                )
             files = 0
             for member in members:
                 target = workdir.joinpath(*PurePosixPath(member.name).parts)

@@ -15,7 +15,7 @@ export HPCAF_IMAGE_CACHE="${HPCAF_IMAGE_CACHE:-$HPCAF_HOME/images}"
 pallets="${HPCAF_PALLETS:-$(cd .. && pwd)/shared/data/pallets}"
 pallet="${DEMO_PALLET:-staus/Region-combined}"
 user="${HPCAF_DEMO_USER:-demo}"
-py="${HPCAF_PYTHON:-.venv/bin/python}"  # the project environment (scripts/install-deps.sh)
+py="${HPCAF_VENV:-.venv}/bin/python"  # the project environment (scripts/install-deps.sh)
 mkdir -p "$HPCAF_HOME"
 
 up() { $py -c 'import httpx, sys; httpx.get(sys.argv[1] + "/docs", timeout=1).raise_for_status()' "$HPCAF_URL" >/dev/null 2>&1; }

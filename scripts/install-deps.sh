@@ -13,16 +13,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${HPCAF_VENV:-.venv}"
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null || {
-    echo "install-deps: installing Debian packages needs root: run as root, or install sudo" >&2
-    exit 1
-  }
-  SUDO=sudo
-fi
-
 apt_install() {
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || {
+      echo "install-deps: installing Debian packages ($*) needs root: run as root, or with sudo" >&2
+      exit 1
+    }
+    SUDO=sudo
+  fi
   echo "installing Debian packages: $*"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null

@@ -100,6 +100,7 @@ def test_site_and_excluded_site_take_comma_lists(hv: Harvester) -> None:
     assert unknown.returncode == 2 and "unknown site 'NOPE'" in unknown.stderr, unknown.output
 
 
+@pytest.mark.database  # the dry run's rollback, on each database
 def test_no_submit_runs_every_check_and_stores_nothing(hv: Harvester) -> None:
     before = hv.query("SELECT count(*) FROM tasks")[0][0]
     bad = hv.pcontainer(*TASK, "--architecture", "#&nvidia:cuda>=twelve", "--noSubmit")
@@ -121,6 +122,15 @@ def test_pbook_kill_and_retry_take_lists_and_all(hv: Harvester) -> None:
     assert killed.returncode == 0, killed.output
     assert [hv.task(t)["status"] for t in (first, second)] == ["aborted", "aborted"]
     assert hv.task(third)["status"] != "aborted"
+
+    admins = hv.submit(
+        "--containerImage", "base", "--exec", "true", "--outDS", "user.admin.x", user="admin"
+    )  # fmt: skip
+    by_admin = hv.pbook("kill", "all", user="admin")
+    assert by_admin.returncode == 0, by_admin.output
+    assert hv.task(admins)["status"] == "aborted"
+    assert hv.task(third)["status"] != "aborted", "an admin's all is the admin's own tasks"
+    assert hv.task(bobs)["status"] != "aborted"
 
     everything = hv.pbook("kill", "all")
     assert everything.returncode == 0, everything.output

@@ -22,8 +22,9 @@ def _project(root: Path) -> Path:
         "import json, pathlib\n"
         "config = json.loads(pathlib.Path('data/config.json').read_text())\n"
         "pathlib.Path('data/config.json').write_text('rewritten')  # read-write\n"
+        "again = pathlib.Path('data/config.json').read_text()\n"
         "names = sorted(str(p) for p in pathlib.Path('.').rglob('*') if p.is_file())\n"
-        "pathlib.Path('out.txt').write_text(f\"{config['greeting']} {names}\")\n"
+        "pathlib.Path('out.txt').write_text(f\"{config['greeting']} {again} {names}\")\n"
     )
     (root / "data" / "config.json").write_text('{"greeting": "hello from the sandbox"}')
     (root / "run.sh").write_text("#!/bin/sh\necho ran\n")
@@ -78,9 +79,15 @@ def _archive(path: Path, *members: tarfile.TarInfo) -> Path:
     return path
 
 
-def _link(name: str, target: str) -> tarfile.TarInfo:
+def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarInfo:
     member = tarfile.TarInfo(name)
-    member.type, member.linkname = tarfile.SYMTYPE, target
+    member.type, member.linkname = kind, target
+    return member
+
+
+def _device(name: str) -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    member.type, member.devmajor, member.devminor = tarfile.CHRTYPE, 1, 3
     return member
 
 
@@ -90,9 +97,10 @@ def _link(name: str, target: str) -> tarfile.TarInfo:
         [_link("escape", "/tmp"), tarfile.TarInfo("escape/owned.txt")],
         [tarfile.TarInfo("../owned.txt")],
         [tarfile.TarInfo("/tmp/owned.txt")],
-        [tarfile.TarInfo("ok.txt"), _link("hard", "ok.txt")],
+        [tarfile.TarInfo("ok.txt"), _link("hard", "/etc/passwd", tarfile.LNKTYPE)],
+        [tarfile.TarInfo("ok.txt"), _device("null")],
     ],
-    ids=["symlink-then-file", "dot-dot", "absolute", "link"],
+    ids=["symlink-then-file", "dot-dot", "absolute", "hard-link", "device"],
 )
 def test_the_pilot_unpacks_nothing_outside_the_work_dir(
     tmp_path: Path, members: list[tarfile.TarInfo]
@@ -118,7 +126,7 @@ def test_a_script_in_the_work_dir_runs_in_the_job(harvester: Harvester) -> None:
     fetched = harvester.pbook("results", str(task_id), "-o", str(out))
     assert fetched.returncode == 0, fetched.output
     text = next(out.iterdir()).read_text()
-    assert text.startswith("hello from the sandbox"), text
+    assert text.startswith("hello from the sandbox rewritten"), "read, then written in place"
     for shipped in ("train.py", "data/config.json", "run.sh"):
         assert shipped in text, text
     for stayed in (".git", "__pycache__", "events.root"):

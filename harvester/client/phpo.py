@@ -161,7 +161,7 @@ def main(
     if not exec_.strip():
         raise fail("--exec must not be empty")
     try:
-        memory_mb = memory_per_job(memory, cores)
+        memory_mb = memory_per_job(memory, cores or loaded.get("coreCount"))
         walltime_s = walltime_seconds(walltime_h)
     except OptionError as exc:
         raise fail(str(exc)) from exc

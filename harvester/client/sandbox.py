@@ -20,16 +20,18 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from protocol.sandbox import MAX_SANDBOX_BYTES
+
 SANDBOX_NAME = "sandbox.tar.gz"
 MAX_FILE_BYTES = 10 * 1024 * 1024
 """Files larger than this stay home unless ``--extFile`` names them (prun leaves large
 files out the same way)."""
-MAX_SANDBOX_BYTES = 100 * 1024 * 1024
-"""The largest sandbox (compressed) a submission may carry."""
 LEFT_OUT_DIRS = frozenset(
     {
         ".git", ".hg", ".svn", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache",
         ".ipynb_checkpoints", ".venv", "venv", ".cache", ".tox", "node_modules",
+        # secrets: a sandbox is stored by the harvester and unpacked on every worker
+        ".ssh", ".gnupg", ".aws", ".kube", ".docker", ".hpcaf", ".globus", ".config",
     }
 )  # fmt: skip
 LEFT_OUT_SUFFIXES = (".root",)
@@ -106,10 +108,15 @@ def pack_work_dir(
             entry = tarfile.TarInfo(relative)
             entry.size = info.st_size
             entry.mode = 0o755 if info.st_mode & stat.S_IXUSR else 0o644
-            with path.open("rb") as fh:
-                tar.addfile(entry, fh)
+            try:
+                with path.open("rb") as fh:
+                    tar.addfile(entry, fh)
+            except OSError as exc:
+                raise SandboxError(f"--workDir: cannot read {relative}: {exc}") from exc
             files.append(relative)
             sizes.append((info.st_size, relative))
+            if buffer.tell() > max_sandbox_bytes:  # stop reading early: it will not fit
+                break
     data = buffer.getvalue()
     if len(data) > max_sandbox_bytes:
         largest = ", ".join(f"{name} ({size // 1024} KiB)" for size, name in sorted(sizes)[-3:])

@@ -46,6 +46,10 @@ WIRE_NAMES: dict[str, str] = {
 """The parameters whose wire name (panda-client's) is not the harvester's name."""
 
 
+MAX_WALLTIME_HOURS = 30 * 24
+"""The longest walltime the harvester accepts (30 days)."""
+
+
 class OptionError(ValueError):
     """An option's value makes no sense; the message names the option."""
 
@@ -65,8 +69,10 @@ def walltime_seconds(hours: float | None) -> int | None:
     harvester keeps seconds."""
     if hours is None:
         return None
-    if not hours > 0:
-        raise OptionError(f"--maxWalltime {hours}: hours must be more than 0")
+    if not 0 < hours <= MAX_WALLTIME_HOURS:  # NaN and inf fail here too
+        raise OptionError(
+            f"--maxWalltime {hours}: hours must be more than 0 and at most {MAX_WALLTIME_HOURS}"
+        )
     return max(60, round(hours * 3600))
 
 

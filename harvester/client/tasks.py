@@ -38,7 +38,7 @@ def check_submission(params: dict[str, Any], out_ds_kind: str = "") -> None:
             checked = c.post("/api/v1/tasks/check", params)
     except ClientError as exc:
         if exc.status_code is None:
-            err.print(f"not checked by a harvester ({exc}); pcontainer's own checks passed")
+            err.print(f"not checked by a harvester ({exc}); only the client's own checks ran")
             return
         raise fail(str(exc)) from exc
     err.print(

@@ -40,6 +40,7 @@ class LocalProvider(Provider):
         self._polling_interval_s = polling_interval_s
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._workdirs: dict[str, Path] = {}
+        self._closed = False
 
     @property
     def polling_interval_s(self) -> float:
@@ -51,6 +52,8 @@ class LocalProvider(Provider):
         )
 
     def submit(self, command: str, resources: WorkerResources, name: str, workdir: Path) -> str:
+        if self._closed:
+            raise ProviderError("the harvester is stopping: no new local pilots")
         workdir.mkdir(parents=True, exist_ok=True)
         script = workdir / "pilot.sh"
         script.write_text(self.render_script(command, name, workdir))
@@ -108,9 +111,11 @@ class LocalProvider(Provider):
     def close(self) -> None:
         """Local pilots are this harvester's children: they do not outlive it, polling an
         address nobody answers with their warm workers' memory held. SIGTERM first (the
-        pilot reports its job and stops its containers), SIGKILL after ``CLOSE_GRACE_S``.
-        A restarted harvester finds these workers gone and their jobs are retried."""
-        running = [b for b, child in self._children.items() if child.poll() is None]
+        pilot stops its containers and tries to report; the API may already be closed),
+        SIGKILL after ``CLOSE_GRACE_S``. The next harvester finds these workers gone and
+        retries their jobs once their heartbeats are overdue. No pilot starts after this."""
+        self._closed = True
+        running = [b for b, child in list(self._children.items()) if child.poll() is None]
         for batch_id in running:
             _signal_group(batch_id, signal.SIGTERM)
         deadline = time.monotonic() + CLOSE_GRACE_S

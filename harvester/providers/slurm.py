@@ -229,7 +229,7 @@ class SlurmProvider(Provider):
             try:
                 result = probe(batch_id)
             except CommandError as exc:
-                log.debug("slurm: %s", exc)
+                log.warning("slurm: %s", exc)
                 continue
             if result is not None:
                 return result

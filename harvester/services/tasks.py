@@ -24,6 +24,7 @@ from harvester.services.lifecycle import (
 from harvester.services.scan_submission import check_steering
 from harvester.services.tokens import USER_NAME_PATTERN
 from harvester.stores.files import check_file_name, check_sha256
+from protocol.sandbox import MAX_SANDBOX_BYTES
 from protocol.states import JobStatus, TaskStatus
 from protocol.tasks import RetryChanges, TaskCreate
 
@@ -88,6 +89,11 @@ def submit_task(
         check_sha256(item.sha256)
         if not ctx.files.exists(item.sha256):
             raise InvalidRequest(f"input {item.name!r}: no uploaded file with sha256 {item.sha256}")
+    if params.sandbox is not None and ctx.files.size(params.sandbox.sha256) > MAX_SANDBOX_BYTES:
+        raise InvalidRequest(
+            f"the sandbox is over {MAX_SANDBOX_BYTES // 1024 // 1024} MiB: ship less of the "
+            "work directory (--excludeFile), or large files as inputs"
+        )
     architecture = parse_architecture(params.architecture)
     if architecture.gpu is not None:
         vendors = {n.vendor for q in ctx.queues.values() for n in q.gpu_nodes} | {
@@ -290,7 +296,11 @@ def _apply_retry_changes(task: Task, ctx: HarvesterContext, changes: RetryChange
         task.walltime_s = changes.walltime_s
         changed.append(f"maxWalltime={changes.walltime_s} s")
     if changes.site is not None:
-        task.site = ",".join(parse_sites(changes.site, ctx)) or None
+        sites = parse_sites(changes.site, ctx)
+        excluded = sorted(set(sites) & set(task.excluded_sites))
+        if excluded:
+            raise InvalidRequest(f"site {', '.join(excluded)} is in the task's excludedSite")
+        task.site = ",".join(sites) or None
         changed.append(f"site={task.site or 'AUTO'}")
     return changed
 
