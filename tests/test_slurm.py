@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import sys
 import time
@@ -76,14 +77,22 @@ polling_interval_s = 1
 """
 
 
+def clear_cluster(conf: Path) -> None:
+    """Cancel every job on the dev cluster and wait until it is empty: a test's pilots must
+    not outlive it and hold the two CPUs the next test needs."""
+    slurm(conf, "scancel", "--user", pwd.getpwuid(os.getuid()).pw_name)
+    wait_for(lambda: not slurm(conf, "squeue", "-h", "-o", "%i").strip(), 60, "an empty cluster")
+
+
 @pytest.fixture
 def slurm_harvester(
     harvester_factory: Callable[..., Harvester], slurm_conf: Path
-) -> Callable[[str], Harvester]:
+) -> Iterator[Callable[[str], Harvester]]:
     def start(config: str) -> Harvester:
         return harvester_factory(config, SLURM_CONF=str(slurm_conf))
 
-    return start
+    yield start
+    clear_cluster(slurm_conf)
 
 
 def test_task_on_slurm_workers(
@@ -322,6 +331,7 @@ def test_without_accounting_storage_the_completion_log_is_read(
         text=True,
     )
     assert "accounting storage is disabled" in (plain.stdout + plain.stderr).lower()
+    clear_cluster(slurm_conf)
     provider = SlurmProvider(SlurmOptions(partition="debug", slurm_conf=str(slurm_conf)))
     batch_id = provider.submit(
         "exit 4", WorkerResources(cores=1, memory_mb=100, walltime_s=120), "hpcaf-jc", tmp_path
