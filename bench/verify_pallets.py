@@ -30,6 +30,7 @@ import argparse
 import gzip
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import random
@@ -176,13 +177,25 @@ def compare(got: dict[str, Any], truth: dict[str, Any]) -> tuple[float, float, l
         if entry is None or entry.get("status") != "ok":
             bad.append(name)
             continue
+        got_values = [_number(entry["CLs_obs"]), *map(_number, entry["CLs_exp"])]
+        ref_values = [_number(ref["CLs_obs"]), *map(_number, ref["CLs_exp"])]
+        if any(math.isnan(a) != math.isnan(b) for a, b in zip(got_values, ref_values, strict=True)):
+            bad.append(name)  # NaN on one side only
+            continue
+        if any(math.isnan(a) for a in ref_values):  # pyhf's CLb is 0 here: NaN on both sides
+            paths["NaN as in pyhf"] += 1
+            continue
         paths[entry.get("path", "?")] += 1
-        worst_obs = max(worst_obs, abs(entry["CLs_obs"] - ref["CLs_obs"]))
+        worst_obs = max(worst_obs, abs(got_values[0] - ref_values[0]))
         worst_exp = max(
-            worst_exp,
-            max(abs(a - b) for a, b in zip(entry["CLs_exp"], ref["CLs_exp"], strict=True)),
+            worst_exp, max(abs(a - b) for a, b in zip(got_values[1:], ref_values[1:], strict=True))
         )
     return worst_obs, worst_exp, bad, paths
+
+
+def _number(value: float | None) -> float:
+    """A CLs value; hpcaf's results store NaN as null (JSON has no NaN)."""
+    return math.nan if value is None else float(value)
 
 
 def main() -> int:
