@@ -193,6 +193,52 @@ def compare(got: dict[str, Any], truth: dict[str, Any]) -> tuple[float, float, l
     return worst_obs, worst_exp, bad, paths
 
 
+def recheck_unstable(
+    folder: Path,
+    got: dict[str, Any],
+    truth: dict[str, Any],
+    bad: list[str],
+    backend: str,
+    tolerance: float,
+    paths: Counter[str],
+) -> list[str]:
+    """Patches whose reference CLs is NaN (pyhf's numpy backend divides 0 by 0 there; with
+    several BLAS threads it may give a number instead) while hpcaf gave numbers: fitted
+    again by pyhf alone on the backend hpcaf used, which must then agree within
+    ``tolerance``. Returns the patches still wrong."""
+    import pyhf
+
+    still = []
+    for name in bad:
+        ref, entry = truth[name], got.get(name) or {}
+        nan_reference = "error" not in ref and math.isnan(_number(ref["CLs_obs"]))
+        if not nan_reference or entry.get("status") != "ok":
+            still.append(name)
+            continue
+        pyhf.set_backend(backend)
+        workspace = pyhf.Workspace(read(folder / "BkgOnly.json"))
+        patch = next(
+            p for p in read(patchset_file(folder))["patches"] if p["metadata"]["name"] == name
+        )
+        model = workspace.model(patches=[pyhf.patchset.Patch(patch)], modifier_settings=MODIFIERS)
+        obs, exp = pyhf.infer.hypotest(
+            1.0, workspace.data(model), model, test_stat="qtilde", return_expected_set=True
+        )
+        pyhf.set_backend("numpy")
+        direct = [float(obs), *map(float, exp)]
+        mine = [_number(entry["CLs_obs"]), *map(_number, entry["CLs_exp"])]
+        worst = max(abs(a - b) for a, b in zip(mine, direct, strict=True))
+        print(
+            f"    {name}: NaN in the numpy reference; pyhf {backend} gives {direct[0]:.7g}, "
+            f"hpcaf {mine[0]:.7g} (|d| {worst:.1e})"
+        )
+        if worst <= tolerance:
+            paths[f"NaN in pyhf numpy, = pyhf {backend}"] += 1
+        else:
+            still.append(name)
+    return still
+
+
 def _number(value: float | None) -> float:
     """A CLs value; hpcaf's results store NaN as null (JSON has no NaN)."""
     return math.nan if value is None else float(value)
@@ -231,6 +277,7 @@ def main() -> int:
                 got = wait_and_collect(env, tasks)
                 wall = time.time() - start
                 worst_obs, worst_exp, bad, paths = compare(got, {n: truth[n] for n in order})
+                bad = recheck_unstable(folder, got, truth, bad, backend, args.tolerance, paths)
                 ok = not bad and max(worst_obs, worst_exp) <= args.tolerance
                 failed |= not ok
                 rows.append((label, backend, len(order), worst_obs, worst_exp, paths, bad, wall))
