@@ -1,9 +1,11 @@
-"""What the user CLIs share: error output, the client factory, optional parts, --loadJson."""
+"""What the user CLIs share: error output, the client factory, optional parts, --loadJson
+and the --noSubmit dry run."""
 
 from __future__ import annotations
 
 import importlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,3 +85,26 @@ def guarded(fn: Callable[[], T]) -> T:
         return fn()
     except ClientError as exc:
         raise fail(str(exc)) from exc
+
+
+def check_submission(params: dict[str, Any], out_ds_kind: str = "") -> None:
+    """``--noSubmit``: the harvester runs every check of a submission on ``params`` and
+    stores nothing; a refusal is the same message and exit code as a real submission.
+    Without a harvester to ask (no URL or token), only the client's checks ran: said.
+    ``out_ds_kind``: a CLI that names the output dataset itself when it is not given
+    (``user.<you>.<kind>.<time>``) has it checked under that name."""
+    try:
+        with HarvesterClient() as c:
+            if params.get("outDS") is None and out_ds_kind:
+                me = c.get("/api/v1/whoami")["user"]
+                params = {**params, "outDS": f"user.{me}.{out_ds_kind}.{int(time.time())}"}
+            checked = c.post("/api/v1/tasks/check", params)
+    except ClientError as exc:
+        if exc.status_code is None:
+            err.print(f"not checked by a harvester ({exc}); only the client's own checks ran")
+            return
+        raise fail(str(exc)) from exc
+    err.print(
+        f"dry run: the harvester would accept this task ({checked['nJobs']} jobs, "
+        f"site {checked['site'] or 'AUTO'}); nothing was submitted"
+    )

@@ -18,12 +18,14 @@ from harvester.client.task_options import (
     walltime_seconds,
 )
 from harvester.client.tasks import (
+    TERMINAL,
     counts_text,
     draw_plot,
     print_fit_table,
     print_points,
     wait_for_task,
 )
+from protocol.states import TaskStatus
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Manage hpcaf tasks (as PanDA's pbook)."
@@ -148,7 +150,7 @@ def wait(
 TaskIds = Annotated[
     str, typer.Argument(help="task ids, comma-separated (1,2,3), or all", show_default=False)
 ]
-ACTIVE = ["registered", "ready", "running"]
+ACTIVE = [state.value for state in TaskStatus if state.value not in TERMINAL]
 """Task states ``pbook kill all`` picks: every task that has not ended."""
 RETRYABLE = ("finished", "failed", "aborted")
 """Task states ``pbook retry all`` picks (a finished task may have failed jobs)."""

@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from harvester.client.common import build_params, client, err, fail, load_json, split_list
+from harvester.client.common import (
+    build_params,
+    check_submission,
+    client,
+    err,
+    fail,
+    load_json,
+    split_list,
+)
 from harvester.client.sandbox import SANDBOX_NAME, SandboxError, pack_work_dir
 from harvester.client.task_options import (
     OptionError,
@@ -16,7 +24,6 @@ from harvester.client.task_options import (
     task_parameters,
     walltime_seconds,
 )
-from harvester.client.tasks import check_submission
 
 app = typer.Typer(add_completion=False, help="Submit a containerized task to hpcaf.")
 

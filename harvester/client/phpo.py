@@ -16,14 +16,23 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from harvester.client.common import build_params, client, err, fail, load_json, out, split_list
+from harvester.client.common import (
+    build_params,
+    check_submission,
+    client,
+    err,
+    fail,
+    load_json,
+    out,
+    split_list,
+)
 from harvester.client.task_options import (
     OptionError,
     memory_per_job,
     task_parameters,
     walltime_seconds,
 )
-from harvester.client.tasks import check_submission, print_points, wait_for_task
+from harvester.client.tasks import print_points, wait_for_task
 from harvester.errors import InvalidRequest
 from harvester.scans.proposers import ALGORITHMS
 from harvester.scans.space import check_placeholders, parse_search_space
