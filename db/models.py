@@ -146,6 +146,12 @@ class Task(Base):
     """The parameters as submitted, under panda-client's names; written once, never changed.
     Read them through :attr:`parameters`; only the API echoes this document as it is."""
     image: Mapped[str] = mapped_column(String(256))
+    """An image of the site's cache by name, or a registry reference (``docker://…``)."""
+    image_digest: Mapped[str | None] = mapped_column(String(71), default=None)
+    """The manifest digest a registry image was pinned to when the task first needed it:
+    every job of the task runs exactly that image. NULL for cache images, and until then."""
+    image_message: Mapped[str | None] = mapped_column(Text, default=None)
+    """Why the registry image is not ready yet (the registry's own words); NULL once pulled."""
     architecture: Mapped[str | None] = mapped_column(String(256), default=None)
     site: Mapped[str | None] = mapped_column(String(128), default=None)
     """The queues the task may run on, comma-separated (``--site A,B``); None: any. Read

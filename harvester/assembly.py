@@ -20,6 +20,7 @@ from db.migrate import upgrade
 from db.models import Role
 from harvester.agents.base import AgentRunner
 from harvester.agents.brokerage import Brokerage
+from harvester.agents.images import ImagePuller
 from harvester.agents.leases import LeaseKeeper
 from harvester.agents.monitor import Monitor
 from harvester.agents.splitter import Splitter
@@ -92,6 +93,7 @@ def build_agents(ctx: HarvesterContext) -> AgentRunner:
             LeaseKeeper(ctx),
             Splitter(ctx),
             Steering(ctx),
+            ImagePuller(ctx),
             Brokerage(ctx),
             Submitter(ctx, providers),
             Monitor(ctx, providers),

@@ -287,9 +287,64 @@ def image_import(
     console.print(f"image {image.name}: {image.rootfs}")
 
 
+@image_app.command("pull")
+def image_pull(
+    reference: Annotated[str, typer.Argument(help="docker://registry/repository:tag")],
+    config: ConfigOption = None,
+) -> None:
+    """Pull a registry image into the site's cache ahead of the tasks that will need it."""
+    from harvester.images.reference import RegistryReference
+    from harvester.images.registry import RegistryClient
+
+    ctx = _context(config)
+    client = RegistryClient(
+        ctx.images,
+        insecure_registries=ctx.settings.insecure_registries,
+        timeout_s=ctx.settings.image_pull_timeout_s,
+    )
+    try:
+        parsed = RegistryReference.parse(reference)
+        digest = client.resolve(parsed)
+        image, pulled = client.pull(parsed, digest)
+    except HarvesterError as exc:
+        raise _fail(str(exc)) from exc
+    done = "pulled" if pulled else "already in the cache"
+    console.print(f"{parsed} is {digest}: {done} ({image.rootfs})", highlight=False)
+
+
+@image_app.command("push")
+def image_push(
+    name: Annotated[str, typer.Argument(help="an image of the cache")],
+    reference: Annotated[str, typer.Argument(help="docker://registry/repository:tag")],
+    config: ConfigOption = None,
+) -> None:
+    """Publish an image of the cache to a registry (umoci packs it, skopeo copies it)."""
+    import tempfile
+
+    from harvester.images.reference import RegistryReference
+    from harvester.images.registry import export_oci, push_layout
+
+    ctx = _context(config)
+    try:
+        destination = RegistryReference.parse(reference)
+        image = ctx.images.require(name)
+        with tempfile.TemporaryDirectory(prefix="hpcaf-push-") as scratch:
+            layout = Path(scratch) / "oci"
+            export_oci(image, layout, "image")
+            push_layout(
+                layout,
+                "image",
+                destination,
+                insecure=destination.registry in ctx.settings.insecure_registries,
+            )
+    except HarvesterError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"pushed {image.name} to {destination}", highlight=False)
+
+
 @image_app.command("list")
 def image_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Images in the cache."""
+    """Images in the cache: built or imported by name, and pulled from registries."""
     ctx = _context(config)
     rows = [
         {
@@ -299,6 +354,14 @@ def image_list(config: ConfigOption = None, as_json: JsonOption = False) -> None
             "path": str(image.rootfs),
         }
         for image in ctx.images.list()
+    ] + [
+        {
+            "name": image.metadata.get("name") or image.name,
+            "source": image.metadata.get("source"),
+            "created": image.metadata.get("pulled"),
+            "path": str(image.rootfs),
+        }
+        for image in ctx.images.list_pulled()
     ]
     print_listing(("name", "source", "created", "path"), rows, as_json=as_json)
 

@@ -66,3 +66,15 @@ class ProviderError(HarvesterError):
 
 class ImageError(HarvesterError):
     """An image could not be built, imported or found."""
+
+
+class RegistryUnavailable(ImageError):
+    """The image registry cannot be reached now (down, refusing connections, 5xx):
+    jobs that need the image wait, and the pull is tried again."""
+
+    status_code = 503
+
+
+class RegistryRefused(ImageError):
+    """The registry answered that the image cannot be had (unknown repository, tag or
+    digest, a digest that does not match, access denied): trying again cannot help."""

@@ -35,6 +35,11 @@ class HarvesterSettings(BaseSettings):
     """SQLAlchemy URL; default a SQLite file in ``home``."""
     image_cache: Path | None = None
     """Unpacked images; default ``home/images``."""
+    insecure_registries: list[str] = Field(default_factory=list)
+    """Image registries (``host:port``) spoken to without TLS verification, besides
+    loopback ones (which always are, as docker treats them)."""
+    image_pull_timeout_s: float = Field(1800.0, gt=0)
+    """The longest one image pull may take before it is abandoned and tried again."""
     pallets: Path | None = None
     """Where local pyhf pallets live (tests and benchmarks)."""
     host: str = "127.0.0.1"

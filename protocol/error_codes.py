@@ -19,6 +19,9 @@ class PilotErrorCode(enum.IntEnum):
     """The payload exited 65 (EX_DATAERR): its input can never succeed, so no retry."""
     IMAGE_NOT_FOUND = 1301
     """The container image is not in the image cache the pilot sees."""
+    IMAGE_PULL_FAILED = 1307
+    """The registry refused the task's image (unknown repository, tag or digest, a
+    digest mismatch, access denied); the diagnostics are the registry's message."""
     CONTAINER_FAILED = 1302
     """The container runtime could not start the payload."""
     RUNTIME_MISSING = 1303
@@ -45,7 +48,11 @@ class PilotErrorCode(enum.IntEnum):
     @property
     def retryable(self) -> bool:
         """Whether a new attempt may succeed."""
-        return self not in (PilotErrorCode.IMAGE_NOT_FOUND, PilotErrorCode.PAYLOAD_BAD_INPUT)
+        return self not in (
+            PilotErrorCode.IMAGE_NOT_FOUND,
+            PilotErrorCode.IMAGE_PULL_FAILED,
+            PilotErrorCode.PAYLOAD_BAD_INPUT,
+        )
 
     def describe(self) -> str:
         """``1100 lost_heartbeat``: number and short name, as shown to users."""

@@ -143,6 +143,12 @@ class TaskPublic(BaseModel):
     status: TaskStatus
     kind: str
     image: str
+    image_digest: str | None = Field(
+        None, description="the manifest digest a registry image was pinned to when pulled"
+    )
+    image_message: str | None = Field(
+        None, description="why a registry image is not pulled yet (the registry's words)"
+    )
     out_ds: str
     n_jobs: int
     site: str | None

@@ -2,7 +2,8 @@
 # Install what hpcaf needs on a Debian 12 machine, as root (or a user with sudo):
 #
 #   * Debian packages, when missing: bubblewrap and debootstrap (containers and their
-#     images), python3 and python3-venv, and Chromium for the dashboard tests;
+#     images), python3 and python3-venv; for the tests also Chromium (the dashboard)
+#     and docker-registry, skopeo and umoci (docker:// images);
 #   * the project virtual environment .venv (made with the machine's python3, which on
 #     Debian is Debian's own: no pip, externally managed), holding hpcaf in editable
 #     mode with the extras named as arguments (e.g. "test", "fit").
@@ -34,6 +35,10 @@ command -v python3 >/dev/null || need_apt+=(python3)
 if [[ " $* " == *" test "* ]]; then  # the dashboard tests drive a headless Chromium
   command -v chromium >/dev/null || need_apt+=(chromium)
   command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+  # docker:// images: a loopback registry, and the tools that push and pull its images
+  command -v docker-registry >/dev/null || need_apt+=(docker-registry)
+  command -v skopeo >/dev/null || need_apt+=(skopeo)
+  command -v umoci >/dev/null || need_apt+=(umoci)
 fi
 for pkg in "${HPCAF_EXTRA_APT[@]:-}"; do
   [ -n "$pkg" ] && ! dpkg -s "$pkg" >/dev/null 2>&1 && need_apt+=("$pkg")

@@ -6,7 +6,8 @@ when the job asks for one. Among the fitting queues the least loaded one
 (activated jobs per allowed worker) wins; queues the harvester starts no
 workers for (``maxWorkers = 0``) win only when nothing else fits. A job no
 queue fits is activated without a queue and keeps a visible reason; it is
-brokered again every cycle.
+brokered again every cycle. A job whose registry image is not pulled yet stays
+``defined`` and says so (the image puller's message).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from db.queue import transition
 from harvester.agents.base import Agent
 from harvester.architecture import GpuRequest
 from harvester.config import QueueConfig
+from harvester.images.reference import is_registry_reference
 from harvester.services.queues import activated_counts, list_queues
 from protocol.states import JobStatus
 
@@ -160,6 +162,13 @@ class Brokerage(Agent):
             }
             for job in jobs:
                 task = tasks[job.task_id]
+                if is_registry_reference(task.image) and task.image_digest is None:
+                    # not brokered before the image is on the site: no pilot is started
+                    # for a job that could not run, and the job says what it waits for
+                    job.brokerage_message = task.image_message or (
+                        f"waiting for image {task.image} to be pulled"
+                    )
+                    continue
                 needs = JobNeeds(
                     cores=job.cores,
                     memory_mb=job.memory_mb,

@@ -75,6 +75,7 @@ def _print_task(c: HarvesterClient, task: dict[str, Any]) -> None:
         "owner",
         "status",
         "image",
+        "image_digest",
         "out_ds",
         "n_jobs",
         "site",
@@ -85,6 +86,8 @@ def _print_task(c: HarvesterClient, task: dict[str, Any]) -> None:
     ):
         table.add_row(key, str(task.get(key)))
     table.add_row("jobs", counts_text(task.get("job_counts", {})))
+    if task.get("error_dialog"):
+        table.add_row("error", str(task["error_dialog"]))
     out.print(table)
     waiting = [
         j
@@ -95,8 +98,7 @@ def _print_task(c: HarvesterClient, task: dict[str, Any]) -> None:
     ]
     if waiting:
         out.print(
-            f"[yellow]{len(waiting)} jobs wait for a queue:[/yellow] "
-            f"{waiting[0]['brokerage_message']}"
+            f"[yellow]{len(waiting)} jobs wait:[/yellow] {escape(waiting[0]['brokerage_message'])}"
         )
 
 

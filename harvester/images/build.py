@@ -92,7 +92,7 @@ def build_image(
                 definition, rootfs, mirror or host_debian_mirror(), ca_bundle or HOST_CA_BUNDLE, log
             )
             source = "debootstrap"
-        _finish_rootfs(rootfs, definition)
+        finish_rootfs(rootfs, definition)
         _write_metadata(staging, key, definition, source=f"{source} {definition_path.name}")
         _install(staging, cache.folder(key))
     finally:
@@ -125,7 +125,7 @@ def import_image(tarball: Path, name: str, cache: ImageCache) -> ImageInfo:
         if not (rootfs / "bin").exists() and not (rootfs / "usr" / "bin").exists():
             raise ImageError(f"{tarball} does not look like a root filesystem (no bin/)")
         definition = Definition(header={"bootstrap": "import"})
-        _finish_rootfs(rootfs, definition)
+        finish_rootfs(rootfs, definition)
         _write_metadata(staging, key, definition, source=f"import {tarball.name}")
         _install(staging, cache.folder(key))
     finally:
@@ -226,7 +226,7 @@ def _debootstrap_build(
     (rootfs / BUILD_CA_PATH.lstrip("/")).unlink(missing_ok=True)
 
 
-def _finish_rootfs(rootfs: Path, definition: Definition) -> None:
+def finish_rootfs(rootfs: Path, definition: Definition) -> None:
     """Mount points for the runtimes, Apptainer's metadata files, no caches."""
     for mount_point in MOUNT_POINTS:
         path = rootfs / mount_point

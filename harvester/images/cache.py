@@ -4,6 +4,13 @@ Layout, as a site would serve from a cvmfs-style unpacked repository::
 
     <cache>/<name>/rootfs/      the image's root filesystem (read-only at run time)
     <cache>/<name>/image.json   labels, environment, runscript, how it was made
+
+Images pulled from a registry are kept by their manifest digest, so a task pinned
+to a digest runs exactly that image whatever its tag points to later, and an image
+is pulled once per site whichever tag or task asked for it::
+
+    <cache>/_registry/sha256-<hex>/rootfs/
+    <cache>/_registry/sha256-<hex>/image.json   the reference it was pulled as, the digest
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ from typing import Any
 from harvester.errors import ImageError
 
 IMAGE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+REGISTRY_FOLDER = "_registry"
+"""Pulled images; no image name can start with ``_``, so it never clashes with one."""
+DIGEST_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 def cache_key(reference: str) -> str:
@@ -75,6 +85,33 @@ class ImageCache:
                 "build it with 'harvester image build' or import it with 'harvester image import'"
             )
         return image
+
+    def pulled_folder(self, digest: str) -> Path:
+        """Where the image of manifest ``digest`` is (or will be) unpacked."""
+        if not DIGEST_PATTERN.match(digest):
+            raise ImageError(f"invalid image digest {digest!r}")
+        return self.root / REGISTRY_FOLDER / digest.replace(":", "-")
+
+    def get_pulled(self, digest: str) -> ImageInfo | None:
+        """The pulled image of manifest ``digest``, or ``None`` when it was not pulled here."""
+        try:
+            folder = self.pulled_folder(digest)
+        except ImageError:
+            return None
+        meta_file = folder / "image.json"
+        if not (folder / "rootfs").is_dir() or not meta_file.is_file():
+            return None
+        return ImageInfo(
+            name=digest, rootfs=folder / "rootfs", metadata=json.loads(meta_file.read_text())
+        )
+
+    def list_pulled(self) -> list[ImageInfo]:
+        """Every image pulled from a registry into this cache."""
+        folder = self.root / REGISTRY_FOLDER
+        found = (
+            self.get_pulled(f.name.replace("-", ":", 1)) for f in sorted(folder.glob("sha256-*"))
+        )
+        return [image for image in found if image is not None]
 
     def list(self) -> list[ImageInfo]:
         if not self.root.is_dir():

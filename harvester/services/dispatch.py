@@ -124,8 +124,15 @@ def acquire_jobs(
     for task in tasks.values():
         if task.status is TaskStatus.READY:  # a claim can only start a task, never end one
             roll_up_at_commit(session, task)
-    images = {t.id: ctx.images.get(t.image) for t in tasks.values()}
+    images = {t.id: task_image(ctx, t) for t in tasks.values()}
     return [_job_spec(ctx, job, tasks[job.task_id], images[job.task_id]) for job in jobs]
+
+
+def task_image(ctx: HarvesterContext, task: Task) -> ImageInfo | None:
+    """The cache image a task's jobs run: by name, or the pulled digest it is pinned to."""
+    if task.image_digest is not None:
+        return ctx.images.get_pulled(task.image_digest)
+    return ctx.images.get(task.image)
 
 
 def _pilot_worker(session: Session, worker_id: int | None, queue: str) -> Worker | None:
@@ -154,7 +161,9 @@ def _job_spec(ctx: HarvesterContext, job: Job, task: Task, image: ImageInfo | No
         attempt_nr=job.attempt_nr,
         owner=task.owner,
         out_ds=task.out_ds,
-        image=task.image,
+        # pinned: the warm workers of a pilot are keyed by it, so a moved tag is never
+        # served by a worker started on the image the tag pointed to before
+        image=f"{task.image}@{task.image_digest}" if task.image_digest else task.image,
         image_path=str(image.rootfs) if image else None,
         image_environment=image.environment if image else {},
         transform=parameters.transform,

@@ -15,6 +15,7 @@ from harvester.architecture import parse_architecture
 from harvester.context import HarvesterContext
 from harvester.errors import Conflict, Forbidden, ImageError, InvalidRequest, NotFoundError
 from harvester.identity import Principal
+from harvester.images.reference import RegistryReference, is_registry_reference
 from harvester.services.lifecycle import (
     cancel_open_jobs,
     current_attempts,
@@ -56,10 +57,7 @@ def submit_task(
     principal.require(Role.USER)
     owner = principal.user
     validate_out_ds(params.outDS, owner)
-    try:
-        image = ctx.images.require(params.containerImage)
-    except ImageError as exc:
-        raise InvalidRequest(str(exc)) from exc
+    image = check_image(ctx, params.containerImage)
     if params.transform == "runcontainer" and not params.exec.strip():
         raise InvalidRequest("exec is empty: give the command to run with --exec")
     n_jobs = len(params.jobParameters) if params.jobParameters is not None else params.nJobs
@@ -116,7 +114,7 @@ def submit_task(
         status=TaskStatus.REGISTERED,
         kind=params.transform,
         params=stored.model_dump(by_alias=True),
-        image=image.name,
+        image=image,
         architecture=params.architecture,
         gpu_request=architecture.gpu.to_document() if architecture.gpu is not None else None,
         site=site,
@@ -133,6 +131,17 @@ def submit_task(
     session.flush()
     record_creation(session, task, reason="submitted", actor=owner)
     return task
+
+
+def check_image(ctx: HarvesterContext, name: str) -> str:
+    """What the task row keeps as its image: a cache image's name, or the normalised
+    registry reference (pulled when the jobs need it, by the image puller)."""
+    try:
+        if is_registry_reference(name):
+            return str(RegistryReference.parse(name))
+        return ctx.images.require(name).name
+    except ImageError as exc:
+        raise InvalidRequest(str(exc)) from exc
 
 
 FIT_BACKENDS = ("numpy", "jax")
