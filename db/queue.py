@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, insert, select, update
+from sqlalchemy import ColumnElement, Select, case, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import EntityKind, Job, StateHistory, Task, Worker, utcnow
@@ -93,15 +93,25 @@ def record_creation(
     )
 
 
+def job_memory_mb(memory_per_core: int) -> ColumnElement[int]:
+    """A job's memory as a pilot books it: its own, or (0: unspecified) its cores' share
+    of the queue's slot, ``memory_per_core`` each."""
+    return case((Job.memory_mb > 0, Job.memory_mb), else_=Job.cores * memory_per_core)
+
+
 def _claimable(
-    queue: str, max_cores: int | None, max_memory_mb: int | None, max_gpus: int | None
+    queue: str,
+    max_cores: int | None,
+    max_memory_mb: int | None,
+    max_gpus: int | None,
+    memory_per_core: int = 0,
 ) -> Select[Any]:
     """Ids of the activated jobs of ``queue`` that fit the pilot's resources."""
     query = select(Job.id).where(Job.status == JobStatus.ACTIVATED, Job.queue == queue)
     if max_cores is not None:
         query = query.where(Job.cores <= max_cores)
     if max_memory_mb is not None:
-        query = query.where(Job.memory_mb <= max_memory_mb)
+        query = query.where(job_memory_mb(memory_per_core) <= max_memory_mb)
     if max_gpus is not None:
         query = query.where(Job.gpus <= max_gpus)
     return query
@@ -114,9 +124,10 @@ def claimable_exists(
     max_cores: int | None = None,
     max_memory_mb: int | None = None,
     max_gpus: int | None = None,
+    memory_per_core: int = 0,
 ) -> bool:
     """Whether :func:`claim_jobs` would find a job (one index probe, no lock)."""
-    first = _claimable(queue, max_cores, max_memory_mb, max_gpus).limit(1)
+    first = _claimable(queue, max_cores, max_memory_mb, max_gpus, memory_per_core).limit(1)
     return session.scalar(first) is not None
 
 
@@ -131,8 +142,12 @@ def claim_jobs(
     max_cores: int | None = None,
     max_memory_mb: int | None = None,
     max_gpus: int | None = None,
+    memory_per_core: int = 0,
 ) -> Sequence[Job]:
     """Atomically move up to ``limit`` activated jobs of ``queue`` to ``sent``.
+
+    Each job fits the limits on its own (``max_memory_mb`` against
+    :func:`job_memory_mb`); a pilot packing jobs asks for one at a time.
 
     Two statements in one transaction: the candidates are read first, then one
     ``UPDATE … WHERE id IN (…) AND status='activated' … RETURNING`` moves them.
@@ -152,7 +167,7 @@ def claim_jobs(
         return []
     now = utcnow()
     candidates = (
-        _claimable(queue, max_cores, max_memory_mb, max_gpus)
+        _claimable(queue, max_cores, max_memory_mb, max_gpus, memory_per_core)
         .order_by(Job.priority.desc(), Job.id)
         .limit(limit)
         .with_for_update(skip_locked=True)

@@ -52,6 +52,9 @@ class QueueConfig(BaseModel):
     n_queue_limit_worker: int | None = Field(None, ge=0, alias="nQueueLimitWorker")
     max_new_workers_per_cycle: int = Field(10, ge=0, alias="maxNewWorkersPerCycle")
     jobs_per_pilot: int = Field(0, ge=0, description="0: as many as walltime allows")
+    pack_jobs: bool = Field(True, alias="packJobs")
+    """A pilot runs several jobs at once while their cores and memory fit its slot
+    (whole nodes, many-core slots); false: one job at a time, whatever the slot."""
     container_runtime: RuntimeName = "auto"
     container_options: list[str] = Field(default_factory=list)
     allow_network: bool = False
@@ -73,6 +76,11 @@ class QueueConfig(BaseModel):
         if self.gpu_nodes and self.gpus < 1:
             raise ValueError("gpu_nodes are declared but gpus (per slot) is 0")
         return self
+
+    @property
+    def memory_per_core(self) -> int:
+        """MiB a core of the slot brings: what a job that gives no memory books per core."""
+        return max(1, self.memory_mb // self.cores)
 
     @property
     def queue_limit(self) -> int:

@@ -100,6 +100,7 @@ class WarmPayload:
         self, pool: WarmPool, key: tuple[Any, ...], worker: WarmWorker, job: dict[str, Any]
     ) -> None:
         self.pool, self.key, self.worker, self.job = pool, key, worker, job
+        self.stopped = False
 
     @classmethod
     def start(
@@ -118,15 +119,17 @@ class WarmPayload:
             env={k: v for k, v in request.env.items() if k not in spec.env},
         )
         key = (
+            spec.owner,  # one user's jobs never run in a process that served another's
             request.image,
             spec.transform,
             request.gpu,
+            tuple(str(device) for device in request.devices),  # the GPUs this job was given
             request.env.get("OMP_NUM_THREADS"),
             request.allow_network,
             tuple(request.binds),
         )
         (request.workdir / LOG_NAME).write_bytes(header.encode() + b"=== warm worker\n")
-        worker = pool.get(key, runtime.command(server_request), base_dir / "warm.log")
+        worker = pool.take(key, runtime.command(server_request), base_dir / "warm.log")
         job = {
             "workdir": f"{CACHE_IN_CONTAINER}/jobs/{request.workdir.name}",
             "env": dict(spec.env),
@@ -141,8 +144,14 @@ class WarmPayload:
         return self.worker.run(self.job, timeout_s)
 
     def stop(self) -> int | None:
-        self.pool.discard(self.key)
+        self.pool.discard(self.worker)
+        self.stopped = True
         return None
+
+    def finish(self) -> None:
+        """The job ended: the worker goes back to the pool unless it was stopped."""
+        if not self.stopped:
+            self.pool.give_back(self.key, self.worker)
 
 
 def job_dir(base_dir: Path, pool: WarmPool | None, spec: JobSpec) -> Path:

@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    """Sends a heartbeat for the current job every ``interval_s`` seconds."""
+    """Sends one heartbeat for the pilot's running jobs every ``interval_s`` seconds."""
 
     def __init__(
         self,
@@ -40,9 +40,16 @@ class Heartbeat:
         self._stop.set()
         self._thread.join(timeout=5)
 
-    def watch(self, job_ids: list[int]) -> None:
+    def add(self, job_id: int) -> None:
+        """Heartbeat ``job_id`` too, from now until :meth:`discard`."""
         with self._lock:
-            self._job_ids = list(job_ids)
+            if job_id not in self._job_ids:
+                self._job_ids.append(job_id)
+
+    def discard(self, job_id: int) -> None:
+        with self._lock:
+            if job_id in self._job_ids:
+                self._job_ids.remove(job_id)
 
     def beat(self) -> None:
         with self._lock:

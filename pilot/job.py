@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 
 class JobRunner:
-    """Runs jobs one at a time; can be told to kill the current one."""
+    """Runs jobs, several at once on threads of their own (a whole-node pilot); can be
+    told to kill one of them, or all."""
 
     def __init__(
         self,
@@ -63,12 +64,15 @@ class JobRunner:
         from other threads."""
         self.supervisor.kill(job_id, code, reason)
 
-    def run(self, spec: JobSpec) -> Outcome:
+    def run(self, spec: JobSpec, gpus: list[Gpu] | None = None) -> Outcome:
+        """Run one job to its final report; ``gpus``: the node's GPUs this job was given
+        (default: all of them), the only ones its container sees."""
+        given = self.gpus if gpus is None else list(gpus)
         workdir = job_dir(self.base_dir, self.warm, spec)
         workdir.mkdir(parents=True, exist_ok=True)
         with self.supervisor.job(spec.job_id):
             try:
-                outcome = self._run(spec, workdir)
+                outcome = self._run(spec, workdir, given)
             except (StageError, RuntimeUnavailable, PayloadNotStarted) as exc:
                 outcome = Outcome("failed", error_code=exc.code, diagnostics=str(exc))
             except Exception as exc:  # report anything else rather than lose the job
@@ -78,7 +82,7 @@ class JobRunner:
                     error_code=PilotErrorCode.UNKNOWN,
                     diagnostics=f"{type(exc).__name__}: {exc}",
                 )
-        self._report(spec.job_id, workdir, outcome, self.gpus if spec.gpus > 0 else None)
+        self._report(spec.job_id, workdir, outcome, given if spec.gpus > 0 else None)
         shutil.rmtree(workdir, ignore_errors=True)
         return outcome
 
@@ -105,7 +109,7 @@ class JobRunner:
         if self.warm:
             self.warm.close()
 
-    def _run(self, spec: JobSpec, workdir: Path) -> Outcome:
+    def _run(self, spec: JobSpec, workdir: Path, gpus: list[Gpu]) -> Outcome:
         self._update(spec.job_id, {"state": "starting"})
         image = spec.image_path
         if not image or not Path(image).is_dir():
@@ -120,7 +124,7 @@ class JobRunner:
         if spec.transform != "runcontainer":
             (workdir / "job.json").write_text(json.dumps(spec.model_dump(mode="json")))
         runtime = select_runtime(spec.container.runtime)
-        request = container_request(spec, Path(image), workdir, self.gpus, self.base_dir / "cache")
+        request = container_request(spec, Path(image), workdir, gpus, self.base_dir / "cache")
         header = (
             f"=== hpcaf pilot {self.pilot_id}: job {spec.job_id} attempt {spec.attempt_nr} "
             f"with {runtime.name}\n"
@@ -130,9 +134,15 @@ class JobRunner:
             payload = WarmPayload.start(self.warm, spec, request, runtime, header, self.base_dir)
         else:
             payload = ContainerPayload.start(spec.job_id, request, runtime, header)
-        ended = self.supervisor.supervise(
-            payload, float(spec.walltime_s), lambda: self._update(spec.job_id, {"state": "running"})
-        )
+        try:
+            ended = self.supervisor.supervise(
+                payload,
+                float(spec.walltime_s),
+                lambda: self._update(spec.job_id, {"state": "running"}),
+            )
+        finally:
+            if isinstance(payload, WarmPayload):
+                payload.finish()
         if isinstance(ended, Outcome):
             return ended
         if ended.code != 0:

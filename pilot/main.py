@@ -18,12 +18,14 @@ import time
 import uuid
 from pathlib import Path
 
+from pilot.gpus import Gpu
 from pilot.gpus import discover as discover_gpus
 from pilot.heartbeat import Heartbeat
 from pilot.job import JobRunner
 from pilot.node import discover
 from pilot.polling import PollBackoff
 from pilot.server import PilotServer, ServerError
+from pilot.slots import Free, SlotLedger
 from pilot.specs import UnreadableJob
 from pilot.supervision import KILLED_BY_SERVER
 from protocol.error_codes import PilotErrorCode
@@ -70,6 +72,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="heartbeat interval (default: what the server says)",
     )
     parser.add_argument("--cores", type=int, default=None, help="cores of this slot")
+    parser.add_argument(
+        "--memory",
+        type=int,
+        default=None,
+        help="MiB of memory of this slot (default: the batch allocation, else the node's)",
+    )
+    parser.add_argument(
+        "--no-pack",
+        dest="pack",
+        action="store_false",
+        help="run one job at a time, whatever the slot holds (default: pack jobs that fit)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="where job dirs are made")
     parser.add_argument(
         "--nvidia-smi",
@@ -110,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if not token:
         log.error("no token: give --token, --token-file, or set HPCAF_TOKEN")
         return EXIT_CONFIG
-    node = discover(args.cores)
+    node = discover(args.cores, args.memory)
     pilot_id = f"{node.hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     base_dir = args.workdir or Path(tempfile.mkdtemp(prefix="hpcaf-pilot-"))
     base_dir.mkdir(parents=True, exist_ok=True)
@@ -118,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     server = PilotServer(args.server, token, stop=stopping)
     gpus = discover_gpus(args.nvidia_smi, os.environ)
     runner = JobRunner(server, pilot_id, base_dir, node.cores, gpus, warm=not args.no_warm)
+    ledger = SlotLedger(node.cores, node.memory_mb, gpus, pack=args.pack)
 
     def on_signal(signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
@@ -128,12 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info(
-        "pilot %s on queue %s, server %s, worker %s, %d cores, GPUs: %s",
+        "pilot %s on queue %s, server %s, worker %s, %d cores, %d MiB, %s, GPUs: %s",
         pilot_id,
         args.queue,
         args.server,
         args.worker_id,
         node.cores,
+        node.memory_mb,
+        "packing jobs" if args.pack else "one job at a time",
         ", ".join(f"{g.index} {g.name}" for g in gpus) or "none",
     )
     try:
@@ -159,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     heartbeat.start()
     try:
-        done = loop(args, server, runner, heartbeat, pilot_id, node.hostname, stopping)
+        done = JobLoop(args, server, runner, ledger, heartbeat, pilot_id, node.hostname).run(
+            stopping
+        )
     finally:
         heartbeat.stop()
         runner.close()
@@ -168,82 +187,138 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_SIGNALLED if stopping.is_set() else EXIT_OK
 
 
-def loop(
-    args: argparse.Namespace,
-    server: PilotServer,
-    runner: JobRunner,
-    heartbeat: Heartbeat,
-    pilot_id: str,
-    hostname: str,
-    stopping: threading.Event,
-) -> int:
-    """Acquire and run jobs until walltime, max-jobs, idleness or a signal ends the pilot."""
-    started = time.monotonic()
-    idle_since = time.monotonic()
-    backoff = PollBackoff(first=args.poll, cap=max(args.poll, args.poll_max))
-    done = 0
-    while not stopping.is_set():
-        if args.max_jobs and done >= args.max_jobs:
-            break
-        left = args.walltime - (time.monotonic() - started)
-        if left < WALLTIME_MARGIN_S:
-            log.info("%.0fs of walltime left: no new job", left)
-            break
+class JobLoop:
+    """Acquire and run jobs until walltime, max-jobs, idleness or a signal ends the pilot.
+
+    Each job runs on a thread of its own while the slot has room for more: the
+    loop asks the dispatcher for one job fitting what is free, starts it, and
+    asks again at once; when nothing fits it waits for a job to end, and when
+    the queue is empty it polls with a growing back-off. Idleness counts only
+    while no job runs.
+    """
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        server: PilotServer,
+        runner: JobRunner,
+        ledger: SlotLedger,
+        heartbeat: Heartbeat,
+        pilot_id: str,
+        hostname: str,
+    ) -> None:
+        self.args, self.server, self.runner, self.ledger = args, server, runner, ledger
+        self.heartbeat, self.pilot_id, self.hostname = heartbeat, pilot_id, hostname
+        self.ended = threading.Event()
+        """Set whenever a job ends: room in the slot, or the pilot may be idle."""
+        self.threads: list[threading.Thread] = []
+        self.started = 0
+
+    def run(self, stopping: threading.Event) -> int:
+        args = self.args
+        began = time.monotonic()
+        idle_since = time.monotonic()
+        backoff = PollBackoff(first=args.poll, cap=max(args.poll, args.poll_max))
+        while not stopping.is_set():
+            self._reap()
+            if args.max_jobs and self.started >= args.max_jobs:
+                break
+            left = args.walltime - (time.monotonic() - began)
+            if left < WALLTIME_MARGIN_S:
+                log.info("%.0fs of walltime left: no new job", left)
+                break
+            if self.ledger.running():
+                idle_since = time.monotonic()
+            free = self.ledger.free()
+            if free is None:  # the slot is full: wait for a job to end
+                self.ended.wait(1.0)
+                self.ended.clear()
+                continue
+            jobs = self._acquire(free)
+            if jobs is None:
+                break
+            if jobs:
+                backoff.reset()
+                for job in jobs:
+                    self._start(job, left)
+                idle_since = time.monotonic()
+                continue
+            idle = time.monotonic() - idle_since
+            if not self.ledger.running() and idle > args.max_idle:
+                log.info("no job for %.0fs: exiting", args.max_idle)
+                break
+            # one last poll right at max-idle rather than a long wait past it
+            wait = backoff.next_wait()
+            if not self.ledger.running():
+                wait = min(wait, args.max_idle - idle + 0.05)
+            self.ended.wait(wait)
+            self.ended.clear()
+        for thread in self.threads:  # the jobs running when the loop ended finish
+            thread.join()
+        self._reap()
+        return self.started
+
+    def _acquire(self, free: Free) -> list[JobSpec | UnreadableJob] | None:
+        """Jobs that fit ``free`` (at most one: it takes its share before the next ask);
+        ``None`` when the server refused the pilot."""
         try:
-            jobs = server.acquire_jobs(
+            return self.server.acquire_jobs(
                 {
-                    "queue": args.queue,
-                    "pilot_id": pilot_id,
+                    "queue": self.args.queue,
+                    "pilot_id": self.pilot_id,
                     "n_jobs": 1,
-                    "worker_id": args.worker_id,
-                    "node": hostname,
-                    "cores": runner.cores,
-                    "gpus": len(runner.gpus),
+                    "worker_id": self.args.worker_id,
+                    "node": self.hostname,
+                    "cores": free.cores,
+                    "memory_mb": free.memory_mb,
+                    "gpus": free.gpus,
                 }
             )
         except ServerError as exc:
             if exc.status_code is not None:
                 log.error("acquire refused: %s", exc)
-                break
+                return None
             log.warning("acquire failed: %s", exc)
-            jobs = []
-        if not jobs:
-            idle = time.monotonic() - idle_since
-            if idle > args.max_idle:
-                log.info("no job for %.0fs: exiting", args.max_idle)
-                break
-            # one last poll right at max-idle rather than a long wait past it
-            stopping.wait(min(backoff.next_wait(), args.max_idle - idle + 0.05))
-            continue
-        backoff.reset()
-        for job in jobs:
-            if isinstance(job, UnreadableJob):
-                if runner.refuse(job) is not None:
-                    done += 1
-                continue
-            run_job(job, args, runner, heartbeat, left)
-            done += 1
-        idle_since = time.monotonic()
-    return done
+            return []
 
+    def _start(self, job: JobSpec | UnreadableJob, left: float) -> None:
+        if isinstance(job, UnreadableJob):
+            if self.runner.refuse(job) is not None:
+                self.started += 1
+            return
+        gpus = self.ledger.take(job)
+        self.started += 1
+        thread = threading.Thread(
+            target=self._run_job, args=(job, gpus, left), name=f"job-{job.job_id}", daemon=True
+        )
+        self.threads.append(thread)
+        thread.start()
 
-def run_job(
-    spec: JobSpec,
-    args: argparse.Namespace,
-    runner: JobRunner,
-    heartbeat: Heartbeat,
-    left: float,
-) -> None:
-    """Run one job within the pilot's walltime, heartbeating it while it runs."""
-    if spec.walltime_s > left:
-        spec = spec.model_copy(update={"walltime_s": int(left)})
-    if args.heartbeat is None:
-        heartbeat.interval_s = spec.heartbeat_interval_s
-    heartbeat.watch([spec.job_id])
-    log.info("job %s (task %s, attempt %s) starting", spec.job_id, spec.task_id, spec.attempt_nr)
-    outcome = runner.run(spec)
-    heartbeat.watch([])
-    log.info("job %s ended %s", spec.job_id, outcome.state)
+    def _run_job(self, spec: JobSpec, gpus: list[Gpu], left: float) -> None:
+        """Run one job within the pilot's walltime, heartbeating it while it runs."""
+        try:
+            if spec.walltime_s > left:
+                spec = spec.model_copy(update={"walltime_s": int(left)})
+            if self.args.heartbeat is None:
+                self.heartbeat.interval_s = spec.heartbeat_interval_s
+            self.heartbeat.add(spec.job_id)
+            log.info(
+                "job %s (task %s, attempt %s, %d cores, %d MiB) starting",
+                spec.job_id,
+                spec.task_id,
+                spec.attempt_nr,
+                spec.cores,
+                spec.memory_mb,
+            )
+            outcome = self.runner.run(spec, gpus)
+            log.info("job %s ended %s", spec.job_id, outcome.state)
+        finally:
+            self.heartbeat.discard(spec.job_id)
+            self.ledger.give_back(spec.job_id)
+            self.ended.set()
+
+    def _reap(self) -> None:
+        self.threads = [t for t in self.threads if t.is_alive()]
 
 
 if __name__ == "__main__":

@@ -36,5 +36,17 @@ def total_memory_mb() -> int:
     return 0
 
 
-def discover(cores: int | None = None) -> NodeInfo:
-    return NodeInfo(hostname=socket.getfqdn(), cores=slot_cores(cores), memory_mb=total_memory_mb())
+def slot_memory_mb(default: int | None = None) -> int:
+    """Memory this slot may use: the given size, else the batch allocation, else the node's."""
+    if default is not None:
+        return default
+    value = os.environ.get("SLURM_MEM_PER_NODE")
+    if value and value.isdigit():
+        return int(value)
+    return total_memory_mb()
+
+
+def discover(cores: int | None = None, memory_mb: int | None = None) -> NodeInfo:
+    return NodeInfo(
+        hostname=socket.getfqdn(), cores=slot_cores(cores), memory_mb=slot_memory_mb(memory_mb)
+    )

@@ -68,36 +68,68 @@ class KillRequest:
     reason: str
 
 
+@dataclass
+class _Watched:
+    """What the supervisor knows of one job inside :meth:`Supervisor.job`."""
+
+    process: subprocess.Popen[bytes] | None = None
+    kill: KillRequest | None = None
+
+
 class Supervisor:
-    """The job now running, the process a kill stops, and why it was killed."""
+    """The jobs now running, the processes a kill stops, and why each was killed.
+
+    A whole-node pilot runs several jobs at once, each on a thread of its own:
+    a job is the calling thread's between :meth:`job` and its end, so
+    :meth:`supervise` needs no job id, and a kill names the job (or ``None``:
+    every job, as for a signal to the pilot).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._job_id: int | None = None
-        self._process: subprocess.Popen[bytes] | None = None
-        self._kill: KillRequest | None = None
+        self._jobs: dict[int, _Watched] = {}
+        self._current = threading.local()
 
     @contextlib.contextmanager
     def job(self, job_id: int) -> Iterator[None]:
         """While the job is inside, kill requests for it are kept (and acted on once
         its payload runs); outside, they are ignored."""
         with self._lock:
-            self._job_id, self._kill = job_id, None
+            self._jobs[job_id] = _Watched()
+        self._current.job_id = job_id
         try:
             yield
         finally:
+            self._current.job_id = None
             with self._lock:
-                self._job_id, self._process = None, None
+                self._jobs.pop(job_id, None)
+
+    def running(self) -> list[int]:
+        """The jobs inside :meth:`job` now."""
+        with self._lock:
+            return sorted(self._jobs)
 
     def kill(self, job_id: int | None, code: PilotErrorCode, reason: str) -> None:
-        """Stop the payload of ``job_id`` (or whatever runs, when ``None``)."""
+        """Stop the payload of ``job_id`` (or of every job, when ``None``)."""
         with self._lock:
-            if self._job_id is None or (job_id is not None and job_id != self._job_id):
-                return
-            self._kill = KillRequest(code, reason)
-            process = self._process
-        if process is not None:
+            ids = list(self._jobs) if job_id is None else [job_id]
+            targets = []
+            for one in ids:
+                watched = self._jobs.get(one)
+                if watched is None:
+                    continue
+                watched.kill = KillRequest(code, reason)
+                if watched.process is not None:
+                    targets.append(watched.process)
+        for process in targets:
             terminate(process)
+
+    def _watched(self) -> _Watched:
+        job_id = getattr(self._current, "job_id", None)
+        watched = self._jobs.get(job_id) if job_id is not None else None
+        if watched is None:
+            raise RuntimeError("supervise() is called inside job() on the job's own thread")
+        return watched
 
     def supervise(
         self, payload: Payload, walltime_s: float, running: Callable[[], object]
@@ -108,8 +140,9 @@ class Supervisor:
         payload started stops it as soon as it has.
         """
         with self._lock:
-            self._process = payload.process
-            pending = self._kill
+            watched = self._watched()
+            watched.process = payload.process
+            pending = watched.kill
         if pending is not None:
             terminate(payload.process)
         running()
@@ -121,7 +154,7 @@ class Supervisor:
             timed_out = elapsed >= walltime_s
             code = payload.stop()
         with self._lock:
-            kill = self._kill
+            kill = watched.kill
         if kill is not None:
             return Outcome("failed", exit_code=code, error_code=kill.code, diagnostics=kill.reason)
         if timed_out:

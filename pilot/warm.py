@@ -17,6 +17,7 @@ import os
 import selectors
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -96,24 +97,60 @@ class WarmWorker:
 
 
 class WarmPool:
-    """The pilot's warm workers by key; stopped when the pilot ends."""
+    """The pilot's warm workers by key; stopped when the pilot ends.
+
+    A worker serves one job at a time: :meth:`take` lends an idle worker of the
+    key (or starts one) to the calling job alone, and :meth:`give_back` returns
+    it. A whole-node pilot running two fits of one image at once thus has two
+    workers of that key, never one worker with two jobs.
+    """
 
     def __init__(self) -> None:
-        self._workers: dict[tuple[Any, ...], WarmWorker] = {}
+        self._idle: dict[tuple[Any, ...], list[WarmWorker]] = {}
+        self._lent: set[WarmWorker] = set()
+        self._lock = threading.Lock()
+        self._closed = False
 
-    def get(self, key: tuple[Any, ...], command: list[str], log_path: Path) -> WarmWorker:
-        worker = self._workers.get(key)
-        if worker is None or not worker.alive():
+    def take(self, key: tuple[Any, ...], command: list[str], log_path: Path) -> WarmWorker:
+        stale: list[WarmWorker] = []
+        worker = None
+        with self._lock:
+            idle = self._idle.get(key, [])
+            while idle and worker is None:
+                candidate = idle.pop()
+                if candidate.alive():
+                    worker = candidate
+                else:
+                    stale.append(candidate)
+        for dead in stale:
+            dead.stop()
+        if worker is None:
             worker = WarmWorker(command, log_path)
-            self._workers[key] = worker
             log.info("warm worker started: %s", " ".join(command[-3:]))
+        with self._lock:
+            self._lent.add(worker)
         return worker
 
-    def discard(self, key: tuple[Any, ...]) -> None:
-        worker = self._workers.pop(key, None)
-        if worker is not None:
-            worker.stop()
+    def give_back(self, key: tuple[Any, ...], worker: WarmWorker) -> None:
+        """The job is done with ``worker``: it serves the next job of its key."""
+        with self._lock:
+            self._lent.discard(worker)
+            if not self._closed and worker.alive():
+                self._idle.setdefault(key, []).append(worker)
+                return
+        worker.stop()
+
+    def discard(self, worker: WarmWorker) -> None:
+        """Stop ``worker`` (its job was killed, or it gave no answer)."""
+        with self._lock:
+            self._lent.discard(worker)
+        worker.stop()
 
     def close(self) -> None:
-        for key in list(self._workers):
-            self.discard(key)
+        with self._lock:
+            self._closed = True
+            workers = [w for idle in self._idle.values() for w in idle] + list(self._lent)
+            self._idle.clear()
+            self._lent.clear()
+        for worker in workers:
+            worker.stop()

@@ -296,9 +296,16 @@ def test_gpu_jobs_wait_for_a_gpu_pilot(harvester_factory: Callable[..., Harveste
     job = h.jobs(gpu_task)[0]
     assert job["gpus"] == 1
     ran_on = job["metrics"]["gpus"]
-    assert [g["name"] for g in ran_on] == ["NVIDIA A100-SXM4-40GB"] * 2
+    # the node has two GPUs; the job asked for one and was given one: the first
+    assert [(g["name"], g["uuid"]) for g in ran_on] == [
+        ("NVIDIA A100-SXM4-40GB", "GPU-1c8e3d8f-6b1a-4a3e-9d2c-8f1b2a3c4d5e")
+    ]
     log = h.pbook("results", str(gpu_task), "--json")
     assert json.loads(log.stdout)["files"], log.output
+    out = h.user_dir / "gpu-results"
+    assert h.pbook("results", str(gpu_task), "-o", str(out)).returncode == 0
+    seen = next(out.iterdir()).read_text().strip()
+    assert seen == "visible=GPU-1c8e3d8f-6b1a-4a3e-9d2c-8f1b2a3c4d5e", "only the GPU it was given"
 
 
 @pytest.mark.e2e

@@ -220,3 +220,42 @@ def test_phpo_load_json_takes_what_dump_json_wrote(hv: Harvester) -> None:
 
     missing = hv.cli("harvester.client.phpo", "--containerImage", "base", "--exec", "true")
     assert missing.returncode == 2 and "--searchSpace is required" in missing.stderr
+
+
+def test_a_scan_written_for_panda_clients_phpo_runs_as_it_is(hv: Harvester) -> None:
+    """panda-client's option names in a --loadJson file, its search-space file in the
+    segmented form, and an evaluation that reads input.json and writes output.json."""
+    (hv.user_dir / "space.json").write_text(
+        json.dumps([{"model_id": 0, "search_space": {
+            "x": {"method": "categorical", "dimension": {"categories": [1, 2]}}}}])
+    )  # fmt: skip
+    evaluation = (
+        "python3 -c \"import json; p = json.load(open('input.json')); "
+        "json.dump({'loss': p['x'] * 10}, open('output.json', 'w'))\""
+    )
+    options = hv.user_dir / "phpo-options.json"
+    options.write_text(
+        json.dumps({
+            "evaluationContainer": "base", "evaluationExec": evaluation,
+            "searchSpaceFile": "space.json", "maxPoints": 2, "nParallelEvaluation": 2,
+            "outDS": "user.alice.pandastyle", "steeringExec": "run --rm steering",
+            "site": "ANALY_MANUAL",
+        })
+    )  # fmt: skip
+    submitted = hv.cli("harvester.client.phpo", "--loadJson", str(options), "--algorithm", "grid")
+    assert submitted.returncode == 0, submitted.output
+    assert "ignored: steeringExec" in submitted.stderr
+    task_id = int(submitted.stdout.split("jediTaskID=")[1].split()[0])
+    hv.start_pilot("ANALY_MANUAL")  # this module's queues start no pilots themselves
+    assert hv.wait_task(task_id, 120)["status"] == "done"
+    points = hv.api().get(f"/api/v1/tasks/{task_id}/points").json()["points"]
+    assert sorted((p["params"]["x"], p["metric"]) for p in points) == [(1, 10.0), (2, 20.0)]
+
+    two = hv.user_dir / "two.json"
+    two.write_text(json.dumps([{"x": [1]}, {"x": [2]}]))
+    refused = hv.cli(
+        "harvester.client.phpo", "--evaluationContainer", "base", "--evaluationExec", "true",
+        "--searchSpaceFile", str(two), "--outDS", "user.alice.segments",
+    )  # fmt: skip
+    assert refused.returncode != 0 and "segmented HPO" in refused.output
+    assert "Traceback" not in refused.output

@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """hpo_eval: evaluate one point of a hyperparameter scan.
 
-Runs inside the image: standard library only, nothing from hpcaf. The
-``--exec`` template's ``%{name}`` placeholders are replaced by the point's
-values (shell-quoted), the command runs under ``/bin/sh -c`` in the work dir,
-and then ``metrics.json`` must hold a JSON object with a finite number under
-the scan's metric name (``{"loss": 0.12}``). ``jobReport.json`` records how it
-went; exit 65 (no retry) when the metric file is missing or unreadable.
+Runs inside the image: standard library only, nothing from hpcaf. The point
+is written to ``input.json`` in the work dir (panda-client's
+``--evaluationInput``), and the ``--exec`` template's ``%{name}`` placeholders
+are replaced by its values (shell-quoted); the command runs under ``/bin/sh
+-c`` in the work dir, and then ``metrics.json`` must hold a JSON object with a
+finite number under the scan's metric name (``{"loss": 0.12}``). An
+evaluation written for panda-client's phpo writes ``output.json`` instead:
+when the metric file is the default one and missing, ``output.json`` is taken
+as it.
+``jobReport.json`` records how it went; exit 65 (no retry) when the metric
+file is missing or unreadable.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ import math
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 
 EXIT_BAD_INPUT = 65
+DEFAULT_METRICS_FILE = "metrics.json"
+PANDA_OUTPUT_FILE = "output.json"
 PLACEHOLDER = re.compile(r"%\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -68,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         job = json.load(fh)
     transform_args = job.get("transform_args") or {}
     metric = transform_args.get("metric", "loss")
-    metrics_file = transform_args.get("metricsFile", "metrics.json")
+    metrics_file = transform_args.get("metricsFile", DEFAULT_METRICS_FILE)
     point = (job.get("job_parameters") or {}).get("point") or {}
+    with open(transform_args.get("inputFile", "input.json"), "w") as fh:
+        json.dump(point, fh)
     started = time.time()
     message = ""
     try:
@@ -85,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             code, message = 127, f"cannot start /bin/sh: {exc}"
         if code == 0:
+            if (
+                metrics_file == DEFAULT_METRICS_FILE
+                and not os.path.exists(metrics_file)
+                and os.path.isfile(PANDA_OUTPUT_FILE)
+            ):  # staged out, and read by the harvester, as the metric file
+                shutil.copyfile(PANDA_OUTPUT_FILE, metrics_file)
             problem = check_metrics(metrics_file, metric)
             if problem:
                 code, message = EXIT_BAD_INPUT, problem

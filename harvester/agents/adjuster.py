@@ -15,19 +15,26 @@ class QueueLoad:
     activated_jobs: int
     queued_workers: int
     running_workers: int
+    activated_cores: int | None = None
+    """The cores the activated jobs ask for, all together (None: one per job)."""
 
 
 def new_workers(queue: QueueConfig, status: QueueStatus, load: QueueLoad) -> int:
     """New workers for ``queue``: zero when offline, else the tightest of the caps.
 
     Pull mode: each queued worker will take an activated job, so demand is the
-    activated jobs not yet covered by queued workers. Caps: ``maxWorkers``
+    activated jobs not yet covered by queued workers. A queue whose pilots pack
+    jobs (``packJobs``, slots of several cores) needs one worker per slot's worth
+    of the activated jobs' cores instead. Caps: ``maxWorkers``
     over queued + running, ``nQueueLimitWorker`` over queued, and
     ``maxNewWorkersPerCycle``.
     """
     if status is QueueStatus.OFFLINE:
         return 0
-    demand = load.activated_jobs - load.queued_workers
+    wanted = load.activated_jobs
+    if queue.pack_jobs and queue.cores > 1 and load.activated_cores is not None:
+        wanted = min(wanted, -(-load.activated_cores // queue.cores))
+    demand = wanted - load.queued_workers
     room = queue.max_workers - (load.queued_workers + load.running_workers)
     queue_room = queue.queue_limit - load.queued_workers
     return max(0, min(demand, room, queue_room, queue.max_new_workers_per_cycle))

@@ -53,7 +53,11 @@ def pilot_command(ctx: HarvesterContext, queue: QueueConfig, worker_id: int) -> 
         str(ctx.settings.pilot_max_idle_s),
         "--cores",
         str(queue.cores),
+        "--memory",
+        str(queue.memory_mb),
     ]
+    if not queue.pack_jobs:
+        args.append("--no-pack")
     if queue.jobs_per_pilot:
         args += ["--max-jobs", str(queue.jobs_per_pilot)]
     args += queue.pilot_options
@@ -89,14 +93,11 @@ class Submitter(Agent):
             status = queue_status(session, queue.name)
             if status is QueueStatus.OFFLINE:
                 return
-            activated = (
-                session.scalar(
-                    select(func.count())
-                    .select_from(Job)
-                    .where(Job.status == JobStatus.ACTIVATED, Job.queue == queue.name)
-                )
-                or 0
-            )
+            activated, activated_cores = session.execute(
+                select(func.count(), func.coalesce(func.sum(Job.cores), 0))
+                .select_from(Job)
+                .where(Job.status == JobStatus.ACTIVATED, Job.queue == queue.name)
+            ).one()
             if activated == 0:
                 return
             counts = dict(
@@ -111,6 +112,7 @@ class Submitter(Agent):
             )
             load = QueueLoad(
                 activated_jobs=activated,
+                activated_cores=activated_cores,
                 queued_workers=counts.get(WorkerStatus.SUBMITTED, 0),
                 running_workers=counts.get(WorkerStatus.RUNNING, 0),
             )

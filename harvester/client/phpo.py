@@ -1,10 +1,13 @@
 """``phpo``: submit a hyperparameter scan as one task, as ATLAS ``phpo`` does.
 
 Each point of the scan is one job that runs ``--exec`` with the point's values
-in place of its ``%{name}`` placeholders and leaves ``metrics.json`` in its
-work dir. The harvester keeps at most ``--nParallelEvaluation`` points in
-flight and proposes new ones (grid, random or Optuna's TPE) as results come
-back, until ``--maxPoints`` are done or the task is killed.
+in place of its ``%{name}`` placeholders (and in ``input.json``) and leaves
+``metrics.json`` (or panda-client's ``output.json``) in its work dir.
+panda-client's option names work too (``--evaluationContainer``,
+``--evaluationExec``, ``--searchSpaceFile``, and a ``--loadJson`` file of them).
+The harvester keeps at most ``--nParallelEvaluation`` points in flight and
+proposes new ones (grid, random or Optuna's TPE) as results come back, until
+``--maxPoints`` are done or the task is killed.
 """
 
 from __future__ import annotations
@@ -51,11 +54,60 @@ def _given(option: T | None, loaded: Any, default: T) -> T:
 
 METRICS_FILE = "metrics.json"
 
+PANDA_OPTION_NAMES = {
+    "evaluationContainer": "containerImage",
+    "evaluationExec": "exec",
+    "outDS": "outDS",
+    "site": "site",
+    "architecture": "architecture",
+}
+"""panda-client phpo option names (as its ``--loadJson`` files hold them) → task parameters."""
+PANDA_STEERING_NAMES = ("maxPoints", "nParallelEvaluation")
+PANDA_IGNORED = frozenset(
+    {
+        "evaluationInput",
+        "evaluationOutput",
+        "loadJson",
+        "dumpJson",
+        "noSubmit",
+        "verbose",
+        "python3",
+    }
+)
+
+
+def from_panda_options(loaded: dict[str, Any]) -> dict[str, Any]:
+    """A ``--loadJson`` document written for panda-client's phpo (its option names:
+    ``evaluationContainer``, ``evaluationExec``, ``searchSpaceFile``, ``maxPoints``, …)
+    as hpcaf's task parameters; other documents unchanged. Options hpcaf does not
+    have are named in a warning and left out, as panda-client does with unknown ones."""
+    if not ({"evaluationExec", "evaluationContainer", "searchSpaceFile"} & set(loaded)):
+        return loaded
+    params: dict[str, Any] = {}
+    steering: dict[str, Any] = {}
+    ignored = []
+    for key, value in loaded.items():
+        if key in PANDA_OPTION_NAMES:
+            params[PANDA_OPTION_NAMES[key]] = value
+        elif key in PANDA_STEERING_NAMES:
+            steering[key] = value
+        elif key == "searchSpaceFile":
+            steering["searchSpace"] = read_search_space(str(value))
+        elif key not in PANDA_IGNORED and value not in (None, False):
+            ignored.append(key)
+    if ignored:
+        err.print(
+            f"--loadJson: panda-client options hpcaf does not use, ignored: {', '.join(ignored)}"
+        )
+    if steering:
+        params["steering"] = steering
+    return params
+
 
 def read_search_space(value: str) -> Any:
     """A search space from a JSON file, or inline JSON text."""
     text = value
-    if not value.lstrip().startswith("{"):
+    if not value.lstrip().startswith(("{", "[")):
         try:
             text = Path(value).read_text()
         except OSError as exc:
@@ -69,10 +121,18 @@ def read_search_space(value: str) -> Any:
 @app.command()
 def main(
     containerImage: Annotated[
-        str | None, typer.Option("--containerImage", help="image that runs the evaluations")
+        str | None,
+        typer.Option(
+            "--containerImage", "--evaluationContainer", help="image that runs the evaluations"
+        ),
     ] = None,
     exec_: Annotated[
-        str | None, typer.Option("--exec", help="evaluation command with %{name} placeholders")
+        str | None,
+        typer.Option(
+            "--exec",
+            "--evaluationExec",
+            help="evaluation command, with %{name} placeholders or reading input.json",
+        ),
     ] = None,
     searchSpace: Annotated[
         str | None,
@@ -143,7 +203,7 @@ def main(
     ] = 7200.0,
 ) -> None:
     """Submit a scan; prints jediTaskID=<id>."""
-    loaded = load_json(loadJson) if loadJson else {}
+    loaded = from_panda_options(load_json(loadJson)) if loadJson else {}
     steering_loaded = loaded.get("steering")
     steered: dict[str, Any] = steering_loaded if isinstance(steering_loaded, dict) else {}
     containerImage = containerImage or loaded.get("containerImage")

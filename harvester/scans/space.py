@@ -150,6 +150,7 @@ def parse_search_space(document: Any) -> SearchSpace:
             document = json.loads(document)
         except json.JSONDecodeError as exc:
             raise InvalidRequest(f"search space is not valid JSON: {exc}") from exc
+    document = _single_segment(document)
     if not isinstance(document, dict) or not document:
         raise InvalidRequest("search space must be a non-empty JSON object of parameters")
     if len(document) > MAX_DIMENSIONS:
@@ -157,6 +158,24 @@ def parse_search_space(document: Any) -> SearchSpace:
             f"search space has {len(document)} parameters; at most {MAX_DIMENSIONS}"
         )
     return SearchSpace(tuple(_dimension(name, spec) for name, spec in document.items()))
+
+
+def _single_segment(document: Any) -> Any:
+    """panda-client's ``--searchSpaceFile`` may hold a list of search spaces, one per
+    segment of a segmented HPO (``[{...}]`` or ``[{"model_id": 0, "search_space":
+    {...}}]``); one segment is the plain space, several are not supported here."""
+    if not isinstance(document, list) or not document:
+        return document
+    if len(document) != 1:
+        raise InvalidRequest(
+            f"the search space file lists {len(document)} search spaces (segmented HPO, "
+            "panda-client's --segmentSpecFile): hpcaf scans one space per task; submit one "
+            "task per segment"
+        )
+    single = document[0]
+    if isinstance(single, dict) and set(single) <= {"model_id", "search_space"}:
+        single = single.get("search_space")
+    return single
 
 
 def _dimension(name: str, spec: Any) -> Dimension:
@@ -236,7 +255,8 @@ def placeholders(command: str) -> list[str]:
 
 
 def check_placeholders(command: str, space: SearchSpace) -> None:
-    """Every placeholder names a parameter and every parameter is used."""
+    """Every placeholder names a parameter, and every parameter is used unless none is
+    (then the command reads the point from ``input.json``, as panda-client's do)."""
     used = placeholders(command)
     bad = [name for name in used if not NAME.match(name)]
     if bad:
@@ -248,7 +268,7 @@ def check_placeholders(command: str, space: SearchSpace) -> None:
             f"defines only {', '.join(space.names)}"
         )
     unused = [name for name in space.names if name not in used]
-    if unused:
+    if unused and used:  # no placeholder at all: the command reads input.json (panda-client)
         raise InvalidRequest(
             f"the search space defines {', '.join(unused)} but --exec has no "
             f"{', '.join('%{' + n + '}' for n in unused)} placeholder"

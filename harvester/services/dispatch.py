@@ -91,6 +91,7 @@ def worth_claiming(
         max_cores=req.cores,
         max_memory_mb=req.memory_mb,
         max_gpus=req.gpus,
+        memory_per_core=ctx.queues[req.queue].memory_per_core,
     )
 
 
@@ -115,6 +116,7 @@ def acquire_jobs(
         max_cores=req.cores,
         max_memory_mb=req.memory_mb,
         max_gpus=req.gpus,
+        memory_per_core=ctx.queues[req.queue].memory_per_core,
     )
     if not jobs:
         return []
@@ -175,7 +177,8 @@ def _job_spec(ctx: HarvesterContext, job: Job, task: Task, image: ImageInfo | No
         inputs=list(parameters.inputs),
         sandbox=parameters.sandbox,
         cores=job.cores,
-        memory_mb=job.memory_mb or (queue.memory_mb if queue else 2000),
+        # unspecified: the job's cores' share of the slot, as the claim booked it
+        memory_mb=job.memory_mb or (queue.memory_per_core * job.cores if queue else 2000),
         walltime_s=job.walltime_s or (queue.walltime_s if queue else 3600),
         gpus=job.gpus,
         container=ContainerSpec(
