@@ -168,6 +168,8 @@ def test_a_registry_image_waits_for_its_registry_runs_pinned_and_is_pulled_once(
     assert mark(waiting_id) == "one", "the image's own environment reached the job"
     assert first in harvester.pbook("show", str(waiting_id)).stdout
     [folder] = _pulled(cache)
+    listed = json.loads(harvester.cli("harvester.cli", "image", "list", "--json").stdout)
+    assert f"{registry.address}/hpcaf/base@{first}" in {i["name"] for i in listed}
     pulled_at = json.loads((folder / "image.json").read_text())["pulled"]
     inode = folder.stat().st_ino
 
@@ -217,6 +219,9 @@ def test_an_image_the_registry_refuses_fails_the_task_with_its_message(
     assert not (tmp_path / "site-images" / "_registry").exists() or not _pulled(
         tmp_path / "site-images"
     ), "nothing refused was unpacked"
+    pull = harvester.cli("harvester.cli", "image", "pull", cases["missing"][0])
+    assert pull.returncode != 0 and "manifest unknown" in pull.output
+    assert "Traceback" not in pull.output
     bad = harvester.pcontainer(
         "--containerImage", "docker://Hpcaf/Base", "--exec", "true", "--outDS", "user.alice.bad"
     )
