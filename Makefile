@@ -15,7 +15,7 @@ image: deps
 
 ## demo: fit a real pallet end to end on the embedded defaults; prints the table and plot path
 demo:
-	scripts/install-deps.sh fit
+	scripts/install-deps.sh server fit
 	scripts/demo.sh
 
 ## test: install what the tests need, then lint, type-check and run the test suite on

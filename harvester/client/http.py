@@ -1,15 +1,73 @@
-"""The one API client every user CLI uses: ``HPCAF_URL`` + ``HPCAF_TOKEN``, clear errors."""
+"""The one API client every user CLI uses: ``HPCAF_URL`` + ``HPCAF_TOKEN``, clear errors.
+
+It rides through a harvester restart or a database outage: a request that
+could not reach the harvester, or that the harvester answered ``503`` (nothing
+was changed, try again: its ``Retry-After`` is honoured), is tried again with
+an exponential back-off (stamina) for up to ``HPCAF_CLIENT_RETRY_S`` seconds
+(default 120; 0 turns retries off). A request that may have been carried out
+before its answer was lost is retried only when doing it twice is harmless
+(reads, uploads by content); a task submission is retried only when it never
+reached the harvester or the harvester said ``503``.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import httpx
+import stamina
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_RETRY_S = 120.0
+RETRIED_STATUSES = frozenset({502, 503, 504})
+"""A proxy or the harvester saying it cannot answer now; 503 also means nothing changed."""
+SAFE_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "PATCH"})
+
+log = logging.getLogger(__name__)
+
+
+class _Unavailable(Exception):
+    """A response worth trying again (kept out of the retried call's caller)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+    @property
+    def retry_after_s(self) -> float | None:
+        value = self.response.headers.get("Retry-After", "")
+        try:
+            return max(0.0, min(float(value), 60.0))
+        except ValueError:
+            return None
+
+
+def _retry_policy(idempotent: bool) -> Any:
+    """The stamina hook: whether (and after how long) an error is tried again."""
+
+    def decide(exc: Exception) -> bool | float:
+        if isinstance(exc, _Unavailable):
+            if exc.response.status_code != 503 and not idempotent:
+                return False  # a gateway error: the request may have been carried out
+            return exc.retry_after_s or True
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return True  # never reached the harvester
+        return idempotent and isinstance(exc, httpx.TransportError)
+
+    return decide
+
+
+def retry_window_s() -> float:
+    """How long a request is tried again (``HPCAF_CLIENT_RETRY_S``, default 120 s)."""
+    value = os.environ.get("HPCAF_CLIENT_RETRY_S")
+    try:
+        return max(0.0, float(value)) if value else DEFAULT_RETRY_S
+    except ValueError as exc:
+        raise ClientError(f"HPCAF_CLIENT_RETRY_S={value!r} is not a number of seconds") from exc
 
 
 class ClientError(Exception):
@@ -24,9 +82,14 @@ class HarvesterClient:
     """Thin typed wrapper over the REST API."""
 
     def __init__(
-        self, url: str | None = None, token: str | None = None, timeout_s: float = 60.0
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        timeout_s: float = 60.0,
+        retry_s: float | None = None,
     ) -> None:
         self.url = (url or os.environ.get("HPCAF_URL") or DEFAULT_URL).rstrip("/")
+        self.retry_s = retry_window_s() if retry_s is None else retry_s
         token = token or os.environ.get("HPCAF_TOKEN")
         if not token:
             raise ClientError(
@@ -46,13 +109,47 @@ class HarvesterClient:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def request(
+        self, method: str, path: str, *, idempotent: bool | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """One API call, tried again while the harvester cannot answer (module docstring).
+
+        ``idempotent``: whether carrying the request out twice is harmless (default:
+        by the method; a POST is not, unless the caller says so).
+        """
+        safe = method.upper() in SAFE_METHODS if idempotent is None else idempotent
         try:
-            response = self._http.request(method, path, **kwargs)
+            response = self._send(method, path, safe, **kwargs)
+        except _Unavailable as exc:
+            response = exc.response
         except httpx.TransportError as exc:
             raise ClientError(f"cannot reach the harvester at {self.url}: {exc}") from exc
         if response.status_code >= 400:
             raise ClientError(_detail(response), response.status_code)
+        return response
+
+    def _send(self, method: str, path: str, idempotent: bool, **kwargs: Any) -> httpx.Response:
+        if self.retry_s <= 0:
+            return self._http.request(method, path, **kwargs)
+        warned = False
+        for attempt in stamina.retry_context(
+            on=_retry_policy(idempotent),
+            attempts=None,
+            timeout=self.retry_s,
+            wait_initial=0.5,
+            wait_max=10.0,
+        ):
+            with attempt:
+                if attempt.num > 1 and not warned:
+                    warned = True
+                    log.warning(
+                        "the harvester at %s cannot answer now; trying again for up to %.0fs",
+                        self.url,
+                        self.retry_s,
+                    )
+                response = self._http.request(method, path, **kwargs)
+                if response.status_code in RETRIED_STATUSES:
+                    raise _Unavailable(response)
         return response
 
     def get(self, path: str, **params: Any) -> Any:
@@ -83,8 +180,12 @@ class HarvesterClient:
     def upload_bytes(self, data: bytes, name: str) -> dict[str, Any]:
         """Upload content under ``name``; the store keeps each sha256 once."""
         sha = hashlib.sha256(data).hexdigest()
-        response = self.request(
-            "POST", "/api/v1/files", params={"name": name, "sha256": sha}, content=data
+        response = self.request(  # by content: storing it twice stores it once
+            "POST",
+            "/api/v1/files",
+            params={"name": name, "sha256": sha},
+            content=data,
+            idempotent=True,
         )
         result: dict[str, Any] = response.json()
         return result

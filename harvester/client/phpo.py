@@ -37,7 +37,7 @@ from harvester.client.task_options import (
 )
 from harvester.client.tasks import print_points, wait_for_task
 from harvester.errors import InvalidRequest
-from harvester.scans.proposers import ALGORITHMS
+from harvester.scans.algorithms import ALGORITHMS
 from harvester.scans.space import check_placeholders, parse_search_space
 
 app = typer.Typer(add_completion=False, help="Submit a hyperparameter scan to hpcaf.")

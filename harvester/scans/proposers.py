@@ -17,8 +17,6 @@ from typing import Any
 
 from harvester.scans.space import SearchSpace, Value
 
-ALGORITHMS = ("grid", "random", "tpe")
-
 
 @dataclass(frozen=True)
 class Evaluation:

@@ -13,7 +13,7 @@ import secrets
 from typing import Any
 
 from harvester.errors import InvalidRequest
-from harvester.scans.proposers import ALGORITHMS
+from harvester.scans.algorithms import ALGORITHMS
 from harvester.scans.space import check_placeholders, parse_search_space
 from protocol.tasks import TaskCreate
 
