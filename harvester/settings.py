@@ -38,6 +38,10 @@ class HarvesterSettings(BaseSettings):
     insecure_registries: list[str] = Field(default_factory=list)
     """Image registries (``host:port``) spoken to without TLS verification, besides
     loopback ones (which always are, as docker treats them)."""
+    allowed_registries: list[str] = Field(default_factory=list)
+    """Registries (``host[:port]``) tasks may pull ``docker://`` images from; empty: any.
+    A site that keeps images on its own registry names it here, and the harvester
+    contacts no other on a user's behalf."""
     image_pull_timeout_s: float = Field(1800.0, gt=0)
     """The longest one image pull may take before it is abandoned and tried again."""
     pallets: Path | None = None

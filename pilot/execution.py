@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pilot.outcome import LOG_NAME
-from pilot.payload import has_cache_mount, transform_argv
+from pilot.payload import has_cache_mount, owner_cache, transform_argv
 from pilot.processes import terminate
 from pilot.runtimes.base import CACHE_IN_CONTAINER, ContainerRequest, ContainerRuntime
 from pilot.warm import WARM_TRANSFORMS, WarmPool, WarmWorker
@@ -115,7 +115,7 @@ class WarmPayload:
         server_request = replace(
             request,
             argv=[*transform_argv(spec)[:2], "--serve"],
-            workdir=base_dir / "cache" / "jobs",
+            workdir=owner_cache(base_dir, spec.owner) / "jobs",
             env={k: v for k, v in request.env.items() if k not in spec.env},
         )
         key = (
@@ -158,5 +158,5 @@ def job_dir(base_dir: Path, pool: WarmPool | None, spec: JobSpec) -> Path:
     """The job's work dir: for a warm worker, in the scratch area those workers see."""
     name = f"job_{spec.job_id}"
     if warm_eligible(pool, spec):
-        return base_dir / "cache" / "jobs" / name
+        return owner_cache(base_dir, spec.owner) / "jobs" / name
     return base_dir / name

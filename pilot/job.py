@@ -24,7 +24,7 @@ from pilot.execution import (
 )
 from pilot.gpus import Gpu
 from pilot.outcome import Outcome, payload_failed
-from pilot.payload import container_request
+from pilot.payload import container_request, owner_cache
 from pilot.report import final_report
 from pilot.runtimes.select import RuntimeUnavailable, select_runtime
 from pilot.server import PilotServer, ServerError
@@ -52,7 +52,8 @@ class JobRunner:
         warm: bool = True,
     ) -> None:
         self.gpus = list(gpus or [])
-        self.warm: WarmPool | None = WarmPool() if warm else None
+        # as many idle warm workers as the slot has cores: one per job it can run at once
+        self.warm: WarmPool | None = WarmPool(max_idle=cores) if warm else None
         self.server = server
         self.pilot_id = pilot_id
         self.base_dir = base_dir
@@ -124,7 +125,9 @@ class JobRunner:
         if spec.transform != "runcontainer":
             (workdir / "job.json").write_text(json.dumps(spec.model_dump(mode="json")))
         runtime = select_runtime(spec.container.runtime)
-        request = container_request(spec, Path(image), workdir, gpus, self.base_dir / "cache")
+        request = container_request(
+            spec, Path(image), workdir, gpus, owner_cache(self.base_dir, spec.owner)
+        )
         header = (
             f"=== hpcaf pilot {self.pilot_id}: job {spec.job_id} attempt {spec.attempt_nr} "
             f"with {runtime.name}\n"

@@ -2,13 +2,15 @@
 binds and devices, whichever way the job is then executed.
 
 The transforms' folder is bound read-only into every container; the pilot's
-cache (e.g. JAX compilations) is shared by its jobs where the image has the
-mount point for it.
+cache (e.g. JAX compilations) is shared by one user's jobs, each user having
+their own, where the image has the mount point for it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import re
 from pathlib import Path
 
 from pilot.gpus import Gpu, device_nodes, driver_libraries
@@ -45,6 +47,21 @@ def transform_argv(spec: JobSpec) -> list[str]:
     return ["python3", script, "--job", "job.json"]
 
 
+def owner_cache(base_dir: Path, owner: str) -> Path:
+    """The pilot's cache for one user's jobs (their warm work dirs, JAX compilations).
+
+    Each user has a cache of their own: the jobs of one user, which may run at the
+    same time as another's in a whole-node pilot, can neither read nor change what
+    another user's jobs and warm workers keep there.
+    """
+    safe = (
+        owner
+        if re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", owner) and owner not in (".", "..")
+        else ("u-" + hashlib.sha256(owner.encode()).hexdigest()[:16])
+    )
+    return base_dir / "cache" / safe
+
+
 def has_cache_mount(image: Path) -> bool:
     """Whether the image has the mount point for the pilot's shared cache."""
     return (image / CACHE_IN_CONTAINER.lstrip("/")).is_dir()
@@ -79,7 +96,8 @@ def container_request(
 
 
 def _cache_binds(image: Path, cache_dir: Path) -> list[Bind]:
-    """The pilot's cache, shared by its jobs, where the image has the mount point for it."""
+    """The user's cache in the pilot, shared by their jobs, where the image has the mount
+    point for it."""
     if not has_cache_mount(image):
         return []
     (cache_dir / "jax").mkdir(parents=True, exist_ok=True)

@@ -89,13 +89,16 @@ class Supervisor:
         self._lock = threading.Lock()
         self._jobs: dict[int, _Watched] = {}
         self._current = threading.local()
+        self._kill_all: KillRequest | None = None
+        """A kill of every job (a signal to the pilot) holds for jobs that start later too:
+        a job acquired while the signal arrived is stopped as soon as it starts."""
 
     @contextlib.contextmanager
     def job(self, job_id: int) -> Iterator[None]:
         """While the job is inside, kill requests for it are kept (and acted on once
         its payload runs); outside, they are ignored."""
         with self._lock:
-            self._jobs[job_id] = _Watched()
+            self._jobs[job_id] = _Watched(kill=self._kill_all)
         self._current.job_id = job_id
         try:
             yield
@@ -112,6 +115,8 @@ class Supervisor:
     def kill(self, job_id: int | None, code: PilotErrorCode, reason: str) -> None:
         """Stop the payload of ``job_id`` (or of every job, when ``None``)."""
         with self._lock:
+            if job_id is None:
+                self._kill_all = KillRequest(code, reason)
             ids = list(self._jobs) if job_id is None else [job_id]
             targets = []
             for one in ids:

@@ -102,11 +102,15 @@ class WarmPool:
     A worker serves one job at a time: :meth:`take` lends an idle worker of the
     key (or starts one) to the calling job alone, and :meth:`give_back` returns
     it. A whole-node pilot running two fits of one image at once thus has two
-    workers of that key, never one worker with two jobs.
+    workers of that key, never one worker with two jobs. At most ``max_idle``
+    workers wait for a job (each holds its memory): beyond that, the one idle
+    the longest is stopped.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_idle: int = 2) -> None:
+        self.max_idle = max(1, max_idle)
         self._idle: dict[tuple[Any, ...], list[WarmWorker]] = {}
+        self._idle_order: list[tuple[tuple[Any, ...], WarmWorker]] = []
         self._lent: set[WarmWorker] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -118,6 +122,7 @@ class WarmPool:
             idle = self._idle.get(key, [])
             while idle and worker is None:
                 candidate = idle.pop()
+                self._idle_order.remove((key, candidate))
                 if candidate.alive():
                     worker = candidate
                 else:
@@ -133,12 +138,20 @@ class WarmPool:
 
     def give_back(self, key: tuple[Any, ...], worker: WarmWorker) -> None:
         """The job is done with ``worker``: it serves the next job of its key."""
+        evicted = []
         with self._lock:
             self._lent.discard(worker)
-            if not self._closed and worker.alive():
+            if self._closed or not worker.alive():
+                evicted.append(worker)
+            else:
                 self._idle.setdefault(key, []).append(worker)
-                return
-        worker.stop()
+                self._idle_order.append((key, worker))
+                while len(self._idle_order) > self.max_idle:
+                    old_key, old = self._idle_order.pop(0)
+                    self._idle[old_key].remove(old)
+                    evicted.append(old)
+        for stale in evicted:
+            stale.stop()
 
     def discard(self, worker: WarmWorker) -> None:
         """Stop ``worker`` (its job was killed, or it gave no answer)."""
@@ -151,6 +164,7 @@ class WarmPool:
             self._closed = True
             workers = [w for idle in self._idle.values() for w in idle] + list(self._lent)
             self._idle.clear()
+            self._idle_order.clear()
             self._lent.clear()
         for worker in workers:
             worker.stop()

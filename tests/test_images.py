@@ -74,3 +74,28 @@ def test_import_refuses_non_rootfs(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="does not look like a root filesystem"):
         import_image(tar_path, "x", cache)
     assert cache.list() == [] and list((tmp_path / "cache").iterdir()) == []
+
+
+def test_finishing_a_foreign_root_follows_no_symlink(tmp_path: Path) -> None:
+    """A registry image is finished on the host: its symlinks to host folders must not
+    make hpcaf create, write or delete anything there."""
+    from harvester.images.build import finish_rootfs
+    from harvester.images.definition import Definition
+
+    host = tmp_path / "host"
+    (host / "lists").mkdir(parents=True)
+    (host / "lists" / "precious").write_text("keep me")
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "var" / "lib" / "apt").mkdir(parents=True)
+    (rootfs / "var" / "lib" / "apt" / "lists").symlink_to(host / "lists")
+    (rootfs / "srv").symlink_to(host)
+    (rootfs / ".singularity.d").mkdir()
+    (rootfs / ".singularity.d" / "env").symlink_to(host)
+    definition = Definition(
+        header={"bootstrap": "docker"},
+        sections={"environment": "export A=1", "runscript": "exec sh"},
+    )
+    finish_rootfs(rootfs, definition)
+    assert (host / "lists" / "precious").read_text() == "keep me"
+    assert sorted(p.name for p in host.iterdir()) == ["lists"], "nothing made on the host"
+    assert (rootfs / "tmp").is_dir() and (rootfs / "usr" / "local" / "nvidia").is_dir()

@@ -196,7 +196,10 @@ def test_an_image_the_registry_refuses_fails_the_task_with_its_message(
     harvester_factory: Callable[..., Harvester], registry: Registry, tmp_path: Path
 ) -> None:
     registry.push("one", "hpcaf/base:v1")
-    harvester = harvester_factory(HPCAF_IMAGE_CACHE=str(tmp_path / "site-images"))
+    harvester = harvester_factory(
+        HPCAF_IMAGE_CACHE=str(tmp_path / "site-images"),
+        HPCAF_ALLOWED_REGISTRIES=json.dumps([registry.address]),
+    )
     wrong = "sha256:" + "0" * 64
     cases = {
         "missing": (f"docker://{registry.address}/hpcaf/base:nope", "manifest unknown"),
@@ -222,6 +225,11 @@ def test_an_image_the_registry_refuses_fails_the_task_with_its_message(
     pull = harvester.cli("harvester.cli", "image", "pull", cases["missing"][0])
     assert pull.returncode != 0 and "manifest unknown" in pull.output
     assert "Traceback" not in pull.output
+    elsewhere = harvester.pcontainer(
+        "--containerImage", "docker://ghcr.io/org/tool:1", "--exec", "true",
+        "--outDS", "user.alice.elsewhere",
+    )  # fmt: skip
+    assert elsewhere.returncode != 0 and "pulls images only from" in elsewhere.output
     bad = harvester.pcontainer(
         "--containerImage", "docker://Hpcaf/Base", "--exec", "true", "--outDS", "user.alice.bad"
     )

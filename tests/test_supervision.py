@@ -75,13 +75,25 @@ def test_a_kill_stops_the_payload_with_its_reason() -> None:
     )
 
 
-def test_a_kill_for_another_job_or_between_jobs_is_ignored() -> None:
+def test_a_kill_for_another_job_or_a_job_that_ended_is_ignored() -> None:
     supervisor = Supervisor()
-    supervisor.kill(None, PilotErrorCode.PILOT_SIGNALLED, "between jobs")
+    supervisor.kill(5, PilotErrorCode.KILLED, "before job 5 started: it was not held yet")
     with supervisor.job(5):
         supervisor.kill(6, PilotErrorCode.KILLED, "another job")
         ended = supervisor.supervise(payload(0), 60, lambda: None)
     assert isinstance(ended, Exited) and ended.code == 0
+
+
+def test_a_signal_to_the_pilot_also_stops_the_jobs_that_start_after_it() -> None:
+    """A job acquired while the signal arrived starts after it: it is stopped at once,
+    and reported with the signal's reason, rather than run to its walltime."""
+    supervisor = Supervisor()
+    supervisor.kill(None, PilotErrorCode.PILOT_SIGNALLED, "pilot received SIGTERM")
+    started = time.monotonic()
+    with supervisor.job(7):
+        ended = supervisor.supervise(payload(30), 60, lambda: None)
+    assert time.monotonic() - started < 10
+    assert isinstance(ended, Outcome) and ended.error_code is PilotErrorCode.PILOT_SIGNALLED
 
 
 @pytest.mark.parametrize("warm", [False, True], ids=["container", "warm"])

@@ -115,8 +115,14 @@ def test_two_jobs_of_one_key_get_two_warm_workers(tmp_path: Path) -> None:
     assert pool.take(("alice", "pyhf"), command, tmp_path / "warm.log") is first, "reused"
     other_user = pool.take(("bob", "pyhf"), command, tmp_path / "warm.log")
     assert other_user not in (first, second)
+    pool.give_back(("alice", "pyhf"), first)
+    pool.give_back(("alice", "pyhf"), second)
+    pool.give_back(("bob", "pyhf"), other_user)
+    first.proc.wait(timeout=10)
+    assert not first.alive(), "three idle, two kept: the one idle the longest is stopped"
+    assert second.alive() and other_user.alive()
     pool.close()
-    assert not first.alive() and not second.alive() and not other_user.alive()
+    assert not second.alive() and not other_user.alive()
 
 
 def test_a_packing_queue_starts_a_worker_per_slot_of_cores() -> None:
@@ -189,3 +195,28 @@ def test_one_pilot_runs_two_one_core_jobs_at_once_and_a_two_core_job_alone(
     beside = [s for s in small if s[3] == big[3]]
     assert beside, "the 1-core jobs ran in the same pilot as the 2-core job"
     assert not any(_overlap(big, s) for s in beside), (big, small)
+
+
+def test_each_user_has_a_pilot_cache_of_their_own(tmp_path: Path) -> None:
+    """Jobs of two users may run side by side in one pilot: the writable cache each
+    container sees (warm work dirs, JAX compilations) is its own user's."""
+    from pilot.execution import job_dir
+    from pilot.payload import container_request, owner_cache
+
+    image = tmp_path / "image"
+    (image / "srv" / "cache").mkdir(parents=True)
+    base = tmp_path / "pilot"
+    binds = {}
+    for job_id, owner in ((1, "alice"), (2, "bob")):
+        spec = _spec(job_id, 1, 1000).model_copy(update={"owner": owner, "image_path": str(image)})
+        request = container_request(
+            spec, image, base / f"job_{job_id}", [], owner_cache(base, owner)
+        )
+        binds[owner] = {b.source for b in request.binds if b.target == "/srv/cache"}
+        warm = spec.model_copy(update={"transform": "pyhf_fit"})
+        assert job_dir(base, WarmPool(), warm).is_relative_to(owner_cache(base, owner))
+    assert binds == {
+        "alice": {str(owner_cache(base, "alice"))},
+        "bob": {str(owner_cache(base, "bob"))},
+    }
+    assert owner_cache(base, "../../etc").parent == base / "cache", "no way out by a name"

@@ -3,7 +3,7 @@
 
 Runs inside the image: standard library only, nothing from hpcaf. The point
 is written to ``input.json`` in the work dir (panda-client's
-``--evaluationInput``), and the ``--exec`` template's ``%{name}`` placeholders
+``--evaluationInput``) unless the user's files have one, and the ``--exec`` template's ``%{name}`` placeholders
 are replaced by its values (shell-quoted); the command runs under ``/bin/sh
 -c`` in the work dir, and then ``metrics.json`` must hold a JSON object with a
 finite number under the scan's metric name (``{"loss": 0.12}``). An
@@ -78,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     metric = transform_args.get("metric", "loss")
     metrics_file = transform_args.get("metricsFile", DEFAULT_METRICS_FILE)
     point = (job.get("job_parameters") or {}).get("point") or {}
-    with open(transform_args.get("inputFile", "input.json"), "w") as fh:
-        json.dump(point, fh)
+    point_file = transform_args.get("inputFile", "input.json")
+    if not os.path.exists(point_file):  # never over a file of the user's of that name
+        with open(point_file, "w") as fh:
+            json.dump(point, fh)
     started = time.time()
     message = ""
     try:

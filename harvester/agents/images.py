@@ -7,9 +7,10 @@ costs one manifest request, no pull). The tasks are then pinned to the digest:
 their jobs run exactly that image, and a later move of the tag does not change
 them. Pulls run outside any database transaction.
 
-- The registry cannot be reached: the tasks keep a message saying so (their jobs
-  stay ``defined`` and show it) and the reference is tried again with a back-off,
-  doubling from the agent's interval up to :data:`MAX_BACKOFF_S`.
+- The registry cannot be reached, or the pull fails here (a timeout, a full
+  disk): the tasks keep a message saying so (their jobs stay ``defined`` and
+  show it) and the reference is tried again with a back-off, doubling from the
+  agent's interval up to :data:`MAX_BACKOFF_S`.
 - The registry refuses the image (missing, digest mismatch, denied): the task's
   open jobs fail with ``image_pull_failed`` and the registry's message, without
   retries; a task without jobs yet (a scan) is ``broken`` with it.
@@ -30,7 +31,7 @@ from db.queue import for_change, transition
 from db.states import JOB_TERMINAL
 from harvester.agents.base import Agent
 from harvester.context import HarvesterContext
-from harvester.errors import ImageError, RegistryRefused, RegistryUnavailable
+from harvester.errors import ImageError, RegistryRefused
 from harvester.images.reference import REGISTRY_SCHEME, RegistryReference
 from harvester.images.registry import RegistryClient
 from harvester.services.lifecycle import fail_job, roll_up_at_commit
@@ -97,15 +98,12 @@ class ImagePuller(Agent):
         except RegistryRefused as exc:
             log.warning("image %s refused: %s", image, exc)
             return Outcome(refused=str(exc))
-        except RegistryUnavailable as exc:
+        except (ImageError, OSError) as exc:  # down, timed out, or failed here: again later
             delay = min(self._backoff.get(image, self.interval_s / 2) * 2, MAX_BACKOFF_S)
             self._backoff[image] = delay
             self._retry_at[image] = time.monotonic() + delay
             log.info("image %s not available yet (next try in %.0fs): %s", image, delay, exc)
             return Outcome(waiting=f"waiting for image {image}: {exc}")
-        except ImageError as exc:  # pulled but could not be unpacked: the same as refused
-            log.warning("image %s cannot be used: %s", image, exc)
-            return Outcome(refused=str(exc))
         self._backoff.pop(image, None)
         self._retry_at.pop(image, None)
         if pulled:

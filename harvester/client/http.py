@@ -6,8 +6,9 @@ was changed, try again: its ``Retry-After`` is honoured), is tried again with
 an exponential back-off (stamina) for up to ``HPCAF_CLIENT_RETRY_S`` seconds
 (default 120; 0 turns retries off). A request that may have been carried out
 before its answer was lost is retried only when doing it twice is harmless
-(reads, uploads by content); a task submission is retried only when it never
-reached the harvester or the harvester said ``503``.
+(reads, uploads by content, downloads); a task submission is retried only when
+it never reached the harvester (the connection was refused), since even a
+``503`` may follow a commit whose answer was lost.
 """
 
 from __future__ import annotations
@@ -51,8 +52,10 @@ def _retry_policy(idempotent: bool) -> Any:
 
     def decide(exc: Exception) -> bool | float:
         if isinstance(exc, _Unavailable):
-            if exc.response.status_code != 503 and not idempotent:
-                return False  # a gateway error: the request may have been carried out
+            if not idempotent:
+                # even a 503 may come after a commit whose answer was lost: a request
+                # that is not harmless to repeat is left to the caller
+                return False
             return exc.retry_after_s or True
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
             return True  # never reached the harvester
@@ -191,20 +194,44 @@ class HarvesterClient:
         return result
 
     def download(self, sha256: str, target: Path) -> None:
+        """Download a file by its sha256 into ``target``, checked; tried again as any
+        read is. Nothing is left at ``target`` unless the whole file arrived intact."""
+        tmp = target.with_name(target.name + ".part")
+        try:
+            if self.retry_s <= 0:
+                digest = self._download_once(sha256, tmp)
+            else:
+                for attempt in stamina.retry_context(
+                    on=_retry_policy(True), attempts=None, timeout=self.retry_s, wait_max=10.0
+                ):
+                    with attempt:
+                        digest = self._download_once(sha256, tmp)
+        except _Unavailable as exc:
+            tmp.unlink(missing_ok=True)
+            raise ClientError(_detail(exc.response), exc.response.status_code) from exc
+        except httpx.TransportError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ClientError(f"cannot reach the harvester at {self.url}: {exc}") from exc
+        if digest != sha256:
+            tmp.unlink(missing_ok=True)
+            raise ClientError(f"{target.name}: checksum mismatch after download")
+        tmp.replace(target)
+
+    def _download_once(self, sha256: str, tmp: Path) -> str:
+        """One download into ``tmp``; the sha256 of what arrived."""
         with self._http.stream("GET", f"/api/v1/files/{sha256}") as response:
+            if response.status_code in RETRIED_STATUSES:
+                response.read()
+                raise _Unavailable(response)
             if response.status_code >= 400:
                 response.read()
                 raise ClientError(_detail(response), response.status_code)
             digest = hashlib.sha256()
-            tmp = target.with_name(target.name + ".part")
             with tmp.open("wb") as fh:
                 for chunk in response.iter_bytes():
                     digest.update(chunk)
                     fh.write(chunk)
-        if digest.hexdigest() != sha256:
-            tmp.unlink(missing_ok=True)
-            raise ClientError(f"{target.name}: checksum mismatch after download")
-        tmp.replace(target)
+        return digest.hexdigest()
 
 
 def _detail(response: httpx.Response) -> str:

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -227,27 +228,63 @@ def _debootstrap_build(
 
 
 def finish_rootfs(rootfs: Path, definition: Definition) -> None:
-    """Mount points for the runtimes, Apptainer's metadata files, no caches."""
+    """Mount points for the runtimes, Apptainer's metadata files, no caches.
+
+    The root filesystem may come from anywhere (a registry image, a tarball), and
+    this runs on the host: no symlink in it is ever followed, so a link to a host
+    folder cannot make it create, write or delete anything outside the image.
+    """
     for mount_point in MOUNT_POINTS:
-        path = rootfs / mount_point
-        if not path.is_symlink():
-            path.mkdir(parents=True, exist_ok=True)
-    meta = rootfs / ".singularity.d"
-    (meta / "env").mkdir(parents=True, exist_ok=True)
-    environment = definition.sections.get("environment")
-    if environment:
-        (meta / "env" / "90-environment.sh").write_text(environment + "\n")
-    runscript = definition.sections.get("runscript")
-    if runscript:
-        script = meta / "runscript"
-        script.write_text("#!/bin/sh\n" + runscript + "\n")
-        script.chmod(0o755)
+        _make_dirs(rootfs, mount_point)
+    meta = ".singularity.d/env"
+    if _make_dirs(rootfs, meta):
+        environment = definition.sections.get("environment")
+        if environment:
+            _write_inside(rootfs / meta / "90-environment.sh", environment + "\n")
+        runscript = definition.sections.get("runscript")
+        if runscript:
+            script = rootfs / ".singularity.d" / "runscript"
+            _write_inside(script, "#!/bin/sh\n" + runscript + "\n")
+            script.chmod(0o755)
     for cache_dir in ("var/cache/apt/archives", "var/lib/apt/lists"):
-        folder = rootfs / cache_dir
-        if folder.is_dir():
-            for entry in folder.iterdir():
-                if entry.is_file() and entry.name != "lock":
-                    entry.unlink()
+        folder = _inside(rootfs, cache_dir)
+        if folder is None or not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if entry.name != "lock" and stat.S_ISREG(entry.lstat().st_mode):
+                entry.unlink()
+
+
+def _inside(rootfs: Path, relative: str) -> Path | None:
+    """``rootfs/relative`` when none of its components is a symlink, else ``None``."""
+    path = rootfs
+    for part in Path(relative).parts:
+        path = path / part
+        if path.is_symlink():
+            return None
+    return path
+
+
+def _make_dirs(rootfs: Path, relative: str) -> bool:
+    """Make ``rootfs/relative`` without following a symlink; False where one is in the
+    way (the mount point is then left as the image has it)."""
+    path = rootfs
+    for part in Path(relative).parts:
+        path = path / part
+        if path.is_symlink():
+            return False
+        if not path.exists():
+            path.mkdir()
+        elif not path.is_dir():
+            return False
+    return True
+
+
+def _write_inside(path: Path, text: str) -> None:
+    """Write a file of the image, replacing a symlink there rather than writing through it."""
+    if path.is_symlink():
+        path.unlink()
+    path.write_text(text)
 
 
 def _write_metadata(staging: Path, key: str, definition: Definition, *, source: str) -> None:

@@ -79,11 +79,12 @@ class RegistryReference:
                 f"invalid image reference {text!r}: the repository path takes lower-case "
                 "letters, digits and single separators ('.', '_', '-') between '/'"
             )
-        if len(raw) > 255:
-            raise ImageError(f"invalid image reference {text!r}: longer than 255 characters")
         if tag is None and digest is None:
             tag = "latest"
-        return cls(registry=registry, repository=path, tag=tag, digest=digest)
+        reference = cls(registry=registry, repository=path, tag=tag, digest=digest)
+        if len(str(reference)) > 255:  # as stored: with docker.io/library/ and :latest
+            raise ImageError(f"invalid image reference {text!r}: longer than 255 characters")
+        return reference
 
     @property
     def name(self) -> str:

@@ -7,10 +7,12 @@ pinned reference; elsewhere ``skopeo copy`` into an OCI layout and ``umoci unpac
 --rootless`` into the cache, as ``unpacked.cern.ch`` serves images to sites. A
 digest already in the cache is not pulled again.
 
-What the registry says decides what happens next: it cannot be reached
-(:class:`~harvester.errors.RegistryUnavailable`: try again later) or it refuses
-the image (:class:`~harvester.errors.RegistryRefused`: the tasks that need it fail
-with its message).
+What the registry says decides what happens next: it refuses the image in the
+words of the distribution protocol (unknown name, tag or digest, a digest
+mismatch, access denied: :class:`~harvester.errors.RegistryRefused`, the tasks
+that need it fail with its message); anything else, the registry down, a
+timeout, a local failure to unpack, is :class:`~harvester.errors.RegistryUnavailable`
+(try again later), since trying again may help.
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ from harvester.images.definition import Definition
 from harvester.images.reference import RegistryReference
 
 REFUSALS = re.compile(
-    r"manifest unknown|name unknown|not found|unauthorized|denied|authentication required|"
-    r"digest (?:did not match|mismatch|invalid)|invalid reference|name invalid|tag invalid|"
-    r"unsupported|no image found|choosing an image from manifest list",
+    r"manifest unknown|name unknown|blob unknown|unauthorized|authentication required|"
+    r"requested access to the resource is denied|"
+    r"digest (?:did not match|mismatch|invalid)|invalid reference format|name invalid|"
+    r"tag invalid|manifest invalid|no image found in manifest list|"
+    r"choosing an image from manifest list",
     re.IGNORECASE,
 )
 """What a registry (through skopeo) says when the image can never be had as asked."""
@@ -130,8 +134,16 @@ class RegistryClient:
             pinned = reference.by_digest(digest)
             config = self._image_config(reference, pinned)
             if self.use_apptainer:
+                plain_http = ["--nohttps"] if self._tls(reference, "--tls-verify") else []
                 self._run(
-                    ["apptainer", "build", "--sandbox", str(staging / "rootfs"), pinned],
+                    [
+                        "apptainer",
+                        "build",
+                        *plain_http,
+                        "--sandbox",
+                        str(staging / "rootfs"),
+                        pinned,
+                    ],
                     reference,
                     timeout_s=self.timeout_s,
                 )
@@ -186,8 +198,10 @@ class RegistryClient:
                 ["umoci", "unpack", "--rootless", "--image", f"{layout}:image", str(bundle)],
                 timeout_s=self.timeout_s,
             )
-        except CommandError as exc:
-            raise ImageError(f"cannot unpack {reference}: {registry_message(exc)}") from exc
+        except CommandError as exc:  # a local failure (disk, timeout): may pass
+            raise RegistryUnavailable(
+                f"cannot unpack {reference}: {registry_message(exc)}"
+            ) from exc
         os.replace(bundle / "rootfs", staging / "rootfs")
         shutil.rmtree(bundle, ignore_errors=True)
         shutil.rmtree(layout, ignore_errors=True)

@@ -137,6 +137,13 @@ def task_image(ctx: HarvesterContext, task: Task) -> ImageInfo | None:
     return ctx.images.get(task.image)
 
 
+def pinned_image(task: Task) -> str:
+    """The task's image as its jobs run it: a registry reference with its pinned digest."""
+    if task.image_digest is None or task.image.endswith(task.image_digest):
+        return task.image
+    return f"{task.image}@{task.image_digest}"
+
+
 def _pilot_worker(session: Session, worker_id: int | None, queue: str) -> Worker | None:
     if worker_id is None:
         return None
@@ -163,9 +170,9 @@ def _job_spec(ctx: HarvesterContext, job: Job, task: Task, image: ImageInfo | No
         attempt_nr=job.attempt_nr,
         owner=task.owner,
         out_ds=task.out_ds,
-        # pinned: the warm workers of a pilot are keyed by it, so a moved tag is never
-        # served by a worker started on the image the tag pointed to before
-        image=f"{task.image}@{task.image_digest}" if task.image_digest else task.image,
+        # pinned: what the job runs, whatever the tag points to by now (the pilot's warm
+        # workers are keyed by the image's path, which is the digest's)
+        image=pinned_image(task),
         image_path=str(image.rootfs) if image else None,
         image_environment=image.environment if image else {},
         transform=parameters.transform,

@@ -138,7 +138,13 @@ def check_image(ctx: HarvesterContext, name: str) -> str:
     registry reference (pulled when the jobs need it, by the image puller)."""
     try:
         if is_registry_reference(name):
-            return str(RegistryReference.parse(name))
+            reference = RegistryReference.parse(name)
+            allowed = ctx.settings.allowed_registries
+            if allowed and reference.registry not in allowed:
+                raise ImageError(
+                    f"image {name!r}: this site pulls images only from {', '.join(allowed)}"
+                )
+            return str(reference)
         return ctx.images.require(name).name
     except ImageError as exc:
         raise InvalidRequest(str(exc)) from exc
