@@ -6,10 +6,10 @@ is written to ``input.json`` in the work dir (panda-client's
 ``--evaluationInput``) unless the user's files have one, and the ``--exec``
 template's ``%{name}`` placeholders are replaced by its values
 (shell-quoted); the command runs under ``/bin/sh -c`` in the work dir, and
-then ``metrics.json`` must hold a JSON object with a finite number under the scan's metric name (``{"loss": 0.12}``). An
-evaluation written for panda-client's phpo writes ``output.json`` instead:
-when the metric file is the default one and missing, ``output.json`` is taken
-as it.
+then ``metrics.json`` must hold a JSON object with a finite number under the
+scan's metric name (``{"loss": 0.12}``). An evaluation written for
+panda-client's phpo writes ``output.json`` instead: when the metric file is
+the default one and missing, ``output.json`` is taken as it.
 ``jobReport.json`` records how it went; exit 65 (no retry) when the metric
 file is missing or unreadable.
 """
