@@ -36,17 +36,22 @@ def total_memory_mb() -> int:
     return 0
 
 
-def slot_memory_mb(default: int | None = None) -> int:
-    """Memory this slot may use: the given size, else the batch allocation, else the node's."""
+def slot_memory_mb(cores: int, default: int | None = None) -> int:
+    """Memory this slot may use: the given size, else the batch allocation (Slurm's
+    ``--mem`` or ``--mem-per-cpu``), else the node's; 0 when nothing says."""
     if default is not None:
         return default
-    value = os.environ.get("SLURM_MEM_PER_NODE")
-    if value and value.isdigit():
-        return int(value)
+    per_node = os.environ.get("SLURM_MEM_PER_NODE")
+    if per_node and per_node.isdigit():
+        return int(per_node)
+    per_cpu = os.environ.get("SLURM_MEM_PER_CPU")
+    if per_cpu and per_cpu.isdigit():
+        return int(per_cpu) * cores
     return total_memory_mb()
 
 
 def discover(cores: int | None = None, memory_mb: int | None = None) -> NodeInfo:
+    slot = slot_cores(cores)
     return NodeInfo(
-        hostname=socket.getfqdn(), cores=slot_cores(cores), memory_mb=slot_memory_mb(memory_mb)
+        hostname=socket.getfqdn(), cores=slot, memory_mb=slot_memory_mb(slot, memory_mb)
     )

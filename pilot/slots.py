@@ -21,7 +21,8 @@ class Free:
     """What the slot can give the next job."""
 
     cores: int
-    memory_mb: int
+    memory_mb: int | None
+    """``None``: not known, not asked for."""
     gpus: int
 
 
@@ -30,7 +31,8 @@ class SlotLedger:
 
     def __init__(self, cores: int, memory_mb: int, gpus: list[Gpu], *, pack: bool = True) -> None:
         self.cores = max(1, cores)
-        self.memory_mb = max(1, memory_mb)
+        self.memory_mb = memory_mb if memory_mb > 0 else None
+        """``None`` when the slot's memory is unknown: jobs are packed by cores alone."""
         self.pack = pack
         self._free_gpus = list(gpus)
         self._taken: dict[int, tuple[int, int, list[Gpu]]] = {}
@@ -42,8 +44,12 @@ class SlotLedger:
             if self._taken and not self.pack:
                 return None
             cores = self.cores - sum(c for c, _, _ in self._taken.values())
-            memory = self.memory_mb - sum(m for _, m, _ in self._taken.values())
-            if cores < 1 or memory < 1:
+            memory = None
+            if self.memory_mb is not None:
+                memory = self.memory_mb - sum(m for _, m, _ in self._taken.values())
+                if memory < 1:
+                    return None
+            if cores < 1:
                 return None
             return Free(cores=cores, memory_mb=memory, gpus=len(self._free_gpus))
 

@@ -47,6 +47,13 @@ def test_the_ledger_offers_what_is_free_and_takes_it_back() -> None:
     assert free is not None and (free.cores, free.memory_mb) == (2, 5000)
 
 
+def test_a_slot_of_unknown_memory_packs_by_cores() -> None:
+    ledger = SlotLedger(2, 0, [])
+    ledger.take(_spec(1, 1, 4000))
+    free = ledger.free()
+    assert free is not None and (free.cores, free.memory_mb) == (1, None)
+
+
 def test_without_packing_one_job_at_a_time() -> None:
     ledger = SlotLedger(4, 8000, [], pack=False)
     ledger.take(_spec(1, 1, 1000))
@@ -134,6 +141,12 @@ def test_a_packing_queue_starts_a_worker_per_slot_of_cores() -> None:
     load = QueueLoad(activated_jobs=8, queued_workers=0, running_workers=0, activated_cores=8)
     assert new_workers(queue(True), QueueStatus.ONLINE, load) == 2
     assert new_workers(queue(False), QueueStatus.ONLINE, load) == 8
+    # eight 1-core jobs of 1500 MiB on 4-core slots of 2000 MiB: one job fits per slot
+    hungry = QueueLoad(
+        activated_jobs=8, queued_workers=0, running_workers=0,
+        activated_cores=8, activated_memory_mb=8 * 1500,
+    )  # fmt: skip
+    assert new_workers(queue(True), QueueStatus.ONLINE, hungry) == 6
 
 
 NODE_QUEUE = """

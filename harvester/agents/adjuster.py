@@ -17,6 +17,8 @@ class QueueLoad:
     running_workers: int
     activated_cores: int | None = None
     """The cores the activated jobs ask for, all together (None: one per job)."""
+    activated_memory_mb: int | None = None
+    """The memory they book, all together (``db.queue.job_memory_mb``)."""
 
 
 def new_workers(queue: QueueConfig, status: QueueStatus, load: QueueLoad) -> int:
@@ -25,15 +27,18 @@ def new_workers(queue: QueueConfig, status: QueueStatus, load: QueueLoad) -> int
     Pull mode: each queued worker will take an activated job, so demand is the
     activated jobs not yet covered by queued workers. A queue whose pilots pack
     jobs (``packJobs``, slots of several cores) needs one worker per slot's worth
-    of the activated jobs' cores instead. Caps: ``maxWorkers``
-    over queued + running, ``nQueueLimitWorker`` over queued, and
+    of the activated jobs' cores, or of their memory when that fills slots first.
+    Caps: ``maxWorkers`` over queued + running, ``nQueueLimitWorker`` over queued, and
     ``maxNewWorkersPerCycle``.
     """
     if status is QueueStatus.OFFLINE:
         return 0
     wanted = load.activated_jobs
     if queue.pack_jobs and queue.cores > 1 and load.activated_cores is not None:
-        wanted = min(wanted, -(-load.activated_cores // queue.cores))
+        slots = -(-load.activated_cores // queue.cores)
+        if load.activated_memory_mb is not None:  # jobs may fill a slot's memory first
+            slots = max(slots, -(-load.activated_memory_mb // queue.memory_mb))
+        wanted = min(wanted, slots)
     demand = wanted - load.queued_workers
     room = queue.max_workers - (load.queued_workers + load.running_workers)
     queue_room = queue.queue_limit - load.queued_workers

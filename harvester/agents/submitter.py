@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from db.leases import queue_lease
 from db.models import Job, QueueStatus, Worker
-from db.queue import record_creation, transition
+from db.queue import job_memory_mb, record_creation, transition
 from harvester import telemetry
 from harvester.agents.adjuster import QueueLoad, new_workers
 from harvester.agents.base import Agent
@@ -93,8 +93,12 @@ class Submitter(Agent):
             status = queue_status(session, queue.name)
             if status is QueueStatus.OFFLINE:
                 return
-            activated, activated_cores = session.execute(
-                select(func.count(), func.coalesce(func.sum(Job.cores), 0))
+            activated, activated_cores, activated_memory = session.execute(
+                select(
+                    func.count(),
+                    func.coalesce(func.sum(Job.cores), 0),
+                    func.coalesce(func.sum(job_memory_mb(queue.memory_per_core)), 0),
+                )
                 .select_from(Job)
                 .where(Job.status == JobStatus.ACTIVATED, Job.queue == queue.name)
             ).one()
@@ -113,6 +117,7 @@ class Submitter(Agent):
             load = QueueLoad(
                 activated_jobs=activated,
                 activated_cores=activated_cores,
+                activated_memory_mb=activated_memory,
                 queued_workers=counts.get(WorkerStatus.SUBMITTED, 0),
                 running_workers=counts.get(WorkerStatus.RUNNING, 0),
             )
