@@ -77,8 +77,9 @@ def debian_root(image_cache: Path, tmp_path: Path) -> Path:
 
 def test_the_install_steps_on_a_plain_debian_12(debian_root: Path) -> None:
     """Debian's python3 has no pip and refuses system-wide installs; install-deps.sh makes
-    .venv (installing python3-venv), installs hpcaf there, and every entry point runs. pfit,
-    installed without the ``fit`` extra, names the extra instead of a traceback."""
+    .venv (installing python3-venv) and installs hpcaf there: the user clients alone, which
+    all run. pfit without the ``fit`` extra and harvester without ``server`` name the extra
+    instead of a traceback."""
     before = _chroot(
         debian_root,
         "python3 -m pip --version; test -f /usr/lib/python3*/EXTERNALLY-MANAGED && echo managed",
@@ -93,14 +94,21 @@ def test_the_install_steps_on_a_plain_debian_12(debian_root: Path) -> None:
     checks = _chroot(
         debian_root,
         "cd /src && readlink -f .venv/bin/python && "
-        "for cli in harvester pilot pcontainer pbook pfit phpo; do "
+        "for cli in pilot pcontainer pbook pfit phpo; do "
         '  .venv/bin/$cli --help >/dev/null || { echo "$cli failed"; exit 1; }; done; '
+        '.venv/bin/python -c "import hpcaf; print(hpcaf.Client.__name__)"; '
+        '.venv/bin/harvester serve; echo "harvester exit $?"; '
         "mkdir -p /tmp/p && echo '{}' > /tmp/p/BkgOnly.json && echo '{}' > /tmp/p/patchset.json; "
         '.venv/bin/pfit --pallet /tmp/p; echo "pfit exit $?"',
         120,
     )
     assert checks.stdout.splitlines()[0].startswith("/usr/bin/python3"), checks
     assert "failed" not in checks.stdout, checks
+    # the base installation is the user clients alone: the Python API imports, and the
+    # service and the fits each name the extra that brings them
+    assert "Client" in checks.stdout, checks
+    assert "harvester exit 2" in checks.stdout, checks
+    assert "pip install 'hpcaf[server]'" in checks.stderr, checks.stderr
     assert "pfit exit 2" in checks.stdout, checks
     assert "pip install 'hpcaf[fit]'" in checks.stderr, checks.stderr
     assert "Traceback" not in checks.stderr, checks.stderr
