@@ -13,11 +13,9 @@ from __future__ import annotations
 import enum
 
 from db.errors import IllegalTransition
+from protocol.states import TASK_TERMINAL as TASK_TERMINAL  # where the rules below read it
 from protocol.states import JobStatus, TaskStatus, WorkerStatus
 
-TASK_TERMINAL = frozenset(
-    {TaskStatus.DONE, TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.ABORTED, TaskStatus.BROKEN}
-)
 JOB_TERMINAL = frozenset(
     {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.CLOSED}
 )

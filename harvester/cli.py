@@ -297,19 +297,15 @@ def image_pull(
     from harvester.images.registry import RegistryClient
 
     ctx = _context(config)
-    client = RegistryClient(
-        ctx.images,
-        insecure_registries=ctx.settings.insecure_registries,
-        timeout_s=ctx.settings.image_pull_timeout_s,
-    )
+    client = RegistryClient.for_site(ctx.images, ctx.settings)
     try:
         parsed = RegistryReference.parse(reference)
-        digest = client.resolve(parsed)
-        image, pulled = client.pull(parsed, digest)
+        resolved = client.resolve(parsed)
+        image, pulled = client.pull(parsed, resolved)
     except HarvesterError as exc:
         raise _fail(str(exc)) from exc
     done = "pulled" if pulled else "already in the cache"
-    console.print(f"{parsed} is {digest}: {done} ({image.rootfs})", highlight=False)
+    console.print(f"{parsed} is {resolved.digest}: {done} ({image.rootfs})", highlight=False)
 
 
 @image_app.command("push")

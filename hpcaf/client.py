@@ -13,21 +13,16 @@ retries through harvester restarts), for notebooks and scripts::
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harvester.client.common import split_list
 from harvester.client.http import ClientError, HarvesterClient
 from protocol.jobs import JobPublic
 from protocol.results import TaskResults
-from protocol.states import TaskStatus
+from protocol.states import TASK_TERMINAL, TaskStatus
 from protocol.tasks import TaskPublic
-
-TERMINAL = frozenset(
-    {TaskStatus.DONE, TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.ABORTED,
-     TaskStatus.BROKEN}
-)  # fmt: skip
 
 
 class TaskFailed(ClientError):
@@ -82,7 +77,7 @@ class Task:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             info = self.info()
-            if info.status in TERMINAL:
+            if info.status in TASK_TERMINAL:
                 if check and info.status is not TaskStatus.DONE:
                     raise TaskFailed(info)
                 return info
@@ -148,7 +143,7 @@ class Client:
         document = {"transform": "runcontainer", **params}
         for key in ("outputs", "excludedSite"):
             if isinstance(document.get(key), str):
-                document[key] = _split(document[key])
+                document[key] = split_list(document[key])
         if isinstance(document.get("site"), list):
             document["site"] = ",".join(document["site"])
         if not document.get("outDS"):
@@ -163,8 +158,3 @@ class Client:
         """Your tasks, newest first."""
         page = self.http.get("/api/v1/tasks", status=status, limit=limit)
         return [TaskPublic.model_validate(item) for item in page["items"]]
-
-
-def _split(value: str | Iterable[str]) -> list[str]:
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return [item.strip() for item in items if item.strip()]

@@ -107,11 +107,6 @@ class Supervisor:
             with self._lock:
                 self._jobs.pop(job_id, None)
 
-    def running(self) -> list[int]:
-        """The jobs inside :meth:`job` now."""
-        with self._lock:
-            return sorted(self._jobs)
-
     def kill(self, job_id: int | None, code: PilotErrorCode, reason: str) -> None:
         """Stop the payload of ``job_id`` (or of every job, when ``None``)."""
         with self._lock:

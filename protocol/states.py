@@ -31,6 +31,12 @@ class TaskStatus(enum.StrEnum):
     """Its parameters can never run (e.g. the image vanished)."""
 
 
+TASK_TERMINAL = frozenset(
+    {TaskStatus.DONE, TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.ABORTED, TaskStatus.BROKEN}
+)
+"""Task states that end it (a retry may still reopen a failed or aborted one)."""
+
+
 class JobStatus(enum.StrEnum):
     """Life cycle of one job attempt."""
 

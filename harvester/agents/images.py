@@ -26,15 +26,14 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Job, Task
+from db.models import Task
 from db.queue import for_change, transition
-from db.states import JOB_TERMINAL
 from harvester.agents.base import Agent
 from harvester.context import HarvesterContext
 from harvester.errors import ImageError, RegistryRefused
 from harvester.images.reference import REGISTRY_SCHEME, RegistryReference
 from harvester.images.registry import RegistryClient
-from harvester.services.lifecycle import fail_job, roll_up_at_commit
+from harvester.services.lifecycle import fail_job, open_jobs, roll_up_at_commit
 from protocol.error_codes import PilotErrorCode
 from protocol.states import TaskStatus
 
@@ -60,15 +59,9 @@ class ImagePuller(Agent):
         self, ctx: HarvesterContext, client: RegistryClient | None = None, **kwargs: float
     ) -> None:
         super().__init__(ctx, **kwargs)
-        self.client = client or RegistryClient(
-            ctx.images,
-            insecure_registries=ctx.settings.insecure_registries,
-            timeout_s=ctx.settings.image_pull_timeout_s,
-        )
+        self.client = client or RegistryClient.for_site(ctx.images, ctx.settings)
         self._retry_at: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
-        self.pulls = 0
-        """Images pulled by this process (a tag that did not move adds none)."""
 
     def run_once(self) -> None:
         with self.ctx.reads() as session:
@@ -93,8 +86,8 @@ class ImagePuller(Agent):
         """Resolve and pull one reference; never raises for what the registry says."""
         try:
             reference = RegistryReference.parse(image)
-            digest = self.client.resolve(reference)
-            _, pulled = self.client.pull(reference, digest)
+            resolved = self.client.resolve(reference)
+            _, pulled = self.client.pull(reference, resolved)
         except RegistryRefused as exc:
             log.warning("image %s refused: %s", image, exc)
             return Outcome(refused=str(exc))
@@ -107,9 +100,8 @@ class ImagePuller(Agent):
         self._backoff.pop(image, None)
         self._retry_at.pop(image, None)
         if pulled:
-            self.pulls += 1
-            log.info("pulled %s as %s", image, digest)
-        return Outcome(digest=digest)
+            log.info("pulled %s as %s", image, resolved.digest)
+        return Outcome(digest=resolved.digest)
 
     def _record(self, task_ids: list[int], image: str, outcome: Outcome) -> None:
         with self.ctx.sessions.begin() as session:
@@ -130,18 +122,12 @@ class ImagePuller(Agent):
     def _refuse(self, session: Session, task: Task, message: str) -> None:
         task.image_message = message
         task.error_dialog = f"image {task.image} cannot be pulled: {message}"
-        open_jobs = session.scalars(
-            for_change(
-                select(Job)
-                .where(Job.task_id == task.id, Job.status.not_in(list(JOB_TERMINAL)))
-                .order_by(Job.id)
-            )
-        ).all()
-        if not open_jobs:
+        pending = open_jobs(session, task.id)
+        if not pending:
             if task.status is not TaskStatus.REGISTERED:  # a split task: nothing will come
                 transition(session, task, TaskStatus.BROKEN, reason=task.error_dialog)
             return  # registered: the splitter makes its jobs, failed on the next cycle
-        for job in open_jobs:
+        for job in pending:
             fail_job(
                 session,
                 job,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,28 +133,31 @@ class HarvesterClient:
         return response
 
     def _send(self, method: str, path: str, idempotent: bool, **kwargs: Any) -> httpx.Response:
-        if self.retry_s <= 0:
-            return self._http.request(method, path, **kwargs)
-        warned = False
-        for attempt in stamina.retry_context(
-            on=_retry_policy(idempotent),
-            attempts=None,
-            timeout=self.retry_s,
-            wait_initial=0.5,
-            wait_max=10.0,
-        ):
+        for attempt in self._attempts(idempotent):
             with attempt:
-                if attempt.num > 1 and not warned:
-                    warned = True
-                    log.warning(
-                        "the harvester at %s cannot answer now; trying again for up to %.0fs",
-                        self.url,
-                        self.retry_s,
-                    )
                 response = self._http.request(method, path, **kwargs)
                 if response.status_code in RETRIED_STATUSES:
                     raise _Unavailable(response)
         return response
+
+    def _attempts(self, idempotent: bool) -> Iterator[stamina.Attempt]:
+        """The attempts at one call (a single one when retries are off); the first retry
+        is logged, once."""
+        retrying = self.retry_s > 0
+        for attempt in stamina.retry_context(
+            on=_retry_policy(idempotent),
+            attempts=None if retrying else 1,
+            timeout=self.retry_s if retrying else None,
+            wait_initial=0.5,
+            wait_max=10.0,
+        ):
+            if attempt.num == 2:
+                log.warning(
+                    "the harvester at %s cannot answer now; trying again for up to %.0fs",
+                    self.url,
+                    self.retry_s,
+                )
+            yield attempt
 
     def get(self, path: str, **params: Any) -> Any:
         clean = {k: v for k, v in params.items() if v is not None}
@@ -198,14 +202,9 @@ class HarvesterClient:
         read is. Nothing is left at ``target`` unless the whole file arrived intact."""
         tmp = target.with_name(target.name + ".part")
         try:
-            if self.retry_s <= 0:
-                digest = self._download_once(sha256, tmp)
-            else:
-                for attempt in stamina.retry_context(
-                    on=_retry_policy(True), attempts=None, timeout=self.retry_s, wait_max=10.0
-                ):
-                    with attempt:
-                        digest = self._download_once(sha256, tmp)
+            for attempt in self._attempts(idempotent=True):
+                with attempt:
+                    digest = self._download_once(sha256, tmp)
         except _Unavailable as exc:
             tmp.unlink(missing_ok=True)
             raise ClientError(_detail(exc.response), exc.response.status_code) from exc

@@ -22,8 +22,9 @@ from rich.table import Table
 
 from harvester.client.common import err, fail, optional, out
 from harvester.client.http import HarvesterClient
+from protocol.states import TASK_TERMINAL
 
-TERMINAL = {"done", "finished", "failed", "aborted", "broken"}
+TERMINAL = frozenset(state.value for state in TASK_TERMINAL)
 STATE_ORDER = [
     "defined",
     "activated",

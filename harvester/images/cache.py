@@ -69,12 +69,7 @@ class ImageCache:
             folder = self.folder(reference)
         except ImageError:
             return None
-        meta_file = folder / "image.json"
-        if not (folder / "rootfs").is_dir() or not meta_file.is_file():
-            return None
-        return ImageInfo(
-            name=folder.name, rootfs=folder / "rootfs", metadata=json.loads(meta_file.read_text())
-        )
+        return _read(folder, folder.name)
 
     def require(self, reference: str) -> ImageInfo:
         image = self.get(reference)
@@ -98,12 +93,7 @@ class ImageCache:
             folder = self.pulled_folder(digest)
         except ImageError:
             return None
-        meta_file = folder / "image.json"
-        if not (folder / "rootfs").is_dir() or not meta_file.is_file():
-            return None
-        return ImageInfo(
-            name=digest, rootfs=folder / "rootfs", metadata=json.loads(meta_file.read_text())
-        )
+        return _read(folder, digest)
 
     def list_pulled(self) -> list[ImageInfo]:
         """Every image pulled from a registry into this cache."""
@@ -122,3 +112,13 @@ class ImageCache:
             if image is not None:
                 images.append(image)
         return images
+
+
+def _read(folder: Path, name: str) -> ImageInfo | None:
+    """The image in ``folder`` (its root filesystem and image.json), or ``None``."""
+    meta_file = folder / "image.json"
+    if not (folder / "rootfs").is_dir() or not meta_file.is_file():
+        return None
+    return ImageInfo(
+        name=name, rootfs=folder / "rootfs", metadata=json.loads(meta_file.read_text())
+    )

@@ -23,6 +23,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from harvester.images.build import finish_rootfs
 from harvester.images.cache import ImageCache, ImageInfo
 from harvester.images.definition import Definition
 from harvester.images.reference import RegistryReference
+from harvester.settings import HarvesterSettings
 
 REFUSALS = re.compile(
     r"manifest unknown|name unknown|blob unknown|unauthorized|authentication required|"
@@ -56,8 +58,26 @@ def registry_message(error: CommandError) -> str:
     return text.removeprefix("Error: ").strip()
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """What a reference points to now: its manifest digest, and what ``skopeo inspect``
+    said of that image (``Env``, ``Labels``, ``Created``, ``Architecture``)."""
+
+    digest: str
+    inspected: dict[str, Any]
+
+
 class RegistryClient:
     """Resolves and pulls registry images into one image cache."""
+
+    @classmethod
+    def for_site(cls, cache: ImageCache, settings: HarvesterSettings) -> RegistryClient:
+        """The client the site's settings describe (TLS exceptions, pull timeout)."""
+        return cls(
+            cache,
+            insecure_registries=settings.insecure_registries,
+            timeout_s=settings.image_pull_timeout_s,
+        )
 
     def __init__(
         self,
@@ -81,9 +101,11 @@ class RegistryClient:
         needed = ["skopeo"] + ([] if self.use_apptainer else ["umoci"])
         return [tool for tool in needed if shutil.which(tool) is None]
 
+    def _insecure(self, reference: RegistryReference) -> bool:
+        return reference.is_loopback or reference.registry in self.insecure_registries
+
     def _tls(self, reference: RegistryReference, flag: str) -> list[str]:
-        insecure = reference.is_loopback or reference.registry in self.insecure_registries
-        return [f"{flag}=false"] if insecure else []
+        return [f"{flag}=false"] if self._insecure(reference) else []
 
     def _run(self, command: Sequence[str], reference: RegistryReference, timeout_s: float) -> str:
         missing = self.tools_missing()
@@ -100,15 +122,17 @@ class RegistryClient:
                 raise RegistryRefused(f"{reference}: {message}") from exc
             raise RegistryUnavailable(f"registry {reference.registry}: {message}") from exc
 
-    def resolve(self, reference: RegistryReference) -> str:
-        """The manifest digest the reference points to now (its tag's, or its own digest)."""
+    def resolve(self, reference: RegistryReference) -> Resolved:
+        """The manifest digest the reference points to now (its tag's, or its own digest),
+        with the image's configuration from the same answer."""
         output = self._run(
             ["skopeo", "inspect", *self._tls(reference, "--tls-verify"), reference.by_tag()],
             reference,
             timeout_s=120,
         )
         try:
-            digest = str(json.loads(output)["Digest"])
+            inspected = json.loads(output)
+            digest = str(inspected["Digest"])
         except (ValueError, KeyError, TypeError) as exc:
             raise RegistryUnavailable(f"{reference}: skopeo inspect gave no digest") from exc
         if reference.digest is not None and digest != reference.digest:
@@ -116,14 +140,15 @@ class RegistryClient:
                 f"{reference}: digest mismatch: the registry's {reference.name}:{reference.tag} "
                 f"is {digest}, not the {reference.digest} asked for"
             )
-        return digest
+        return Resolved(digest, inspected)
 
-    def pull(self, reference: RegistryReference, digest: str) -> tuple[ImageInfo, bool]:
-        """The image of ``digest``, pulled into the cache unless it is there already.
+    def pull(self, reference: RegistryReference, resolved: Resolved) -> tuple[ImageInfo, bool]:
+        """The image of ``resolved.digest``, pulled into the cache unless it is there already.
 
         Returns the image and whether it was pulled now. Atomic: a pull that fails or
         is interrupted leaves nothing a job could use.
         """
+        digest = resolved.digest
         existing = self.cache.get_pulled(digest)
         if existing is not None:
             return existing, False
@@ -132,9 +157,8 @@ class RegistryClient:
         staging = Path(tempfile.mkdtemp(prefix=f".pull-{digest[7:19]}-", dir=final.parent))
         try:
             pinned = reference.by_digest(digest)
-            config = self._image_config(reference, pinned)
             if self.use_apptainer:
-                plain_http = ["--nohttps"] if self._tls(reference, "--tls-verify") else []
+                plain_http = ["--nohttps"] if self._insecure(reference) else []
                 self._run(
                     [
                         "apptainer",
@@ -151,7 +175,7 @@ class RegistryClient:
                 self._skopeo_umoci(reference, pinned, staging)
             finish_rootfs(staging / "rootfs", Definition(header={"bootstrap": "docker"}))
             (staging / "image.json").write_text(
-                json.dumps(_metadata(reference, digest, config), indent=2) + "\n"
+                json.dumps(_metadata(reference, resolved), indent=2) + "\n"
             )
             try:
                 os.replace(staging, final)
@@ -165,18 +189,6 @@ class RegistryClient:
         if image is None:
             raise ImageError(f"{reference} was pulled but is not readable in {final}")
         return image, True
-
-    def _image_config(self, reference: RegistryReference, pinned: str) -> dict[str, Any]:
-        output = self._run(
-            ["skopeo", "inspect", "--config", *self._tls(reference, "--tls-verify"), pinned],
-            reference,
-            timeout_s=120,
-        )
-        try:
-            document = json.loads(output)
-        except ValueError as exc:
-            raise RegistryUnavailable(f"{reference}: unreadable image configuration") from exc
-        return document if isinstance(document, dict) else {}
 
     def _skopeo_umoci(self, reference: RegistryReference, pinned: str, staging: Path) -> None:
         layout = staging / "oci"
@@ -207,27 +219,24 @@ class RegistryClient:
         shutil.rmtree(layout, ignore_errors=True)
 
 
-def _metadata(reference: RegistryReference, digest: str, config: dict[str, Any]) -> dict[str, Any]:
+def _metadata(reference: RegistryReference, resolved: Resolved) -> dict[str, Any]:
     """image.json of a pulled image: where it came from, and its environment and labels."""
-    image_config = config.get("config") or {}
+    inspected = resolved.inspected
     environment = {}
-    for item in image_config.get("Env") or []:
+    for item in inspected.get("Env") or []:
         key, sep, value = str(item).partition("=")
         if sep and key:
             environment[key] = value
     return {
-        "name": f"{reference.name}@{digest}",
+        "name": f"{reference.name}@{resolved.digest}",
         "source": f"pulled {reference}",
         "reference": str(reference),
-        "digest": digest,
-        "created": str(config.get("created") or ""),
+        "digest": resolved.digest,
+        "created": str(inspected.get("Created") or ""),
         "pulled": datetime.now(UTC).isoformat(timespec="seconds"),
-        "labels": dict(image_config.get("Labels") or {}),
+        "labels": dict(inspected.get("Labels") or {}),
         "environment": environment,
-        "runscript": " ".join(
-            [*(image_config.get("Entrypoint") or []), *(image_config.get("Cmd") or [])]
-        ),
-        "architecture": config.get("architecture"),
+        "architecture": inspected.get("Architecture"),
     }
 
 

@@ -7,6 +7,7 @@ whoever noticed the failure.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import event, func, select
@@ -188,11 +189,16 @@ def refresh_task(session: Session, task: Task) -> None:
 def cancel_open_jobs(
     session: Session, task_id: int, *, reason: str, actor: str | None = None
 ) -> int:
-    """Cancel every job of a task that has not ended, locking them in id order.
+    """Cancel every job of a task that has not ended; how many were cancelled."""
+    cancelled = open_jobs(session, task_id)
+    for job in cancelled:
+        transition(session, job, JobStatus.CANCELLED, reason=reason, actor=actor)
+    return len(cancelled)
 
-    Open jobs are always newest attempts. Returns how many were cancelled.
-    """
-    open_jobs = session.scalars(
+
+def open_jobs(session: Session, task_id: int) -> Sequence[Job]:
+    """The jobs of a task that have not ended (always newest attempts), locked in id order."""
+    return session.scalars(
         for_change(
             select(Job)
             .where(Job.task_id == task_id, Job.status.not_in(list(JOB_TERMINAL)))
@@ -200,9 +206,6 @@ def cancel_open_jobs(
             .execution_options(populate_existing=True)  # as locked, not as first loaded
         )
     ).all()
-    for job in open_jobs:
-        transition(session, job, JobStatus.CANCELLED, reason=reason, actor=actor)
-    return len(open_jobs)
 
 
 def _cancel_stragglers(session: Session, task: Task) -> None:
