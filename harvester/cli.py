@@ -18,9 +18,12 @@ from harvester.errors import HarvesterError
 from harvester.terminal import print_listing, stdout_console
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from sqlalchemy.orm import Session, sessionmaker
 
     from harvester.context import HarvesterContext
+    from harvester.images.cache import ImageInfo
     from harvester.settings import HarvesterSettings
 
 app = typer.Typer(help="The hpcaf harvester service and its admin commands.", no_args_is_help=True)
@@ -165,7 +168,7 @@ def serve(
         )
         return
     application = build_app(ctx, with_agents=only is Mode.all)
-    uvicorn.run(
+    server_config = uvicorn.Config(
         application,
         host=s.host,
         port=s.port,
@@ -173,6 +176,17 @@ def serve(
         access_log=False,
         timeout_keep_alive=KEEP_ALIVE_S,
     )
+
+    class Server(uvicorn.Server):
+        """Ends the long polls first: uvicorn waits for the requests in flight to end
+        before it stops, and a held acquire or endings poll would make it wait."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            ctx.activations.close()
+            ctx.endings.close()
+            super().handle_exit(sig, frame)
+
+    Server(server_config).run()
 
 
 class RoleChoice(StrEnum):
@@ -347,6 +361,7 @@ def image_list(config: ConfigOption = None, as_json: JsonOption = False) -> None
             "name": image.name,
             "source": image.metadata.get("source"),
             "created": image.metadata.get("created"),
+            "python": _python_of(image),
             "path": str(image.rootfs),
         }
         for image in ctx.images.list()
@@ -355,11 +370,20 @@ def image_list(config: ConfigOption = None, as_json: JsonOption = False) -> None
             "name": image.metadata.get("name") or image.name,
             "source": image.metadata.get("source"),
             "created": image.metadata.get("pulled"),
+            "python": _python_of(image),
             "path": str(image.rootfs),
         }
         for image in ctx.images.list_pulled()
     ]
-    print_listing(("name", "source", "created", "path"), rows, as_json=as_json)
+    print_listing(("name", "source", "created", "python", "path"), rows, as_json=as_json)
+
+
+def _python_of(image: ImageInfo) -> str:
+    """``3.11 (cloudpickle 3.1.3)``: what ``hpcaf.Executor`` checks a client against."""
+    python = image.python
+    if python.version is None:
+        return "none"
+    return python.version + (f" (cloudpickle {python.cloudpickle})" if python.cloudpickle else "")
 
 
 @queue_app.command("list")

@@ -15,6 +15,7 @@ from harvester.providers.base import Provider
 from harvester.settings import HarvesterSettings
 from harvester.stores.caches import IdleQueues, TokenCache
 from harvester.stores.files import FileStore
+from harvester.stores.signals import Nudges, Wakeups
 
 
 @dataclass
@@ -36,3 +37,9 @@ class HarvesterContext:
     outage: DatabaseHealth = field(default_factory=DatabaseHealth)
     leases: HeldLeases = field(default_factory=lambda: HeldLeases(instance_name()))
     """The leases this process holds (kept by :class:`harvester.agents.leases.LeaseKeeper`)."""
+    nudges: Nudges = field(default_factory=Nudges)
+    """Wakes an agent before its interval ends (a task submitted wakes the splitter)."""
+    activations: Wakeups = field(default_factory=Wakeups)
+    """Jobs activated for a queue (key: the queue): wakes pilots' long-polling acquires."""
+    endings: Wakeups = field(default_factory=Wakeups)
+    """A job ended: wakes clients following their tasks' endings (``/tasks/{id}/endings``)."""

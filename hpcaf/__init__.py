@@ -7,11 +7,35 @@
     task.wait()
     task.results(dest="out")
 
+    with hpcaf.Executor(site="ANALY_LOCAL", containerImage="pyhf") as ex:
+        print(list(ex.map(pow, [2, 3], [5, 5])))
+
 It needs only the client part of hpcaf (``pip install hpcaf``): no server
 library (FastAPI, SQLAlchemy, Alembic, uvicorn, Optuna) is imported.
 """
 
-from harvester.client.http import ClientError
 from hpcaf.client import Client, Results, Task, TaskFailed
+from hpcaf.errors import (
+    ClientError,
+    JobFailed,
+    PayloadTooLarge,
+    RemoteError,
+    ResultTooLarge,
+    SerializationError,
+)
+from hpcaf.executor import CallFuture, Executor
 
-__all__ = ["Client", "ClientError", "Results", "Task", "TaskFailed"]
+__all__ = [
+    "CallFuture",
+    "Client",
+    "ClientError",
+    "Executor",
+    "JobFailed",
+    "PayloadTooLarge",
+    "RemoteError",
+    "ResultTooLarge",
+    "Results",
+    "SerializationError",
+    "Task",
+    "TaskFailed",
+]

@@ -111,7 +111,8 @@ class JobRunner:
             self.warm.close()
 
     def _run(self, spec: JobSpec, workdir: Path, gpus: list[Gpu]) -> Outcome:
-        self._update(spec.job_id, {"state": "starting"})
+        if not warm_eligible(self.warm, spec):  # a warm worker has no container to start:
+            self._update(spec.job_id, {"state": "starting"})  # its job goes to running
         image = spec.image_path
         if not image or not Path(image).is_dir():
             return Outcome(
@@ -121,7 +122,7 @@ class JobRunner:
             )
         if spec.sandbox is not None:
             unpack_sandbox(self.server, spec.sandbox, workdir)
-        stage_in(self.server, spec.inputs, workdir)
+        stage_in(self.server, spec.inputs, workdir, cache=self.base_dir / "inputs")
         if spec.transform != "runcontainer":
             (workdir / "job.json").write_text(json.dumps(spec.model_dump(mode="json")))
         runtime = select_runtime(spec.container.runtime)

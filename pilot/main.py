@@ -38,6 +38,8 @@ EXIT_SIGNALLED = 143
 EXIT_CONFIG = 2
 EXIT_SERVER = 3
 WALLTIME_MARGIN_S = 30.0
+LONG_POLL_S = 5.0
+"""Longest the server holds an empty acquire: also how long a signal may wait for it."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,6 +66,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=30.0,
         help="longest wait between empty acquires (each wait is 1.5 times the last)",
+    )
+    parser.add_argument(
+        "--no-long-poll",
+        dest="long_poll",
+        action="store_false",
+        help="sleep between empty acquires instead of having the server hold them",
     )
     parser.add_argument(
         "--heartbeat",
@@ -234,7 +242,13 @@ class JobLoop:
                 self.ended.wait(1.0)
                 self.ended.clear()
                 continue
-            jobs = self._acquire(free)
+            # the wait if nothing comes; the server holds the acquire for part of it and
+            # answers as soon as a job is activated (long poll)
+            wait = backoff.next_wait()
+            if not self.ledger.running():  # one last poll right at max-idle, not past it
+                wait = max(0.0, min(wait, args.max_idle - (time.monotonic() - idle_since) + 0.05))
+            asked = time.monotonic()
+            jobs = self._acquire(free, wait_s=min(wait, LONG_POLL_S) if args.long_poll else 0.0)
             if jobs is None:
                 break
             if jobs:
@@ -247,18 +261,14 @@ class JobLoop:
             if not self.ledger.running() and idle > args.max_idle:
                 log.info("no job for %.0fs: exiting", args.max_idle)
                 break
-            # one last poll right at max-idle rather than a long wait past it
-            wait = backoff.next_wait()
-            if not self.ledger.running():
-                wait = min(wait, args.max_idle - idle + 0.05)
-            self.ended.wait(wait)
+            self.ended.wait(max(0.0, wait - (time.monotonic() - asked)))
             self.ended.clear()
         for thread in self.threads:  # the jobs running when the loop ended finish
             thread.join()
         self._reap()
         return self.started
 
-    def _acquire(self, free: Free) -> list[JobSpec | UnreadableJob] | None:
+    def _acquire(self, free: Free, wait_s: float) -> list[JobSpec | UnreadableJob] | None:
         """Jobs that fit ``free`` (at most one: it takes its share before the next ask);
         ``None`` when the server refused the pilot."""
         try:
@@ -272,6 +282,7 @@ class JobLoop:
                     "cores": free.cores,
                     "memory_mb": free.memory_mb,
                     "gpus": free.gpus,
+                    "wait_s": round(wait_s, 3),
                 }
             )
         except ServerError as exc:

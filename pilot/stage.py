@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import tarfile
 import tempfile
+import threading
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -21,14 +23,31 @@ class StageError(Exception):
         self.code = code
 
 
-def stage_in(server: PilotServer, inputs: list[InputFile], workdir: Path) -> None:
-    """Download every input by checksum into the work dir (verified)."""
+def stage_in(
+    server: PilotServer, inputs: list[InputFile], workdir: Path, cache: Path | None = None
+) -> None:
+    """Every input by checksum into the work dir (verified).
+
+    With ``cache`` (a folder of the pilot's that no container sees), each content is
+    downloaded once per pilot and copied into the work dirs of the jobs that need it
+    (a pallet shared by a campaign's jobs, the calls file shared by a batch's jobs).
+    Copied, not linked: a payload that writes to its input changes only its copy.
+    """
     for item in inputs:
         name = item.name
         if "/" in name or name.startswith("."):
             raise StageError(PilotErrorCode.STAGEIN_FAILED, f"refusing input name {name!r}")
         try:
-            server.download(item.sha256, workdir / name)
+            if cache is None:
+                server.download(item.sha256, workdir / name)
+                continue
+            kept = cache / item.sha256
+            if not kept.is_file():
+                cache.mkdir(parents=True, exist_ok=True)
+                partial = cache / f".{item.sha256}.{threading.get_ident()}"
+                server.download(item.sha256, partial)
+                os.replace(partial, kept)  # whole and verified, or not there
+            shutil.copyfile(kept, workdir / name)
         except ServerError as exc:
             raise StageError(PilotErrorCode.STAGEIN_FAILED, f"input {name}: {exc}") from exc
 

@@ -10,6 +10,7 @@ job kills the worker; the next job starts a new one.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -24,7 +25,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-WARM_TRANSFORMS = frozenset({"pyhf_fit"})
+WARM_TRANSFORMS = frozenset({"pyhf_fit", "pyfunc"})
 """Transforms that implement ``--serve``."""
 
 
@@ -109,6 +110,13 @@ class WarmPool:
 
     def __init__(self, max_idle: int = 2) -> None:
         self.max_idle = max(1, max_idle)
+        # Workers are started from one long-lived thread, never from a job's thread: a
+        # runtime's parent-death signal (bwrap --die-with-parent, PR_SET_PDEATHSIG) fires
+        # when the *thread* that started the child ends, which would kill a warm worker
+        # as soon as the job that started it is over.
+        self._spawner = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="warm-spawner"
+        )
         self._idle: dict[tuple[Any, ...], list[WarmWorker]] = {}
         self._idle_order: list[tuple[tuple[Any, ...], WarmWorker]] = []
         self._lent: set[WarmWorker] = set()
@@ -130,7 +138,7 @@ class WarmPool:
         for dead in stale:
             dead.stop()
         if worker is None:
-            worker = WarmWorker(command, log_path)
+            worker = self._spawner.submit(WarmWorker, command, log_path).result()
             log.info("warm worker started: %s", " ".join(command[-3:]))
         with self._lock:
             self._lent.add(worker)
@@ -168,3 +176,4 @@ class WarmPool:
             self._lent.clear()
         for worker in workers:
             worker.stop()
+        self._spawner.shutdown(wait=False)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from protocol.states import JobStatus
+from protocol.results import ResultFile
+from protocol.states import JobStatus, TaskStatus
 
 
 class JobPublic(BaseModel):
@@ -51,3 +52,26 @@ class ErrorRow(BaseModel):
     tasks: int
     example_job_id: int
     example_diag: str | None
+
+
+class EndedJob(BaseModel):
+    """A job (its final attempt) that ended, with the outputs it registered (by their
+    logical file names, ``<outDS>.<taskID>._<serial>.<name>``)."""
+
+    job_id: int
+    job_index: int
+    attempt_nr: int
+    status: JobStatus
+    exit_code: int | None
+    pilot_error_code: int | None
+    pilot_error_diag: str | None
+    outputs: list[ResultFile] = Field(default_factory=list)
+
+
+class JobEndings(BaseModel):
+    """``GET /api/v1/tasks/{id}/endings``: jobs of a task that ended after a cursor."""
+
+    cursor: int
+    """Pass it as ``after`` next time: only jobs that ended later are answered."""
+    task_status: TaskStatus
+    jobs: list[EndedJob] = Field(default_factory=list)

@@ -20,6 +20,13 @@ class AcquireRequest(RequestBody):
     cores: int | None = Field(None, ge=1, le=MAX_ID)
     memory_mb: int | None = Field(None, ge=1, le=MAX_ID)
     gpus: int = Field(0, ge=0, le=64, description="GPUs the pilot's node offers")
+    wait_s: float = Field(
+        0.0,
+        ge=0,
+        le=30,
+        description="hold an empty answer up to this long, until a job of the queue is "
+        "activated (long poll)",
+    )
 
 
 class ContainerSpec(BaseModel):

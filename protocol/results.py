@@ -15,6 +15,9 @@ class ResultFile(BaseModel):
     size: int
     job_id: int | None = None
     job_index: int | None = None
+    content_b64: str | None = None
+    """The content itself (base64), where the caller asked for small outputs inline
+    (``/tasks/{id}/endings?inline_max=``): one request less per job."""
 
 
 class TaskResults(BaseModel):

@@ -78,7 +78,7 @@ class TaskParameters(BaseModel):
         description="seconds per job (default: the queue's maximum)",
     )
     env: dict[str, str] = Field(default_factory=dict)
-    transform: Literal["runcontainer", "pyhf_fit", "hpo_eval"] = "runcontainer"
+    transform: Literal["runcontainer", "pyhf_fit", "hpo_eval", "pyfunc"] = "runcontainer"
     transformArgs: dict[str, Any] = Field(default_factory=dict)
     jobParameters: list[dict[str, Any]] | None = Field(
         None, description="per-job parameters; when given, one job per entry"

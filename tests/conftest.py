@@ -23,6 +23,7 @@ from tests.helpers import (
     ensure_image,
     harvester_settings,
     make_harvester,
+    prebuild_image,
 )
 
 
@@ -77,6 +78,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             postgresql_only or fixtures & IN_PROCESS_DATABASE or item.get_closest_marker("database")
         ):
             item.add_marker(skip_there)
+
+
+IMAGES_BY_TEST_FILE = {
+    "test_executor.py": ("pyhf.def", "pyhf"),
+    "test_fit.py": ("pyhf.def", "pyhf"),
+    "test_fit_truth.py": ("pyhf.def", "pyhf"),
+    "test_phpo.py": ("hpo.def", "hpo"),
+}
+"""The large images some test files need: built in the background from the start of the
+session (``tests.helpers.prebuild_image``), while the tests before them run."""
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
+    wanted = {
+        IMAGES_BY_TEST_FILE[item.path.name]
+        for item in session.items
+        if item.path.name in IMAGES_BY_TEST_FILE
+        and not any(mark.name == "skip" for mark in item.iter_markers())
+    }
+    if not wanted:
+        return
+    cache = Path(os.environ.get("HPCAF_TEST_IMAGE_CACHE") or REPO / ".cache" / "images")
+    for definition, name in sorted(wanted):
+        prebuild_image(cache, definition, name)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -28,10 +31,36 @@ PG_ENV: dict[str, str] = {
 test runs of two checkouts on one machine do not stop each other's server."""
 
 
+_IMAGE_LOCKS: dict[str, threading.Lock] = {}
+_IMAGE_LOCKS_GUARD = threading.Lock()
+
+
+def prebuild_image(cache: Path, definition: str, name: str) -> None:
+    """Start :func:`ensure_image` on a thread of its own: the first test that needs the
+    image waits for that build instead of starting one (the builds are mostly downloads
+    and unpacking, which overlap well with the tests that run meanwhile)."""
+    threading.Thread(
+        target=ensure_image, args=(cache, definition, name), name=f"build-{name}", daemon=True
+    ).start()
+
+
 def ensure_image(cache: Path, definition: str, name: str) -> None:
-    """Build ``containers/<definition>`` into the test image cache unless it is there."""
-    if (cache / name / "rootfs").is_dir():
-        return
+    """Build ``containers/<definition>`` into the test image cache unless it is there,
+    built from this same definition (a changed definition is built again). One build per
+    image at a time: a second caller waits for the first's."""
+    with _IMAGE_LOCKS_GUARD:
+        lock = _IMAGE_LOCKS.setdefault(name, threading.Lock())
+    with lock:
+        _ensure_image(cache, definition, name)
+
+
+def _ensure_image(cache: Path, definition: str, name: str) -> None:
+    source = REPO / "containers" / definition
+    recorded = cache / name / "image.json"
+    if (cache / name / "rootfs").is_dir() and recorded.is_file():
+        made_from = json.loads(recorded.read_text()).get("definition_sha256")
+        if made_from == hashlib.sha256(source.read_bytes()).hexdigest():
+            return
     env = {**os.environ, "HPCAF_IMAGE_CACHE": str(cache), "HPCAF_HOME": str(cache.parent)}
     subprocess.run(
         [
@@ -40,9 +69,10 @@ def ensure_image(cache: Path, definition: str, name: str) -> None:
             "harvester.cli",
             "image",
             "build",
-            str(REPO / "containers" / definition),
+            str(source),
             "--name",
             name,
+            "--force",
         ],
         env=env,
         check=True,

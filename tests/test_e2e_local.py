@@ -370,3 +370,32 @@ def test_a_stopped_harvester_stops_the_local_pilots_it_started(harvester: Harves
         ) and not (pilots & set(now))
 
     wait_for(gone, 30, "the pilots and their payloads to end")
+
+
+def test_an_input_shared_by_jobs_is_fetched_once_per_pilot_and_copied(
+    harvester: Harvester,
+) -> None:
+    """The pilot's input cache against the plain way: every job sees the input as uploaded,
+    though each job before it on the same pilot changed its own copy in place."""
+    import hashlib
+
+    import hpcaf
+
+    content = b"the input, as uploaded\n" * 100
+    with hpcaf.Client(harvester.url, harvester.tokens["alice"]) as client:
+        sha = client.http.upload_bytes(content, "in.txt")["sha256"]
+        task = client.submit_container(
+            containerImage="base",
+            exec="sha256sum in.txt > seen.txt; echo changed by $HPCAF_JOB_INDEX >> in.txt",
+            inputs=[{"name": "in.txt", "sha256": sha}],
+            outputs=["seen.txt"],
+            nJobs=4,
+        )
+        task.wait(timeout=180, check=True)
+        jobs = task.jobs()
+        folder = harvester.home / "seen"
+        paths = task.results(dest=folder).paths
+    assert len({job.worker_id for job in jobs}) < len(jobs), "a pilot ran two of the jobs"
+    assert len(paths) == 4
+    for path in paths:
+        assert path.read_text().split()[0] == hashlib.sha256(content).hexdigest(), path

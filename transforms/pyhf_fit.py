@@ -290,56 +290,6 @@ def build_model(spec: dict[str, Any]) -> tuple[Any, Any]:
     return model, data
 
 
-def serve() -> int:
-    """A warm worker: one job per line on stdin, ``{"exit_code": N}`` per line on stdout.
-
-    A request is ``{"workdir": DIR, "env": {...}}``; the job runs in DIR exactly
-    as a one-shot run would (``job.json`` in, ``results.json`` out, its output
-    appended to ``payload.log``), but imports, parsed inputs and compiled
-    likelihoods stay from one job to the next.
-    """
-    _WARM["serving"] = True
-    protocol = os.fdopen(os.dup(1), "w", buffering=1)
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        request = json.loads(line)
-        code = _serve_one(request)
-        protocol.write(json.dumps({"exit_code": code}) + "\n")
-    return 0
-
-
-def _serve_one(request: dict[str, Any]) -> int:
-    os.chdir(request["workdir"])
-    log = os.open("payload.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    saved = os.dup(1), os.dup(2)
-    environ = dict(os.environ)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.environ.update(request.get("env", {}))
-    try:
-        print("=== pyhf_fit: warm worker, job in " + request["workdir"], flush=True)
-        code = main(["--job", "job.json", "--output", "results.json"])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    except Exception:
-        import traceback
-
-        traceback.print_exc()
-        code = 1
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, log):
-            os.close(fd)
-        os.environ.clear()
-        os.environ.update(environ)
-        os.chdir("/")
-    return code
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="fit pyhf patches (hpcaf transform)")
     parser.add_argument("--job", default="job.json")
@@ -347,7 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", action="store_true", help="run as a warm worker")
     args = parser.parse_args(argv)
     if args.serve:
-        return serve()
+        from serving import serve
+
+        _WARM["serving"] = True
+        return serve(main, "pyhf_fit", ["--job", "job.json", "--output", "results.json"])
     with open(args.job) as fh:
         job = json.load(fh)
     results, ok = run(job)

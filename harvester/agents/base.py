@@ -58,10 +58,14 @@ class AgentRunner:
             self._threads.append(thread)
 
     def _loop(self, agent: Agent) -> None:
+        """A cycle, then sleep the interval, or less when something nudges the agent (a
+        nudge during a cycle ends the next sleep at once)."""
+        wake = agent.ctx.nudges.event(agent.name)
         while not self._stop.is_set():
+            wake.clear()
             if agent.lease is None or agent.ctx.leases.holds(agent.lease):
                 self._cycle(agent)
-            self._stop.wait(agent.interval_s)
+            wake.wait(agent.interval_s)
 
     def _cycle(self, agent: Agent) -> None:
         try:
@@ -78,6 +82,8 @@ class AgentRunner:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        for agent in self.agents:
+            agent.ctx.nudges.nudge(agent.name)
         for thread in self._threads:
             thread.join(timeout)
         for agent in self.agents:

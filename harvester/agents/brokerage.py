@@ -132,6 +132,7 @@ class Brokerage(Agent):
         self._broker(brokered)
         for name in brokered:  # committed: this process's polls of these queues look again
             self.ctx.idle_queues.forget_queue(name)
+            self.ctx.activations.notify(name)  # and the pilots long-polling them now
 
     def _broker(self, brokered: set[str]) -> None:
         with self.ctx.sessions.begin() as session:

@@ -21,6 +21,11 @@ class Splitter(Agent):
     batch = 50
 
     def run_once(self) -> None:
+        if self._split():
+            self.ctx.nudges.nudge("brokerage")  # committed: its jobs wait for a queue
+
+    def _split(self) -> int:
+        """Split up to ``batch`` registered tasks; how many."""
         with self.ctx.sessions.begin() as session:
             tasks = session.scalars(
                 select(Task)
@@ -46,3 +51,4 @@ class Splitter(Agent):
                 transition(
                     session, task, TaskStatus.READY, reason=f"split into {len(per_job)} jobs"
                 )
+            return len(tasks)

@@ -216,6 +216,13 @@ class HarvesterClient:
             raise ClientError(f"{target.name}: checksum mismatch after download")
         tmp.replace(target)
 
+    def fetch(self, sha256: str) -> bytes:
+        """A stored file's content, checked against its sha256 (small files: results)."""
+        data = self.request("GET", f"/api/v1/files/{sha256}").content
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ClientError(f"file {sha256}: checksum mismatch after download")
+        return data
+
     def _download_once(self, sha256: str, tmp: Path) -> str:
         """One download into ``tmp``; the sha256 of what arrived."""
         with self._http.stream("GET", f"/api/v1/files/{sha256}") as response:

@@ -10,6 +10,7 @@ them. The result is an unpacked root filesystem, as sites serve from cvmfs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -20,10 +21,12 @@ import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from harvester.errors import ImageError
 from harvester.images.cache import ImageCache, ImageInfo, cache_key
 from harvester.images.definition import Definition, read_definition
+from harvester.images.python import inspect_python
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -94,7 +97,13 @@ def build_image(
             )
             source = "debootstrap"
         finish_rootfs(rootfs, definition)
-        _write_metadata(staging, key, definition, source=f"{source} {definition_path.name}")
+        _write_metadata(
+            staging,
+            key,
+            definition,
+            source=f"{source} {definition_path.name}",
+            definition_sha256=hashlib.sha256(definition_path.read_bytes()).hexdigest(),
+        )
         _install(staging, cache.folder(key))
     finally:
         if staging.exists():
@@ -287,8 +296,16 @@ def _write_inside(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def _write_metadata(staging: Path, key: str, definition: Definition, *, source: str) -> None:
-    document = {
+def _write_metadata(
+    staging: Path,
+    key: str,
+    definition: Definition,
+    *,
+    source: str,
+    definition_sha256: str | None = None,
+) -> None:
+    """image.json: how the image was made, what it declares, and its Python."""
+    document: dict[str, Any] = {
         "name": key,
         "source": source,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -296,7 +313,10 @@ def _write_metadata(staging: Path, key: str, definition: Definition, *, source: 
         "labels": definition.labels,
         "environment": definition.environment,
         "runscript": definition.sections.get("runscript", ""),
+        "python": inspect_python(staging / "rootfs", definition.environment).model_dump(),
     }
+    if definition_sha256 is not None:
+        document["definition_sha256"] = definition_sha256
     (staging / "image.json").write_text(json.dumps(document, indent=2) + "\n")
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from harvester.errors import ImageError
+from harvester.images.python import inspect_python
+from protocol.pythons import ImagePython
 
 IMAGE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 REGISTRY_FOLDER = "_registry"
@@ -52,6 +54,15 @@ class ImageInfo:
     @property
     def environment(self) -> dict[str, str]:
         return dict(self.metadata.get("environment", {}))
+
+    @property
+    def python(self) -> ImagePython:
+        """The image's Python, as recorded when it entered the cache (read off the root
+        filesystem now for an image cached before that was recorded)."""
+        recorded = self.metadata.get("python")
+        if isinstance(recorded, dict):
+            return ImagePython.model_validate(recorded)
+        return inspect_python(self.rootfs, self.environment)
 
 
 class ImageCache:

@@ -33,6 +33,7 @@ from harvester.errors import ImageError, RegistryRefused, RegistryUnavailable
 from harvester.images.build import finish_rootfs
 from harvester.images.cache import ImageCache, ImageInfo
 from harvester.images.definition import Definition
+from harvester.images.python import inspect_python
 from harvester.images.reference import RegistryReference
 from harvester.settings import HarvesterSettings
 
@@ -174,9 +175,11 @@ class RegistryClient:
             else:
                 self._skopeo_umoci(reference, pinned, staging)
             finish_rootfs(staging / "rootfs", Definition(header={"bootstrap": "docker"}))
-            (staging / "image.json").write_text(
-                json.dumps(_metadata(reference, resolved), indent=2) + "\n"
-            )
+            metadata = _metadata(reference, resolved)
+            metadata["python"] = inspect_python(
+                staging / "rootfs", metadata["environment"]
+            ).model_dump()
+            (staging / "image.json").write_text(json.dumps(metadata, indent=2) + "\n")
             try:
                 os.replace(staging, final)
             except OSError:

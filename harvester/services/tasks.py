@@ -16,10 +16,12 @@ from harvester.context import HarvesterContext
 from harvester.errors import Conflict, Forbidden, ImageError, InvalidRequest, NotFoundError
 from harvester.identity import Principal
 from harvester.images.reference import RegistryReference, is_registry_reference
+from harvester.services.functions import check_function_parameters
 from harvester.services.lifecycle import (
     cancel_open_jobs,
     current_attempts,
     new_attempt,
+    open_jobs,
     roll_up_at_commit,
 )
 from harvester.services.scan_submission import check_steering
@@ -104,6 +106,8 @@ def submit_task(
             )
     if params.transform == "pyhf_fit":
         check_fit_parameters(params, steered=steering is not None)
+    if params.transform == "pyfunc":
+        check_function_parameters(ctx, params, image)
 
     # what is kept: the parameters as sent, with the task's size, its normalised
     # steering and its site (AUTO: none) as checked above; under the wire names
@@ -266,6 +270,27 @@ def kill_task(session: Session, principal: Principal, task_id: int) -> Task:
     )
     roll_up_at_commit(session, task)  # cancels a retry committed meanwhile by a pilot
     return task
+
+
+def kill_job(session: Session, principal: Principal, task_id: int, job_index: int) -> Job:
+    """Cancel one job of a task (``hpcaf`` futures cancelled): its open attempt is cancelled,
+    and a pilot running it is told to kill it at its next heartbeat."""
+    task = get_task(session, task_id)
+    check_owner(principal, task, action="kill its jobs")
+    job = next((j for j in open_jobs(session, task_id) if j.job_index == job_index), None)
+    if job is None:
+        if not 0 <= job_index < task.n_jobs:
+            raise NotFoundError(f"task {task_id} has no job {job_index}")
+        raise Conflict(f"job {job_index} of task {task_id} already ended; nothing to kill")
+    transition(
+        session,
+        job,
+        JobStatus.CANCELLED,
+        reason=f"killed by {principal.user}",
+        actor=principal.user,
+    )
+    roll_up_at_commit(session, task)
+    return job
 
 
 def retry_task(

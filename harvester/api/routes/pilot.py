@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
@@ -24,19 +26,42 @@ from protocol.pilot import (
 
 router = APIRouter(prefix="/api/v1/pilot", tags=["pilot"])
 
+ENDED = frozenset({"finished", "failed", "closed", "cancelled"})
+
 
 @router.post("/acquire_jobs", response_model=AcquireReply)
 async def acquire_jobs(
     req: AcquireRequest, request: Request, ctx: Context, principal: CurrentPrincipal
 ) -> AcquireReply:
-    """Claim up to ``n_jobs`` activated jobs of a queue (atomic; each job to one pilot)."""
+    """Claim up to ``n_jobs`` activated jobs of a queue (atomic; each job to one pilot).
+
+    With ``wait_s``, an empty answer is held until brokerage activates a job of the
+    queue (or ``wait_s`` passes), so that an idle pilot takes new work at once instead
+    of at its next poll; it looks again every ``LONG_POLL_RECHECK_S`` for jobs another
+    harvester instance activated.
+    """
+    deadline = time.monotonic() + req.wait_s
+    while True:
+        jobs = await _acquire_or_idle(request, ctx, principal, req)
+        left = deadline - time.monotonic()
+        if jobs or left <= 0 or ctx.activations.closed:
+            return AcquireReply(jobs=jobs)
+        await ctx.activations.wait(req.queue, min(left, LONG_POLL_RECHECK_S))
+
+
+LONG_POLL_RECHECK_S = 2.0
+
+
+async def _acquire_or_idle(
+    request: Request, ctx: HarvesterContext, principal: Principal, req: AcquireRequest
+) -> list[JobSpec]:
     if dispatch.known_idle(ctx, principal, req):
         request.app.state.metrics.idle_polls.labels(req.queue).inc()
-        return AcquireReply(jobs=[])  # answered from memory: no thread, no database
+        return []  # answered from memory: no thread, no database
     jobs = await run_in_threadpool(_acquire, ctx, principal, req)
     if jobs:
         request.app.state.metrics.dispatched.labels(req.queue).inc(len(jobs))
-    return AcquireReply(jobs=jobs)
+    return jobs
 
 
 def _acquire(ctx: HarvesterContext, principal: Principal, req: AcquireRequest) -> list[JobSpec]:
@@ -70,6 +95,8 @@ def update_job(
     with ctx.sessions.begin() as session:
         reply = dispatch.update_job(session, ctx, principal, req)
     request.app.state.metrics.updates.labels(req.state).inc()
+    if reply.status.value in ENDED:
+        ctx.endings.notify_all()  # committed: clients following its task look now
     return reply
 
 
@@ -83,6 +110,8 @@ def update_jobs(
         replies = bulk.update_jobs_bulk(session, ctx, principal, req.updates)
     for item in req.updates:
         request.app.state.metrics.updates.labels(item.state).inc()
+    if any(r.status is not None and r.status.value in ENDED for r in replies):
+        ctx.endings.notify_all()
     return replies
 
 

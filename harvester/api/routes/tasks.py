@@ -2,29 +2,35 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Path, Query, status
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from db.models import EntityKind, FileKind, Job, Role
 from db.queue import state_history
 from harvester.api.auth import Context, CurrentPrincipal
 from harvester.api.query import MAX_PAGE
 from harvester.api.views import job_public, task_public
+from harvester.context import HarvesterContext
 from harvester.errors import Forbidden, InvalidRequest
+from harvester.identity import Principal
 from harvester.request_params import Offset, TaskIdPath
 from harvester.services import results as results_service
 from harvester.services import scan_steering
 from harvester.services import tasks as task_service
+from harvester.services.endings import ended_jobs
 from harvester.services.lifecycle import current_attempts
 from harvester.services.listing import TASK_SORTS, TaskFilter, TimeRange, page, task_query
+from protocol.bodies import MAX_ID
 from protocol.files import FilePublic
 from protocol.history import HistoryEntry
-from protocol.jobs import JobPublic
+from protocol.jobs import JobEndings, JobPublic
 from protocol.pages import Page
-from protocol.states import JobStatus, TaskStatus
+from protocol.states import TASK_TERMINAL, JobStatus, TaskStatus
 from protocol.tasks import (
     RetryChanges,
     TaskChecked,
@@ -42,7 +48,9 @@ def submit(params: TaskCreate, ctx: Context, principal: CurrentPrincipal) -> Tas
     """Submit a task (panda-client task parameters); answers its ``jediTaskID``."""
     with ctx.sessions.begin() as session:
         task = task_service.submit_task(session, ctx, principal, params)
-        return TaskSubmitted(jediTaskID=task.id, status=task.status)
+        submitted = TaskSubmitted(jediTaskID=task.id, status=task.status)
+    ctx.nudges.nudge("splitter")  # committed: split it now, not at the next cycle
+    return submitted
 
 
 @router.post("/check", response_model=TaskChecked)
@@ -111,7 +119,25 @@ def kill(task_id: TaskIdPath, ctx: Context, principal: CurrentPrincipal) -> Task
     with ctx.sessions.begin() as session:
         task = task_service.kill_task(session, principal, task_id)
         counts = task_service.job_counts(session, [task_id]).get(task_id, {})
-        return task_public(task, counts)
+        killed = task_public(task, counts)
+    ctx.endings.notify_all()
+    return killed
+
+
+@router.post("/{task_id}/jobs/{job_index}/kill", response_model=JobPublic)
+def kill_job(
+    task_id: TaskIdPath,
+    job_index: Annotated[int, Path(ge=0, le=MAX_ID)],
+    ctx: Context,
+    principal: CurrentPrincipal,
+) -> JobPublic:
+    """Kill one job of the task (a cancelled ``hpcaf`` future): cancelled if it waits, told
+    to its pilot if it runs. The task goes on with its other jobs."""
+    with ctx.sessions.begin() as session:
+        job = task_service.kill_job(session, principal, task_id, job_index)
+        killed = job_public(session, job)
+    ctx.endings.notify_all()
+    return killed
 
 
 @router.post("/{task_id}/retry", response_model=TaskPublic)
@@ -187,6 +213,41 @@ def results(task_id: TaskIdPath, ctx: Context, principal: CurrentPrincipal) -> d
         task = task_service.get_task(session, task_id)
         task_service.check_reader(principal, task, action="read its results")
         return results_service.task_results(session, ctx, task)
+
+
+@router.get("/{task_id}/endings", response_model=JobEndings)
+async def endings(
+    task_id: TaskIdPath,
+    ctx: Context,
+    principal: CurrentPrincipal,
+    after: Annotated[int, Query(ge=0, le=2**62, description="the cursor of the last answer")] = 0,
+    wait_s: Annotated[
+        float, Query(ge=0, le=60, description="hold an empty answer up to this long")
+    ] = 0.0,
+    inline_max: Annotated[
+        int, Query(ge=0, le=1 << 20, description="outputs up to this size come with content")
+    ] = 0,
+) -> JobEndings:
+    """Jobs of the task that ended after ``after`` (outputs included), oldest first; with
+    ``wait_s``, held until one ends or the task does (a long poll: results stream to
+    ``hpcaf.Executor`` without a request per job per second)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = await run_in_threadpool(_endings, ctx, principal, task_id, after, inline_max)
+        left = deadline - time.monotonic()
+        if found.jobs or found.task_status in TASK_TERMINAL or left <= 0 or ctx.endings.closed:
+            return found
+        # another instance's endings cannot wake this one: look again within a second
+        await ctx.endings.wait(task_id, min(left, 1.0))
+
+
+def _endings(
+    ctx: HarvesterContext, principal: Principal, task_id: int, after: int, inline_max: int
+) -> JobEndings:
+    with ctx.reads() as session:
+        task = task_service.get_task(session, task_id)
+        task_service.check_reader(principal, task, action="read its results")
+        return ended_jobs(session, task, after, files=ctx.files, inline_max=inline_max)
 
 
 @router.get("/{task_id}/points")
