@@ -290,6 +290,16 @@ def build_model(spec: dict[str, Any]) -> tuple[Any, Any]:
     return model, data
 
 
+def serve() -> int:
+    """A warm worker (``--serve``): jobs one after another in this process, through the
+    serving loop the transforms share (``transforms/serving.py``); the shared
+    compilations and parsed inputs outlive each job."""
+    from serving import serve as serve_jobs
+
+    _WARM["serving"] = True
+    return serve_jobs(main, "pyhf_fit", ["--job", "job.json", "--output", "results.json"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="fit pyhf patches (hpcaf transform)")
     parser.add_argument("--job", default="job.json")
@@ -297,10 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", action="store_true", help="run as a warm worker")
     args = parser.parse_args(argv)
     if args.serve:
-        from serving import serve
-
-        _WARM["serving"] = True
-        return serve(main, "pyhf_fit", ["--job", "job.json", "--output", "results.json"])
+        return serve()
     with open(args.job) as fh:
         job = json.load(fh)
     results, ok = run(job)
