@@ -20,14 +20,15 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from local_harvester import REPO, harvester, new_home
+from local_harvester import REPO, local_harvester
+from parsl_peer import htex
 
 sys.path.insert(0, str(REPO / "docs" / "examples"))
 
@@ -47,55 +48,23 @@ def noop() -> None:
 def hpcaf_executor(workers: int) -> Iterator[Any]:
     import hpcaf
 
-    config = f"""
-[queues.ANALY_LOCAL]
-provider = "local"
-maxWorkers = {workers}
-nQueueLimitWorker = {workers}
-maxNewWorkersPerCycle = {workers}
-"""
-    home = new_home()
-    with harvester(home, config) as env:
-        os.environ.update({"HPCAF_URL": env["HPCAF_URL"], "HPCAF_TOKEN": env["HPCAF_TOKEN"]})
-        with hpcaf.Executor(site="ANALY_LOCAL", containerImage="pyhf") as ex:
-            yield ex
+    with (
+        local_harvester(workers) as env,
+        hpcaf.Executor(
+            site="ANALY_LOCAL",
+            containerImage="pyhf",
+            url=env["HPCAF_URL"],
+            token=env["HPCAF_TOKEN"],
+        ) as ex,
+    ):
+        yield ex
 
 
 @contextmanager
 def parsl_executor(workers: int) -> Iterator[Any]:
-    import parsl
-    from parsl.config import Config
-    from parsl.executors import HighThroughputExecutor
-    from parsl.providers import LocalProvider
-
-    os.environ["OMP_NUM_THREADS"] = "1"
-    # the workers (this interpreter's, first on PATH) import the demonstration's
-    # functions by name, as this process does
-    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO / "docs" / "examples"), os.environ.get("PYTHONPATH", "")]
-    )
-    config = Config(
-        executors=[
-            HighThroughputExecutor(
-                label="htex",
-                max_workers_per_node=workers,
-                cores_per_worker=1,
-                provider=LocalProvider(
-                    init_blocks=1,
-                    max_blocks=1,
-                    worker_init="export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1",
-                ),
-            )
-        ],
-        run_dir=tempfile.mkdtemp(prefix="parsl-"),
-    )
-    dfk = parsl.load(config)
-    try:
-        yield dfk.executors["htex"]
-    finally:
-        dfk.cleanup()
-        parsl.clear()
+    # the workers import the demonstration's functions by name, as this process does
+    with htex(workers, python_path=(REPO / "docs" / "examples",)) as ex:
+        yield ex
 
 
 def submitter(system: str, ex: Any) -> Callable[..., Any]:
@@ -113,21 +82,61 @@ def noop_figures(system: str, ex: Any, calls: int, latency_calls: int) -> dict[s
     for _ in range(3):  # warm workers, and the executor's first-call checks, before the clock
         submit(noop).result(timeout=300)
     latencies = []
+    singles = []
     for _ in range(latency_calls):
+        sent = time.time()
         start = time.perf_counter()
-        submit(noop).result(timeout=300)
+        future = submit(noop)
+        future.result(timeout=300)
         latencies.append(time.perf_counter() - start)
+        singles.append((future, sent, time.time()))
     start = time.perf_counter()
     futures = [submit(noop) for _ in range(calls)]
     for future in futures:
         future.result(timeout=600)
     wall = time.perf_counter() - start
     latencies.sort()
-    return {
+    figures = {
         "rate": calls / wall,
         "p50_ms": 1000 * statistics.median(latencies),
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
     }
+    if system == "hpcaf":
+        figures.update(latency_phases(ex, singles))
+    return figures
+
+
+PHASES = (
+    ("upload+submit", None, "task registered"),
+    ("split+broker", "task registered", "job activated"),
+    ("claim", "job activated", "job sent"),
+    ("to running", "job sent", "job running"),
+    ("run+stage-out+report", "job running", "job finished"),
+    ("back to client", "job finished", None),
+)
+"""The steps of one call's round trip, between state changes its task and job recorded."""
+
+
+def latency_phases(ex: Any, singles: list[tuple[Any, float, float]]) -> dict[str, float]:
+    """Median milliseconds of each of ``PHASES`` over the single calls, from the state
+    history of their tasks and jobs (``/tasks/{id}/history``, ``/jobs/{id}/history``)."""
+    spans: dict[str, list[float]] = {name: [] for name, _, _ in PHASES}
+    for future, sent, received in singles:
+        marks = {None: sent}
+        for entry in ex.http.get(f"/api/v1/tasks/{future.task_id}/history"):
+            marks.setdefault(f"task {entry['to_status']}", _epoch(entry["at"]))
+        (job,) = ex.http.get(f"/api/v1/tasks/{future.task_id}/jobs")
+        for entry in ex.http.get(f"/api/v1/jobs/{job['id']}/history"):
+            marks.setdefault(f"job {entry['to_status']}", _epoch(entry["at"]))
+        for name, begin, end in PHASES:
+            stop = received if end is None else marks[end]
+            spans[name].append(stop - marks[begin])
+    return {f"{name} (ms)": 1000 * statistics.median(v) for name, v in spans.items()}
+
+
+def _epoch(at: str) -> float:
+    moment = datetime.fromisoformat(at)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 # -- (b) the demonstration's functions over a pallet -----------------------------------
@@ -150,14 +159,7 @@ def pallet_wall(system: str, ex: Any, folder: Path, backend: str) -> float:
 
 
 def pfit_wall(folder: Path, backend: str, workers: int) -> float:
-    config = f"""
-[queues.ANALY_LOCAL]
-provider = "local"
-maxWorkers = {workers}
-nQueueLimitWorker = {workers}
-maxNewWorkersPerCycle = {workers}
-"""
-    with harvester(new_home(), config) as env:
+    with local_harvester(workers) as env:
         start = time.perf_counter()
         subprocess.run(
             [
@@ -222,6 +224,10 @@ def main() -> None:
         m = median_of(noop_rows[name])
         label = "hpcaf Executor" if name == "hpcaf" else "Parsl HTEX"
         print(f"{label:<28}{m['rate']:>10.0f}{m['p50_ms']:>10.1f}{m['p99_ms']:>10.1f}")
+    phases = median_of(noop_rows["hpcaf"])
+    print("\nhpcaf single call, by step (medians, from the state history):")
+    for name, _, _ in PHASES:
+        print(f"  {name:<26}{phases[f'{name} (ms)']:>8.1f} ms")
     if not args.skip_pallet:
         print(f"\n(b) {args.pallet}, the demonstration's functions, {args.backend}")
         for name in systems:

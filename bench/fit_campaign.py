@@ -25,12 +25,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from local_harvester import REPO, local_harvester
+from parsl_peer import htex
 
 MODIFIERS = {"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}}
 
@@ -80,28 +80,8 @@ def sequential(workspace: dict[str, Any], patches: list[dict[str, Any]]) -> tupl
 
 def parsl_htex(workspace: dict[str, Any], patches: list[dict[str, Any]], workers: int) -> float:
     import parsl
-    from parsl.config import Config
-    from parsl.executors import HighThroughputExecutor
-    from parsl.providers import LocalProvider
 
-    os.environ["OMP_NUM_THREADS"] = "1"
-    config = Config(
-        executors=[
-            HighThroughputExecutor(
-                label="htex",
-                max_workers_per_node=workers,
-                cores_per_worker=1,
-                provider=LocalProvider(
-                    init_blocks=1,
-                    max_blocks=1,
-                    worker_init="export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1",
-                ),
-            )
-        ],
-        run_dir=tempfile.mkdtemp(prefix="parsl-"),
-    )
-    parsl.load(config)
-    try:
+    with htex(workers):
         app = parsl.python_app(fit_patch)
         warm = app(workspace, patches[0])  # the endpoint is up before the clock starts
         warm.result()
@@ -110,8 +90,6 @@ def parsl_htex(workspace: dict[str, Any], patches: list[dict[str, Any]], workers
         for f in futures:
             f.result()
         return time.time() - start
-    finally:
-        parsl.dfk().cleanup()
 
 
 def hpcaf(folder: Path, backend: str, slots: int) -> tuple[float, dict[str, Any]]:

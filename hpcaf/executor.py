@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import pickle
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -196,6 +197,7 @@ class Executor(concurrent.futures.Executor):
         self._batch: _Batch | None = None
         self._tasks: dict[int, _Task] = {}
         self._checked = False
+        self._owner: str | None = None
         self._shutdown = False
         self._seconds: dict[str, float] = {}
         """Mean seconds per call of each function seen (by qualified name)."""
@@ -284,12 +286,15 @@ class Executor(concurrent.futures.Executor):
         params = task.get("params") or {}
         if task.get("kind") != "pyfunc":
             raise ClientError(f"task {task_id} is a {task.get('kind')} task, not Python calls")
-        spans = {i: tuple(p["calls"]) for i, p in enumerate(params.get("jobParameters") or [])}
+        spans = {
+            index: (int(job["calls"][0]), int(job["calls"][1]))
+            for index, job in enumerate(params.get("jobParameters") or [])
+        }
         total = max((stop for _, stop in spans.values()), default=0)
         futures = {i: CallFuture(self) for i in range(total)}
         for index, future in futures.items():
             future.task_id, future.call_index = task_id, index
-        self._follow(task_id, futures, {k: (int(a), int(b)) for k, (a, b) in spans.items()})
+        self._follow(task_id, futures, spans)
         return [futures[i] for i in range(total)]
 
     # -- batching ----------------------------------------------------------------------
@@ -419,10 +424,9 @@ class Executor(concurrent.futures.Executor):
         }
 
     def _user(self) -> str:
-        user = getattr(self, "_whoami", None)
-        if user is None:
-            user = self._whoami = str(self.http.get("/api/v1/whoami")["user"])
-        return user
+        if self._owner is None:
+            self._owner = str(self.http.get("/api/v1/whoami")["user"])
+        return self._owner
 
     def _check_submission(self) -> None:
         """The first call: a dry run of a task as this executor sends them, so that the
@@ -524,7 +528,7 @@ class Executor(concurrent.futures.Executor):
             return
         if record.get("ok"):
             try:
-                value = _loads(record["value"])
+                value = pickle.loads(record["value"])
             except Exception as exc:
                 _settle_exception(
                     future,
@@ -575,12 +579,6 @@ def _key(function: Any) -> str:
     return f"{getattr(function, '__module__', '')}.{getattr(function, '__qualname__', '')}"
 
 
-def _loads(blob: bytes) -> Any:
-    import pickle
-
-    return pickle.loads(blob)
-
-
 def _remote_exception(record: dict[str, Any], task_id: int, job_id: int) -> BaseException:
     """The call's exception, rebuilt where possible, with the remote traceback attached."""
     text = str(record.get("traceback") or "")
@@ -590,7 +588,7 @@ def _remote_exception(record: dict[str, Any], task_id: int, job_id: int) -> Base
     blob = record.get("exception")
     if blob is not None:
         with contextlib.suppress(Exception):
-            exc = _loads(blob)
+            exc = pickle.loads(blob)
     if not isinstance(exc, BaseException):
         return RemoteError(
             f"{record.get('module')}.{record.get('type')}", str(record.get("message")), text

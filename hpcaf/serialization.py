@@ -84,8 +84,8 @@ class CallsWriter:
         self.serializer = serializer
         self.python = python
         self.count = 0
-        self._functions: dict[int, tuple[str, tuple[str, str]]] = {}
-        self._keep: list[Any] = []  # the functions keyed by id() stay alive
+        self._functions: dict[Any, tuple[str, tuple[str, str]]] = {}
+        """Source strategy: each function's key in the file, and its (source, name)."""
         self._calls: list[Call] = []
         self._new_pickler()
 
@@ -137,11 +137,10 @@ class CallsWriter:
         return size
 
     def _function_key(self, function: Any) -> str:
-        known = self._functions.get(id(function))
+        known = self._functions.get(function)
         if known is None:
             known = (f"f{len(self._functions)}", (function_source(function), function.__name__))
-            self._functions[id(function)] = known
-            self._keep.append(function)
+            self._functions[function] = known
         return known[0]
 
     def _rewrite(self) -> None:

@@ -18,6 +18,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,11 +81,16 @@ def site(harvester_factory: Callable[..., Harvester], pyhf_image: Path) -> Harve
     return harvester_factory(**PILOT_ENV)
 
 
+def executor_at(site: Harvester, user: str = "alice", **options: Any) -> hpcaf.Executor:
+    """An executor of ``user`` on the test site's ANALY_LOCAL queue, the pyhf image by
+    default; ``options`` are the Executor's own."""
+    options.setdefault("containerImage", "pyhf")
+    return hpcaf.Executor(site="ANALY_LOCAL", url=site.url, token=site.tokens[user], **options)
+
+
 @pytest.fixture
 def executor(site: Harvester) -> Iterator[hpcaf.Executor]:
-    with hpcaf.Executor(
-        site="ANALY_LOCAL", containerImage="pyhf", url=site.url, token=site.tokens["alice"]
-    ) as ex:
+    with executor_at(site) as ex:
         yield ex
 
 
@@ -118,13 +124,7 @@ def test_results_exceptions_order_and_completion(executor: hpcaf.Executor, site:
 def test_warm_workers_are_kept_per_user(site: Harvester) -> None:
     tokens: dict[str, set[str]] = {}
     for user in ("alice", "bob", "alice"):
-        with hpcaf.Executor(
-            site="ANALY_LOCAL",
-            containerImage="pyhf",
-            url=site.url,
-            token=site.tokens[user],
-            calls_per_job=1,
-        ) as ex:
+        with executor_at(site, user, calls_per_job=1) as ex:
             results = [f.result(timeout=180) for f in [ex.submit(process_token) for _ in range(4)]]
         tokens.setdefault(user, set()).update(token for token, _ in results)
         if user == "alice" and len(tokens) == 1:
@@ -133,13 +133,7 @@ def test_warm_workers_are_kept_per_user(site: Harvester) -> None:
 
 
 def test_a_dead_worker_fails_the_future_with_the_pilots_error(site: Harvester) -> None:
-    with hpcaf.Executor(
-        site="ANALY_LOCAL",
-        containerImage="pyhf",
-        url=site.url,
-        token=site.tokens["alice"],
-        max_attempt=2,
-    ) as ex:
+    with executor_at(site, max_attempt=2) as ex:
         future = ex.submit(die)
         with pytest.raises(hpcaf.JobFailed) as caught:
             future.result(timeout=180)
@@ -152,9 +146,7 @@ def test_a_dead_worker_fails_the_future_with_the_pilots_error(site: Harvester) -
 
 
 def test_cancel_kills_the_job_and_a_killed_task_cancels(site: Harvester) -> None:
-    with hpcaf.Executor(
-        site="ANALY_LOCAL", containerImage="pyhf", url=site.url, token=site.tokens["alice"]
-    ) as ex:
+    with executor_at(site) as ex:
         blocker = [ex.submit(nap, 30.0) for _ in range(2)]  # both local slots busy
         wait_for(lambda: ex.task_ids, 30, "the batch to be submitted")
         time.sleep(0.3)
@@ -179,14 +171,7 @@ def test_cancel_kills_the_job_and_a_killed_task_cancels(site: Harvester) -> None
 
 def test_bad_input_is_refused_at_submit(site: Harvester) -> None:
     before = len(site.api().get("/api/v1/tasks").json()["items"])
-    with hpcaf.Executor(
-        site="ANALY_LOCAL",
-        containerImage="pyhf",
-        url=site.url,
-        token=site.tokens["alice"],
-        max_call_bytes=10_000,
-        max_result_bytes=1_000,
-    ) as ex:
+    with executor_at(site, max_call_bytes=10_000, max_result_bytes=1_000) as ex:
         with socket.socket() as sock, pytest.raises(hpcaf.SerializationError, match="cannot send"):
             ex.submit(lambda: sock.fileno())
         with pytest.raises(hpcaf.SerializationError, match="generator"):
@@ -229,12 +214,7 @@ def test_a_python_the_image_cannot_read_is_refused_at_submit(
     client = ".".join(map(str, sys.version_info[:2]))
     assert client != "3.9"
     with (
-        hpcaf.Executor(
-            site="ANALY_LOCAL",
-            containerImage="fake-python39",
-            url=site.url,
-            token=site.tokens["alice"],
-        ) as ex,
+        executor_at(site, containerImage="fake-python39") as ex,
         pytest.raises(hpcaf.ClientError) as caught,
     ):
         ex.submit(square, 2)
@@ -242,25 +222,13 @@ def test_a_python_the_image_cannot_read_is_refused_at_submit(
     assert f"your Python is {client}" in message and "Python 3.9" in message
     assert "serializer='source'" in message
     # by source, any Python 3 reads the calls: accepted at submission
-    with hpcaf.Executor(
-        site="ANALY_LOCAL",
-        containerImage="fake-python39",
-        url=site.url,
-        token=site.tokens["alice"],
-        serializer="source",
-    ) as ex:
+    with executor_at(site, containerImage="fake-python39", serializer="source") as ex:
         future = ex.submit(square, 2)
         assert future.cancel()
 
 
-def test_source_serializer_runs_plain_functions(executor: hpcaf.Executor, site: Harvester) -> None:
-    with hpcaf.Executor(
-        site="ANALY_LOCAL",
-        containerImage="pyhf",
-        url=site.url,
-        token=site.tokens["alice"],
-        serializer="source",
-    ) as ex:
+def test_source_serializer_runs_plain_functions(site: Harvester) -> None:
+    with executor_at(site, serializer="source") as ex:
         assert ex.submit(square, 7).result(timeout=180) == 49
         with pytest.raises(hpcaf.SerializationError, match="plain functions"):
             ex.submit(lambda: 1)
@@ -313,13 +281,7 @@ def test_futures_outlive_the_client_process(site: Harvester, tmp_path: Path) -> 
 
 @pytest.mark.database  # the endings' history query, across a restart, on both databases
 def test_a_harvester_restart_in_the_middle_of_map(site: Harvester) -> None:
-    with hpcaf.Executor(
-        site="ANALY_LOCAL",
-        containerImage="pyhf",
-        url=site.url,
-        token=site.tokens["alice"],
-        calls_per_job=2,
-    ) as ex:
+    with executor_at(site, calls_per_job=2) as ex:
         results = ex.map(nap, [0.4] * 24)
         wait_for(
             lambda: any(j["status"] == "finished" for t in ex.task_ids for j in site.jobs(t)),

@@ -30,12 +30,6 @@ class Nudges:
     def nudge(self, name: str) -> None:
         self.event(name).set()
 
-    def nudge_all(self) -> None:
-        with self._lock:
-            events = list(self._events.values())
-        for event in events:
-            event.set()
-
 
 class Wakeups:
     """Coroutines of the API's event loop waiting on a key, woken from any thread.
@@ -46,9 +40,6 @@ class Wakeups:
     makes later waits return at once.
     """
 
-    ANY: Hashable = object()
-    """Waiters on this key are woken by every notification."""
-
     def __init__(self) -> None:
         self._waiters: dict[Hashable, set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]]
         self._waiters = {}
@@ -57,7 +48,7 @@ class Wakeups:
 
     def notify(self, key: Hashable) -> None:
         with self._lock:
-            woken = self._waiters.pop(key, set()) | self._waiters.pop(self.ANY, set())
+            woken = self._waiters.pop(key, set())
         for loop, future in woken:
             loop.call_soon_threadsafe(_settle, future)
 
@@ -71,11 +62,7 @@ class Wakeups:
 
     def close(self) -> None:
         self.closed = True
-        with self._lock:
-            woken = [w for waiters in self._waiters.values() for w in waiters]
-            self._waiters.clear()
-        for loop, future in woken:
-            loop.call_soon_threadsafe(_settle, future)
+        self.notify_all()
 
     async def wait(self, key: Hashable, timeout_s: float) -> bool:
         """Sleep until ``key`` is notified (True) or ``timeout_s`` passed (False)."""

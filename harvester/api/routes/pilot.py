@@ -7,6 +7,7 @@ import time
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from db.states import JOB_TERMINAL
 from harvester.api.auth import Context, CurrentPrincipal
 from harvester.context import HarvesterContext
 from harvester.identity import Principal
@@ -25,8 +26,6 @@ from protocol.pilot import (
 )
 
 router = APIRouter(prefix="/api/v1/pilot", tags=["pilot"])
-
-ENDED = frozenset({"finished", "failed", "closed", "cancelled"})
 
 
 @router.post("/acquire_jobs", response_model=AcquireReply)
@@ -95,7 +94,7 @@ def update_job(
     with ctx.sessions.begin() as session:
         reply = dispatch.update_job(session, ctx, principal, req)
     request.app.state.metrics.updates.labels(req.state).inc()
-    if reply.status.value in ENDED:
+    if reply.status in JOB_TERMINAL:
         ctx.endings.notify_all()  # committed: clients following its task look now
     return reply
 
@@ -110,7 +109,7 @@ def update_jobs(
         replies = bulk.update_jobs_bulk(session, ctx, principal, req.updates)
     for item in req.updates:
         request.app.state.metrics.updates.labels(item.state).inc()
-    if any(r.status is not None and r.status.value in ENDED for r in replies):
+    if any(r.status in JOB_TERMINAL for r in replies):
         ctx.endings.notify_all()
     return replies
 
