@@ -110,8 +110,7 @@ PHASES = (
     ("upload+submit", None, "task registered"),
     ("split+broker", "task registered", "job activated"),
     ("claim", "job activated", "job sent"),
-    ("to running", "job sent", "job running"),
-    ("run+stage-out+report", "job running", "job finished"),
+    ("stage-in+run+report", "job sent", "job finished"),
     ("back to client", "job finished", None),
 )
 """The steps of one call's round trip, between state changes its task and job recorded."""

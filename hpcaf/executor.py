@@ -43,6 +43,7 @@ from typing import Any
 from harvester.client.http import ClientError, HarvesterClient
 from hpcaf.errors import JobFailed, RemoteError, ResultTooLarge
 from hpcaf.serialization import SERIALIZERS, CallsWriter, client_python, read_results
+from protocol.files import INLINE_FILE_MAX_BYTES
 from protocol.jobs import EndedJob, JobEndings
 from protocol.states import TASK_TERMINAL, JobStatus
 
@@ -357,10 +358,10 @@ class Executor(concurrent.futures.Executor):
             return
         try:
             spans = self._spans(batch)
-            upload = self.http.upload_bytes(batch.writer.getvalue(), CALLS_FILE)
+            calls = self._calls_input(batch.writer.getvalue())
             reply = self.http.submit_task(
                 self._task_document(
-                    upload["sha256"], [{"calls": [a, b]} for a, b in spans], len(batch.futures)
+                    calls, [{"calls": [a, b]} for a, b in spans], len(batch.futures)
                 )
             )
         except Exception as exc:
@@ -402,8 +403,19 @@ class Executor(concurrent.futures.Executor):
         by_time = int(TARGET_JOB_S / mean) if mean > 0 else n
         return max(1, min(n, max(by_time, math.ceil(n / 1000))))
 
+    def _calls_input(self, data: bytes) -> dict[str, Any]:
+        """The calls file as the task names it: a small one carried in the submission
+        itself (one request for the whole batch), a larger one uploaded first."""
+        if len(data) <= INLINE_FILE_MAX_BYTES:
+            return {
+                "name": CALLS_FILE,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "content_b64": base64.b64encode(data).decode(),
+            }
+        return {"name": CALLS_FILE, "sha256": self.http.upload_bytes(data, CALLS_FILE)["sha256"]}
+
     def _task_document(
-        self, sha256: str, job_parameters: list[dict[str, Any]], n_calls: int
+        self, calls: dict[str, Any], job_parameters: list[dict[str, Any]], n_calls: int
     ) -> dict[str, Any]:
         return {
             "transform": "pyfunc",
@@ -411,7 +423,7 @@ class Executor(concurrent.futures.Executor):
             "outDS": f"user.{self._user()}.pyfunc.{time.time_ns()}",
             "containerImage": self.image,
             "site": self.site,
-            "inputs": [{"name": CALLS_FILE, "sha256": sha256}],
+            "inputs": [calls],
             "outputs": [RESULTS_FILE],
             "jobParameters": job_parameters,
             "transformArgs": {
@@ -433,8 +445,7 @@ class Executor(concurrent.futures.Executor):
         harvester's refusal (site, image, token, Python) is raised by ``submit``."""
         if self._checked:
             return
-        probe = self.http.upload_bytes(PROBE, CALLS_FILE)
-        document = self._task_document(probe["sha256"], [{"calls": [0, 1]}], 1)
+        document = self._task_document(self._calls_input(PROBE), [{"calls": [0, 1]}], 1)
         self.http.post("/api/v1/tasks/check", document)
         self._checked = True
 

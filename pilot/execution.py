@@ -101,6 +101,7 @@ class WarmPayload:
     ) -> None:
         self.pool, self.key, self.worker, self.job = pool, key, worker, job
         self.stopped = False
+        self.sent = worker.send(job)
 
     @classmethod
     def start(
@@ -141,7 +142,7 @@ class WarmPayload:
         return self.worker.proc
 
     def wait(self, timeout_s: float) -> int | None:
-        return self.worker.run(self.job, timeout_s)
+        return self.worker.reply(timeout_s) if self.sent else None
 
     def stop(self) -> int | None:
         self.pool.discard(self.worker)

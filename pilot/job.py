@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +31,37 @@ from pilot.report import final_report
 from pilot.runtimes.select import RuntimeUnavailable, select_runtime
 from pilot.server import PilotServer, ServerError
 from pilot.specs import UnreadableJob
-from pilot.stage import StageError, stage_in, stage_out, stage_out_partial, unpack_sandbox
+from pilot.stage import (
+    Carry,
+    StageError,
+    stage_in,
+    stage_out,
+    stage_out_partial,
+    unpack_sandbox,
+)
 from pilot.supervision import KILLED_BY_SERVER, Payload, Supervisor
 from pilot.warm import WarmPool
 from protocol.error_codes import PilotErrorCode
 from protocol.pilot import JobSpec
 
 log = logging.getLogger(__name__)
+
+WARM_RUNNING_REPORT_AFTER_S = 0.5
+"""A job on a warm worker is reported ``running`` once it has run this long; one that
+ends sooner reports its start with its end (one request instead of two for a short
+call). A container of its own takes longer than this to start: reported at once."""
+
+
+@dataclass
+class _PayloadStart:
+    """When the job's payload started, and whether its ``running`` report was made."""
+
+    at: datetime | None = None
+    reported: bool = False
+
+    def unreported(self) -> datetime | None:
+        """The start the final report must carry: the payload ran, unreported."""
+        return None if self.reported else self.at
 
 
 class JobRunner:
@@ -71,9 +97,10 @@ class JobRunner:
         given = self.gpus if gpus is None else list(gpus)
         workdir = job_dir(self.base_dir, self.warm, spec)
         workdir.mkdir(parents=True, exist_ok=True)
+        start, carry = _PayloadStart(), Carry()  # one report's budget of carried files
         with self.supervisor.job(spec.job_id):
             try:
-                outcome = self._run(spec, workdir, given)
+                outcome = self._run(spec, workdir, given, start, carry)
             except (StageError, RuntimeUnavailable, PayloadNotStarted) as exc:
                 outcome = Outcome("failed", error_code=exc.code, diagnostics=str(exc))
             except Exception as exc:  # report anything else rather than lose the job
@@ -83,7 +110,14 @@ class JobRunner:
                     error_code=PilotErrorCode.UNKNOWN,
                     diagnostics=f"{type(exc).__name__}: {exc}",
                 )
-        self._report(spec.job_id, workdir, outcome, given if spec.gpus > 0 else None)
+        self._report(
+            spec.job_id,
+            workdir,
+            outcome,
+            given if spec.gpus > 0 else None,
+            started_at=start.unreported(),
+            carry=carry,
+        )
         shutil.rmtree(workdir, ignore_errors=True)
         return outcome
 
@@ -110,7 +144,9 @@ class JobRunner:
         if self.warm:
             self.warm.close()
 
-    def _run(self, spec: JobSpec, workdir: Path, gpus: list[Gpu]) -> Outcome:
+    def _run(
+        self, spec: JobSpec, workdir: Path, gpus: list[Gpu], start: _PayloadStart, carry: Carry
+    ) -> Outcome:
         if not warm_eligible(self.warm, spec):  # a warm worker has no container to start:
             self._update(spec.job_id, {"state": "starting"})  # its job goes to running
         image = spec.image_path
@@ -134,15 +170,21 @@ class JobRunner:
             f"with {runtime.name}\n"
         )
         payload: Payload
+        report_after_s = 0.0
         if self.warm is not None and warm_eligible(self.warm, spec):
             payload = WarmPayload.start(self.warm, spec, request, runtime, header, self.base_dir)
+            report_after_s = WARM_RUNNING_REPORT_AFTER_S
         else:
             payload = ContainerPayload.start(spec.job_id, request, runtime, header)
+        start.at = datetime.now(UTC)
+
+        def report_running() -> None:
+            start.reported = True
+            self._update(spec.job_id, {"state": "running"})
+
         try:
             ended = self.supervisor.supervise(
-                payload,
-                float(spec.walltime_s),
-                lambda: self._update(spec.job_id, {"state": "running"}),
+                payload, float(spec.walltime_s), report_running, report_after_s=report_after_s
             )
         finally:
             if isinstance(payload, WarmPayload):
@@ -150,15 +192,24 @@ class JobRunner:
         if isinstance(ended, Outcome):
             return ended
         if ended.code != 0:
-            partial = stage_out_partial(self.server, spec.outputs, workdir)
+            partial = stage_out_partial(self.server, spec.outputs, workdir, carry)
             return payload_failed(ended.code, ended.elapsed_s, workdir, partial)
-        outputs = stage_out(self.server, list(spec.outputs), workdir)
+        outputs = stage_out(self.server, list(spec.outputs), workdir, carry)
         return Outcome("finished", exit_code=0, outputs=outputs)
 
     def _report(
-        self, job_id: int, workdir: Path | None, outcome: Outcome, gpus: list[Gpu] | None
+        self,
+        job_id: int,
+        workdir: Path | None,
+        outcome: Outcome,
+        gpus: list[Gpu] | None,
+        *,
+        started_at: datetime | None = None,
+        carry: Carry | None = None,
     ) -> None:
-        body = final_report(self.server, job_id, outcome, workdir, gpus)
+        body = final_report(self.server, job_id, outcome, workdir, gpus, carry)
+        if started_at is not None:
+            body["started_at"] = started_at.isoformat()
         try:
             reply = self._update(job_id, body)
             log.info("job %s: reported %s (server: %s)", job_id, outcome.state, reply.get("status"))

@@ -1,4 +1,4 @@
-"""A job's final report: its log uploaded, then its outcome in one ``update_job`` body.
+"""A job's final report: its outcome and its log in one ``update_job`` body.
 
 Every way a job ends, unreadable specs included, goes through here, so every
 job gets exactly one final report of the same shape.
@@ -13,6 +13,7 @@ from typing import Any
 from pilot.gpus import Gpu
 from pilot.outcome import LOG_NAME, Outcome
 from pilot.server import PilotServer, ServerError
+from pilot.stage import Carry, report_entry
 from protocol.error_codes import PilotErrorCode
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,10 @@ def final_report(
     outcome: Outcome,
     workdir: Path | None,
     gpus: list[Gpu] | None,
+    carry: Carry | None = None,
 ) -> dict[str, Any]:
-    """The final ``update_job`` body; uploads the payload log of ``workdir`` if there is one.
+    """The final ``update_job`` body, with the payload log of ``workdir`` if there is one
+    (carried in the body when small, else uploaded first).
 
     ``gpus``, for a GPU job, are the node's GPUs as the job leaves them (the
     server keeps them as the job's metrics).
@@ -36,9 +39,8 @@ def final_report(
     log_path = workdir / LOG_NAME if workdir is not None else None
     if log_path is not None and log_path.is_file() and not log_path.is_symlink():
         try:
-            reply = server.upload(log_path, LOG_NAME)
-            body["log"] = {"name": LOG_NAME, "sha256": reply["sha256"], "size": reply["size"]}
-        except ServerError as exc:
+            body["log"] = report_entry(server, log_path, LOG_NAME, carry)
+        except (ServerError, OSError) as exc:
             log.warning("job %s: log upload failed: %s", job_id, exc)
     body["outputs"] = outcome.outputs or []
     if outcome.state != "finished":

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import shutil
 import stat
 import tarfile
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pilot.server import PilotServer, ServerError
 from protocol.error_codes import PilotErrorCode
-from protocol.files import InputFile
+from protocol.files import INLINE_FILE_MAX_BYTES, InputFile
 from protocol.sandbox import MAX_SANDBOX_MEMBERS, MAX_SANDBOX_UNPACKED_BYTES
 
 
@@ -134,27 +137,56 @@ def collect_output(workdir: Path, name: str) -> Path:
     return path
 
 
-def stage_out(server: PilotServer, outputs: list[str], workdir: Path) -> list[dict[str, Any]]:
-    """Upload every declared output; returns ``[{name, sha256, size}]`` for the final update."""
-    uploaded = []
+def stage_out(
+    server: PilotServer, outputs: list[str], workdir: Path, carry: Carry | None = None
+) -> list[dict[str, Any]]:
+    """Every declared output for the final update (``[{name, sha256, size, ...}]``)."""
+    staged = []
     for name in outputs:
         path = collect_output(workdir, name)
         try:
-            reply = server.upload(path, name)
+            staged.append(report_entry(server, path, name, carry))
         except ServerError as exc:
             raise StageError(PilotErrorCode.STAGEOUT_FAILED, f"output {name}: {exc}") from exc
-        uploaded.append({"name": name, "sha256": reply["sha256"], "size": reply["size"]})
-    return uploaded
+    return staged
+
+
+@dataclass
+class Carry:
+    """What one final report may still carry of its files' content (bytes): at most
+    ``INLINE_FILE_MAX_BYTES`` in all, so a report stays far below any request ceiling."""
+
+    left: int = INLINE_FILE_MAX_BYTES
+
+
+def report_entry(
+    server: PilotServer, path: Path, name: str, carry: Carry | None = None
+) -> dict[str, Any]:
+    """A file as the final report names it: small enough for what the report may still
+    carry, its content goes in the report (no request of its own); else uploaded first."""
+    if carry is not None and carry.left > 0:
+        with path.open("rb") as fh:
+            head = fh.read(carry.left + 1)
+        if len(head) <= carry.left:
+            carry.left -= len(head)
+            return {
+                "name": name,
+                "sha256": hashlib.sha256(head).hexdigest(),
+                "size": len(head),
+                "content_b64": base64.b64encode(head).decode(),
+            }
+    reply = server.upload(path, name)
+    return {"name": name, "sha256": reply["sha256"], "size": reply["size"]}
 
 
 def stage_out_partial(
-    server: PilotServer, outputs: list[str], workdir: Path
+    server: PilotServer, outputs: list[str], workdir: Path, carry: Carry | None = None
 ) -> list[dict[str, Any]]:
     """The outputs a failed payload did write, uploaded best-effort (kept if no retry follows)."""
     kept = []
     for name in outputs:
         try:
-            kept += stage_out(server, [name], workdir)
+            kept += stage_out(server, [name], workdir, carry)
         except StageError:
             continue
     return kept

@@ -47,14 +47,20 @@ class WarmWorker:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def run(self, request: dict[str, Any], timeout_s: float) -> int | None:
-        """Send one job; its exit code, or ``None`` if the worker died or timed out."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+    def send(self, request: dict[str, Any]) -> bool:
+        """Hand the worker one job; False if it can no longer be written to."""
+        assert self.proc.stdin is not None
         try:
             self.proc.stdin.write((json.dumps(request) + "\n").encode())
             self.proc.stdin.flush()
         except OSError:
-            return None
+            return False
+        return True
+
+    def reply(self, timeout_s: float) -> int | None:
+        """The exit code of the job sent, or ``None``: no answer within ``timeout_s`` (ask
+        again), or the worker died (:meth:`alive` says which)."""
+        assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout_s
         with selectors.DefaultSelector() as selector:
             selector.register(self.proc.stdout, selectors.EVENT_READ)

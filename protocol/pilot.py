@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from protocol.bodies import MAX_ID, RequestBody
 from protocol.files import InputFile, OutputFile
@@ -105,6 +105,10 @@ class UpdateJobRequest(RequestBody):
     outputs: list[OutputFile] = Field(default_factory=list, max_length=100)
     log: OutputFile | None = None
     metrics: dict[str, Any] | None = None
+    started_at: AwareDatetime | None = None
+    """With a final state: when the payload started, for a job that ended before its
+    ``running`` report was due (a short call on a warm worker). The server records the
+    job's ``running`` state from it, with the end, in one request."""
 
 
 class UpdateJobReply(BaseModel):

@@ -6,6 +6,8 @@ checks that the database holds no new task and the file store no new blob.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import socket
 from collections.abc import Iterator
@@ -14,8 +16,6 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import Harvester, harvester_settings, make_harvester, wait_for
-
-pytestmark = pytest.mark.database
 
 MAX_UPLOAD = 4096
 MAX_REQUEST = 200_000
@@ -351,6 +351,7 @@ def test_other_users_task(hv: Harvester) -> None:
         assert c.get("/api/v1/tasks", params={"status": "bogus"}).status_code == 422
 
 
+@pytest.mark.database
 def test_pilot_updates_checked(hv: Harvester) -> None:
     """Only the holder moves a job, only forward; a repeated final update is a no-op."""
     task_id = hv.submit(
@@ -399,3 +400,111 @@ def test_pilot_updates_checked(hv: Harvester) -> None:
     )[0][0]
     assert finished == 1
     assert hv.task(task_id)["status"] == "done"
+
+
+@pytest.mark.database
+def test_files_carried_in_a_final_report_are_checked(hv: Harvester) -> None:
+    """Small outputs and logs travel in the final report itself: content that is not the
+    declared sha256 or size, or not base64, is a 4xx that changes nothing; a good report
+    stores and registers the file as an upload would, and a start carried with the end
+    records the job's running state from it (kept within creation and now)."""
+    task_id = hv.submit(
+        "--containerImage",
+        "base",
+        "--exec",
+        "true",
+        "--outputs",
+        "o.txt",
+        "--outDS",
+        "user.alice.carried",
+        "--site",
+        "ANALY_MANUAL",
+    )
+    hv.wait_activated(task_id, 1)
+    content = b"carried in the report\n"
+    good = {
+        "name": "o.txt",
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "size": len(content),
+        "content_b64": base64.b64encode(content).decode(),
+    }
+    with hv.api("pilot") as c:
+        (job,) = c.post(
+            "/api/v1/pilot/acquire_jobs",
+            json={"queue": "ANALY_MANUAL", "pilot_id": "p1", "n_jobs": 1},
+        ).json()["jobs"]
+        report = {"job_id": job["job_id"], "pilot_id": "p1", "state": "finished", "exit_code": 0}
+        bad_outputs = [
+            ({**good, "sha256": "0" * 64}, 400, "checksum mismatch"),
+            ({**good, "size": len(content) + 1}, 400, "carried 22 bytes"),
+            ({**good, "content_b64": "not base64!"}, 400, "is not base64"),
+            ({**good, "content_b64": "A" * 100_000}, 422, "content_b64"),
+        ]
+        for output, status, words in bad_outputs:
+            refused = c.post("/api/v1/pilot/update_job", json={**report, "outputs": [output]})
+            assert refused.status_code == status, refused.text
+            assert words in refused.text
+        assert hv.query("SELECT status FROM jobs WHERE id=:j", j=job["job_id"]) == [("sent",)]
+        assert not hv.query("SELECT id FROM files WHERE sha256=:s", s="0" * 64)
+        started = "2100-01-01T00:00:00+00:00"  # a pilot clock ahead: kept at the server's now
+        accepted = c.post(
+            "/api/v1/pilot/update_job",
+            json={**report, "outputs": [good], "started_at": started},
+        )
+        assert accepted.status_code == 200 and accepted.json()["changed"] is True
+    moves = hv.query(
+        "SELECT from_status, to_status, reason FROM state_history WHERE entity='job' AND "
+        "entity_id=:j ORDER BY id",
+        j=job["job_id"],
+    )
+    assert [(a, b) for a, b, _ in moves][-2:] == [("sent", "running"), ("running", "finished")]
+    assert "reported by pilot with its end" in moves[-2][2]
+    ((began, ended),) = hv.query(
+        "SELECT started_at, ended_at FROM jobs WHERE id=:j", j=job["job_id"]
+    )
+    assert began is not None and str(began) <= str(ended) and not str(began).startswith("2100")
+    with hv.api("alice") as c:
+        assert c.get(f"/api/v1/files/{good['sha256']}").content == content
+
+
+def test_inputs_carried_in_a_submission_are_checked_stored_and_not_kept_in_the_task(
+    hv: Harvester,
+) -> None:
+    """A small input may come inside ``POST /tasks`` (as ``hpcaf.Executor`` sends its
+    calls): content that is not its sha256, or not base64, is a 400 that stores no task;
+    good content is registered as the owner's input and never copied into the task."""
+    content = b"a batch of calls\n"
+    carried = {
+        "name": "calls.pkl",
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "content_b64": base64.b64encode(content).decode(),
+    }
+    task = {
+        "containerImage": "base",
+        "exec": "cat calls.pkl > o.txt",
+        "outputs": ["o.txt"],
+        "outDS": "user.alice.carried_in",
+        "site": "ANALY_MANUAL",
+    }
+    tasks_before = hv.query("SELECT count(*) FROM tasks")[0][0]
+    with hv.api("alice") as c:
+        for item, words in (
+            ({**carried, "sha256": "1" * 64}, "checksum mismatch"),
+            ({**carried, "content_b64": "%%%"}, "is not base64"),
+        ):
+            refused = c.post("/api/v1/tasks", json={**task, "inputs": [item]})
+            assert refused.status_code == 400 and words in refused.text, refused.text
+        assert hv.query("SELECT count(*) FROM tasks")[0][0] == tasks_before
+        submitted = c.post("/api/v1/tasks", json={**task, "inputs": [carried]})
+        assert submitted.status_code == 201, submitted.text
+        task_id = submitted.json()["jediTaskID"]
+        assert c.get(f"/api/v1/files/{carried['sha256']}").content == content
+    owners = hv.query("SELECT owner, kind FROM files WHERE sha256=:s", s=carried["sha256"])
+    assert [(o, str(k).lower()) for o, k in owners] == [("alice", "input")]
+    with hv.api("bob") as c:
+        assert c.get(f"/api/v1/files/{carried['sha256']}").status_code == 403
+    stored = json.dumps(hv.task(task_id)) + str(
+        hv.query("SELECT params FROM tasks WHERE id=:t", t=task_id)
+    )
+    assert "content_b64" not in stored and carried["content_b64"] not in stored
+    assert carried["sha256"] in stored

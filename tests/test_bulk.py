@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers import Harvester
 
-pytestmark = [pytest.mark.database, pytest.mark.e2e]
+pytestmark = pytest.mark.e2e
 
 
 def acquire(h: Harvester, pilot_id: str, n: int) -> list[dict[str, Any]]:
@@ -40,6 +40,7 @@ def upload(h: Harvester, content: bytes, name: str) -> dict[str, Any]:
         return {"name": name, "sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
 
 
+@pytest.mark.database
 def test_bulk_reports_finish_a_task_once(harvester: Harvester) -> None:
     task_id = harvester.submit(
         "--containerImage",

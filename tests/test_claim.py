@@ -7,7 +7,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from db.engine import make_engine, make_sessionmaker
@@ -15,8 +14,6 @@ from db.migrate import upgrade
 from db.models import EntityKind, Job, StateHistory, Task
 from db.queue import claim_jobs
 from protocol.states import JobStatus, TaskStatus
-
-pytestmark = pytest.mark.database
 
 
 def _seed(sessions, n: int, queue: str = "Q", priority: int = 1000) -> None:  # type: ignore[no-untyped-def]

@@ -120,6 +120,20 @@ def test_results_exceptions_order_and_completion(executor: hpcaf.Executor, site:
     log = site.api().get(f"/api/v1/jobs/{jobs[-1]['id']}/log").text
     assert "pyfunc: warm worker" in log
 
+    # a call still at work after half a second was reported running while it ran; a short
+    # one went from sent to its end in one report that carried its start, log and results
+    def running_reason(future: hpcaf.CallFuture) -> str:
+        (job,) = site.jobs(future.task_id)
+        (reason,) = site.query(
+            "SELECT reason FROM state_history WHERE entity='job' AND entity_id=:j "
+            "AND to_status='running'",
+            j=job["id"],
+        )[0]
+        return str(reason)
+
+    assert running_reason(slow) == "reported by pilot"
+    assert running_reason(quick).startswith("reported by pilot with its end (started ")
+
 
 def test_warm_workers_are_kept_per_user(site: Harvester) -> None:
     tokens: dict[str, set[str]] = {}

@@ -10,8 +10,6 @@ import pytest
 from harvester.json_documents import MAX_DOCUMENT_BYTES, load_object
 from protocol.documents import MAX_NESTING, check_tree
 
-pytestmark = pytest.mark.database
-
 
 def nested(depth: int) -> list[object]:
     value: list[object] = []

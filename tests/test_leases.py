@@ -16,8 +16,6 @@ from db import leases
 from db.models import Lease, utcnow
 from tests.helpers import Harvester, free_port, wait_for
 
-pytestmark = pytest.mark.database
-
 
 def test_one_holder_at_a_time(session_factory: sessionmaker[Session]) -> None:
     name = leases.queue_lease("ANALY_X")

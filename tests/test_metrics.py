@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import Harvester
 
-pytestmark = [pytest.mark.database, pytest.mark.e2e]
+pytestmark = pytest.mark.e2e
 
 
 def scrape(h: Harvester) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

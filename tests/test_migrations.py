@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -18,8 +17,6 @@ from db.models import Base, Task, TZDateTime
 from harvester.architecture import parse_architecture
 from harvester.errors import InvalidRequest
 from protocol.tasks import TaskCreate
-
-pytestmark = pytest.mark.database
 
 
 def test_migrated_database_matches_the_models(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from db.models import Job, Task, Worker
 from protocol.states import JobStatus, TaskStatus, WorkerStatus
 from tests.helpers import Harvester, harvester_settings, make_harvester
 
-pytestmark = [pytest.mark.database, pytest.mark.e2e]
+pytestmark = pytest.mark.e2e
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -114,6 +114,7 @@ def get(h: Harvester, path: str, user: str = "alice", **params: Any) -> Any:
         return reply.json()
 
 
+@pytest.mark.database
 def test_task_filters_sorting_and_paging(seeded: tuple[Harvester, dict[str, Any]]) -> None:
     h, ids = seeded
     mine = get(h, "/api/v1/tasks")
@@ -147,6 +148,7 @@ def test_task_filters_sorting_and_paging(seeded: tuple[Harvester, dict[str, Any]
     assert shown["progress"] == 0.8
 
 
+@pytest.mark.database
 def test_job_filters_summaries_and_errors(seeded: tuple[Harvester, dict[str, Any]]) -> None:
     h, ids = seeded
     first = ids["tasks"][0]
@@ -183,6 +185,7 @@ def test_job_filters_summaries_and_errors(seeded: tuple[Harvester, dict[str, Any
     assert history_of_job == [], "seeded rows have no history; the endpoint answers"
 
 
+@pytest.mark.database
 def test_workers_listing_and_summary(seeded: tuple[Harvester, dict[str, Any]]) -> None:
     h, _ = seeded
     workers = get(h, "/api/v1/workers", status="running")

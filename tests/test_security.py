@@ -14,8 +14,6 @@ import pytest
 
 from tests.helpers import Harvester, database_dump, wait_for
 
-pytestmark = pytest.mark.database
-
 ACQUIRE = "/api/v1/pilot/acquire_jobs"
 
 

@@ -20,8 +20,6 @@ from db.states import (
 )
 from protocol.states import JobStatus, TaskStatus, WorkerStatus
 
-pytestmark = pytest.mark.database
-
 
 def test_every_state_has_rules() -> None:
     assert set(TASK_TRANSITIONS) == set(TaskStatus)

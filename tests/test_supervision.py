@@ -128,3 +128,33 @@ def test_a_warm_worker_past_the_walltime_or_dead() -> None:
         error_code=PilotErrorCode.CONTAINER_FAILED,
         diagnostics="the warm worker died (see warm.log of the pilot)",
     )
+
+
+def test_a_running_report_waits_for_a_short_payload_to_end_first() -> None:
+    """With ``report_after_s``, a payload that ends sooner is never reported running (its
+    start goes with its end); one still at work then is reported, while it runs, once."""
+    supervisor = Supervisor()
+    seen_alive: list[bool] = []
+    with supervisor.job(1):
+        short = supervisor.supervise(
+            payload(0, code=0), 30, lambda: seen_alive.append(True), report_after_s=5
+        )
+    assert isinstance(short, Exited) and short.code == 0 and seen_alive == []
+    longer = payload(1.5)
+    with supervisor.job(2):
+        ended = supervisor.supervise(
+            longer,
+            30,
+            lambda: seen_alive.append(longer.process.poll() is None),
+            report_after_s=0.2,
+        )
+    assert isinstance(ended, Exited) and ended.code == 0 and seen_alive == [True]
+    with supervisor.job(3):
+        dead = supervisor.supervise(
+            SilentWorker(subprocess.Popen(["sh", "-c", "kill -9 $$"], start_new_session=True)),
+            60,
+            lambda: seen_alive.append(False),
+            report_after_s=5,
+        )
+    assert isinstance(dead, Outcome) and dead.error_code is PilotErrorCode.CONTAINER_FAILED
+    assert seen_alive == [True], "a worker that died is not reported running"

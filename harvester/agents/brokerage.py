@@ -12,6 +12,7 @@ brokered again every cycle. A job whose registry image is not pulled yet stays
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from sqlalchemy import or_, select
@@ -128,13 +129,13 @@ class Brokerage(Agent):
     batch = 2000
 
     def run_once(self) -> None:
-        brokered: set[str] = set()
+        brokered: Counter[str] = Counter()
         self._broker(brokered)
-        for name in brokered:  # committed: this process's polls of these queues look again
+        for name, activated in brokered.items():  # committed: polls of these queues look again
             self.ctx.idle_queues.forget_queue(name)
-            self.ctx.activations.notify(name)  # and the pilots long-polling them now
+            self.ctx.activations.notify(name, activated)  # and a long-polling pilot per job
 
-    def _broker(self, brokered: set[str]) -> None:
+    def _broker(self, brokered: Counter[str]) -> None:
         with self.ctx.sessions.begin() as session:
             jobs = session.scalars(
                 select(Job)
@@ -183,6 +184,6 @@ class Brokerage(Agent):
                 job.brokerage_message = message
                 if name is not None:
                     load[name] = load.get(name, 0) + 1
-                    brokered.add(name)
+                    brokered[name] += 1
                 if job.status is JobStatus.DEFINED:
                     transition(session, job, JobStatus.ACTIVATED, reason=message)

@@ -23,7 +23,13 @@ from db.states import JOB_TERMINAL, allowed
 from harvester.context import HarvesterContext
 from harvester.errors import HarvesterError, InvalidRequest
 from harvester.identity import Principal
-from harvester.services.dispatch import _require_pilot, log_lfn, output_lfn, update_job
+from harvester.services.dispatch import (
+    _require_pilot,
+    keep_carried_content,
+    log_lfn,
+    output_lfn,
+    update_job,
+)
 from harvester.services.lifecycle import roll_up_at_commit
 from harvester.stores.files import check_file_name
 from protocol.pilot import BulkUpdateItem, UpdateJobReply, UpdateJobRequest
@@ -59,6 +65,7 @@ def update_jobs_bulk(
             and job.status is not wanted
             and allowed(job.status, wanted)
             and r.metrics is None
+            and r.started_at is None  # its running state is recorded on the careful path
         )
         if simple and job is not None and wanted in PROGRESS:
             progress[(r.pilot_id, wanted)][job.id] = job.status
@@ -200,6 +207,7 @@ def _file_rows(
     rows = []
     for item, kind, name, dataset in files:
         check_file_name(item.name, what="output name")
+        keep_carried_content(ctx, item)
         if not ctx.files.exists(item.sha256) or ctx.files.size(item.sha256) != item.size:
             raise InvalidRequest(f"{item.name}: no uploaded file with that sha256 and size")
         rows.append(

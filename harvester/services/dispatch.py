@@ -8,6 +8,7 @@ registered only for the attempt that finished.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import select, update
@@ -279,6 +280,10 @@ def update_job(
             roll_up_at_commit(session, task)
         return UpdateJobReply(job_id=job.id, status=job.status, changed=True)
 
+    for carried in [*req.outputs, *([req.log] if req.log is not None else [])]:
+        keep_carried_content(ctx, carried)
+    if job.status in (JobStatus.SENT, JobStatus.STARTING) and req.started_at is not None:
+        _record_running(session, job, req, now)
     if req.log is not None:
         _register(session, ctx, task, job, req.log, FileKind.LOG, log=True)
     evaluation_error = None
@@ -338,6 +343,29 @@ def _register_outputs(
     return len(outputs)
 
 
+def _record_running(session: Session, job: Job, req: UpdateJobRequest, now: datetime) -> None:
+    """The ``running`` state of a job whose end came before its running report was due,
+    from the start the pilot gives (kept between the job's creation and now: a pilot's
+    clock is not the server's)."""
+    assert req.started_at is not None
+    started = min(max(req.started_at, job.created_at), now)
+    job.started_at = started
+    transition(
+        session,
+        job,
+        JobStatus.RUNNING,
+        reason=f"reported by pilot with its end (started {started.isoformat()})",
+        actor=req.pilot_id,
+    )
+
+
+def keep_carried_content(ctx: HarvesterContext, item: OutputFile) -> None:
+    """Store the content a report carries for a small file (``content_b64``), checked
+    against its declared size and sha256; then it is registered as an uploaded one."""
+    if item.content_b64 is not None:
+        ctx.files.put_carried(item.name, item.sha256, item.content_b64, item.size)
+
+
 def output_lfn(task: Task, job: Job, name: str) -> str:
     """PanDA-style logical file name: ``<outDS>.<taskID>._<serial>.<name>``."""
     return f"{task.out_ds}.{task.id}._{job.job_index + 1:06d}.{name}"
@@ -358,7 +386,8 @@ def _register(
     *,
     log: bool = False,
 ) -> None:
-    """Register a blob that the pilot uploaded, after checking it is there and whole."""
+    """Register a blob that the pilot uploaded (or carried in its report), after checking
+    it is there and whole."""
     check_file_name(item.name, what="output name")
     if not ctx.files.exists(item.sha256):
         raise InvalidRequest(f"{item.name}: no uploaded file with sha256 {item.sha256}")

@@ -40,6 +40,9 @@ def ended_jobs(
         .join(Job, Job.id == StateHistory.entity_id)
         .where(
             StateHistory.entity == EntityKind.JOB,
+            # the task's jobs first (their index), then their history by (entity, id): a
+            # join alone scans every job's history in the database
+            StateHistory.entity_id.in_(select(Job.id).where(Job.task_id == task.id)),
             StateHistory.id > after,
             Job.task_id == task.id,
             StateHistory.to_status.in_([s.value for s in FINAL_JOB_STATES]),

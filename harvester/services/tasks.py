@@ -17,6 +17,7 @@ from harvester.errors import Conflict, Forbidden, ImageError, InvalidRequest, No
 from harvester.identity import Principal
 from harvester.images.reference import RegistryReference, is_registry_reference
 from harvester.services.functions import check_function_parameters
+from harvester.services.inputs import register_input
 from harvester.services.lifecycle import (
     cancel_open_jobs,
     current_attempts,
@@ -87,6 +88,9 @@ def submit_task(
     for item in [*params.inputs, *([params.sandbox] if params.sandbox else [])]:
         check_file_name(item.name, what="input name")
         check_sha256(item.sha256)
+        if item.content_b64 is not None:  # carried: stored and registered as an upload
+            size = ctx.files.put_carried(item.name, item.sha256, item.content_b64)
+            register_input(session, owner, item.name, item.sha256, size)
         if not ctx.files.exists(item.sha256):
             raise InvalidRequest(f"input {item.name!r}: no uploaded file with sha256 {item.sha256}")
     if params.sandbox is not None and ctx.files.size(params.sandbox.sha256) > MAX_SANDBOX_BYTES:

@@ -8,6 +8,8 @@ interrupted or oversized upload leaves nothing behind.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 import re
@@ -53,6 +55,43 @@ class FileStore:
 
     def size(self, sha256: str) -> int:
         return self.path(sha256).stat().st_size
+
+    def put_carried(self, name: str, sha256: str, content_b64: str, size: int | None = None) -> int:
+        """Store a small file carried in a request as base64 (checked against its declared
+        sha256, and ``size`` when one is declared); its size."""
+        try:
+            data = base64.b64decode(content_b64, validate=True)
+        except binascii.Error as exc:
+            raise InvalidRequest(f"{name}: content_b64 is not base64: {exc}") from exc
+        if size is not None and len(data) != size:
+            raise InvalidRequest(f"{name}: reported size {size}, carried {len(data)} bytes")
+        self.put_bytes(data, check_sha256(sha256))
+        return len(data)
+
+    def put_bytes(self, data: bytes, expected_sha256: str) -> None:
+        """Store a small blob carried in a request (a pilot's report), under the same
+        rules as an upload: whole, checked against its declared sha256, durable."""
+        sha = hashlib.sha256(data).hexdigest()
+        if sha != expected_sha256:
+            raise InvalidRequest(
+                f"checksum mismatch: declared sha256 {expected_sha256}, received {sha}"
+            )
+        if len(data) > self.max_bytes:
+            raise PayloadTooLarge(f"file is over the limit of {self.max_bytes} bytes")
+        final = self.path(sha)
+        if final.is_file():
+            return
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=".inline-")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     async def put_stream(
         self,

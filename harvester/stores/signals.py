@@ -12,8 +12,9 @@ at most that long.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 
 
 class Nudges:
@@ -31,6 +32,12 @@ class Nudges:
         self.event(name).set()
 
 
+NOTIFIED = "notified"
+"""The reason of a plain notify."""
+PASSED_ON = "passed on"
+"""The reason of a wake-up handed on by a waiter that could not use its own."""
+
+
 class Wakeups:
     """Coroutines of the API's event loop waiting on a key, woken from any thread.
 
@@ -41,16 +48,32 @@ class Wakeups:
     """
 
     def __init__(self) -> None:
-        self._waiters: dict[Hashable, set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]]
+        self._waiters: dict[Hashable, set[tuple[asyncio.AbstractEventLoop, asyncio.Future[str]]]]
         self._waiters = {}
         self._lock = threading.Lock()
         self.closed = False
 
-    def notify(self, key: Hashable) -> None:
+    def notify(
+        self,
+        key: Hashable,
+        limit: int | None = None,
+        *,
+        reason: str = NOTIFIED,
+        exclude: Watch | None = None,
+    ) -> None:
+        """Wake the waiters of ``key``: all, or at most ``limit`` (one per job activated,
+        rather than every pilot of a queue for one job), never ``exclude``."""
         with self._lock:
-            woken = self._waiters.pop(key, set())
-        for loop, future in woken:
-            loop.call_soon_threadsafe(_settle, future)
+            waiters = self._waiters.get(key, set())
+            chosen = [w for w in waiters if exclude is None or w[1] is not exclude.future]
+            if limit is not None:
+                chosen = chosen[: max(0, limit)]
+            for waiter in chosen:
+                waiters.discard(waiter)
+            if not waiters:
+                self._waiters.pop(key, None)
+        for loop, future in chosen:
+            loop.call_soon_threadsafe(_settle, future, reason)
 
     def notify_all(self) -> None:
         """Wake every waiter, whatever its key."""
@@ -58,26 +81,23 @@ class Wakeups:
             woken = [w for waiters in self._waiters.values() for w in waiters]
             self._waiters.clear()
         for loop, future in woken:
-            loop.call_soon_threadsafe(_settle, future)
+            loop.call_soon_threadsafe(_settle, future, NOTIFIED)
 
     def close(self) -> None:
         self.closed = True
         self.notify_all()
 
-    async def wait(self, key: Hashable, timeout_s: float) -> bool:
-        """Sleep until ``key`` is notified (True) or ``timeout_s`` passed (False)."""
-        if self.closed or timeout_s <= 0:
-            return False
+    @contextlib.contextmanager
+    def watch(self, key: Hashable) -> Iterator[Watch]:
+        """Register for ``key`` *before* looking at the database, then wait on the watch:
+        a notify that comes between the look and the wait is kept, not lost (it would
+        cost the waiter its whole recheck interval)."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        waiter = (loop, future)
+        waiter = (loop, loop.create_future())
         with self._lock:
             self._waiters.setdefault(key, set()).add(waiter)
         try:
-            await asyncio.wait_for(future, timeout_s)
-            return True
-        except TimeoutError:
-            return False
+            yield Watch(waiter[1], closed=self.closed)
         finally:
             with self._lock:
                 waiters = self._waiters.get(key)
@@ -86,7 +106,30 @@ class Wakeups:
                     if not waiters:
                         del self._waiters[key]
 
+    async def wait(self, key: Hashable, timeout_s: float) -> bool:
+        """Sleep until ``key`` is notified (True) or ``timeout_s`` passed (False)."""
+        with self.watch(key) as watch:
+            return await watch.wait(timeout_s) is not None
 
-def _settle(future: asyncio.Future[None]) -> None:
+
+class Watch:
+    """One registered waiter of :meth:`Wakeups.watch`."""
+
+    def __init__(self, future: asyncio.Future[str], *, closed: bool) -> None:
+        self.future = future
+        self._closed = closed
+
+    async def wait(self, timeout_s: float) -> str | None:
+        """Until notified since the watch began (the notifier's reason) or ``timeout_s``
+        passed (``None``)."""
+        if self._closed or timeout_s <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.future), timeout_s)
+        except TimeoutError:
+            return None
+
+
+def _settle(future: asyncio.Future[str], reason: str) -> None:
     if not future.done():
-        future.set_result(None)
+        future.set_result(reason)

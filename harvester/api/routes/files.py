@@ -11,11 +11,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
-from db.models import File, FileKind, Job, Role, Task
+from db.models import File, Job, Role, Task
 from harvester.api.auth import Context, CurrentPrincipal
 from harvester.context import HarvesterContext
 from harvester.errors import Forbidden, InvalidRequest, NotFoundError
 from harvester.identity import Principal
+from harvester.services.inputs import register_input
 from harvester.services.tasks import may_read
 from harvester.stores.files import check_file_name, check_sha256
 from protocol.files import FilePublic
@@ -62,18 +63,7 @@ def _register_input(
     ctx: HarvesterContext, owner: str, name: str, digest: str, size: int
 ) -> dict[str, object]:
     with ctx.sessions.begin() as session:
-        row = session.scalar(
-            select(File).where(
-                File.owner == owner,
-                File.sha256 == digest,
-                File.kind == FileKind.INPUT,
-                File.name == name,
-            )
-        )
-        if row is None:
-            row = File(sha256=digest, size=size, name=name, owner=owner, kind=FileKind.INPUT)
-            session.add(row)
-            session.flush()
+        row = register_input(session, owner, name, digest, size)
         return FilePublic.model_validate(row, from_attributes=True).model_dump(mode="json")
 
 

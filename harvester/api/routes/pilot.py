@@ -12,6 +12,7 @@ from harvester.api.auth import Context, CurrentPrincipal
 from harvester.context import HarvesterContext
 from harvester.identity import Principal
 from harvester.services import bulk, dispatch
+from harvester.stores.signals import NOTIFIED, PASSED_ON
 from protocol.pilot import (
     AcquireReply,
     AcquireRequest,
@@ -37,15 +38,22 @@ async def acquire_jobs(
     With ``wait_s``, an empty answer is held until brokerage activates a job of the
     queue (or ``wait_s`` passes), so that an idle pilot takes new work at once instead
     of at its next poll; it looks again every ``LONG_POLL_RECHECK_S`` for jobs another
-    harvester instance activated.
+    harvester instance activated. Brokerage wakes one waiting pilot per job it
+    activated, not every pilot of the queue.
     """
     deadline = time.monotonic() + req.wait_s
+    woken: str | None = None
     while True:
-        jobs = await _acquire_or_idle(request, ctx, principal, req)
-        left = deadline - time.monotonic()
-        if jobs or left <= 0 or ctx.activations.closed:
-            return AcquireReply(jobs=jobs)
-        await ctx.activations.wait(req.queue, min(left, LONG_POLL_RECHECK_S))
+        with ctx.activations.watch(req.queue) as activated:
+            jobs = await _acquire_or_idle(request, ctx, principal, req)
+            left = deadline - time.monotonic()
+            if not jobs and woken == NOTIFIED:
+                # brokerage woke this pilot for a job it cannot take (too big for what its
+                # slot has free, another GPU): hand the wake-up to one other pilot, once
+                ctx.activations.notify(req.queue, 1, reason=PASSED_ON, exclude=activated)
+            if jobs or left <= 0 or ctx.activations.closed:
+                return AcquireReply(jobs=jobs)
+            woken = await activated.wait(min(left, LONG_POLL_RECHECK_S))
 
 
 LONG_POLL_RECHECK_S = 2.0

@@ -233,12 +233,13 @@ async def endings(
     ``hpcaf.Executor`` without a request per job per second)."""
     deadline = time.monotonic() + wait_s
     while True:
-        found = await run_in_threadpool(_endings, ctx, principal, task_id, after, inline_max)
-        left = deadline - time.monotonic()
-        if found.jobs or found.task_status in TASK_TERMINAL or left <= 0 or ctx.endings.closed:
-            return found
-        # another instance's endings cannot wake this one: look again within a second
-        await ctx.endings.wait(task_id, min(left, 1.0))
+        with ctx.endings.watch(task_id) as ended:
+            found = await run_in_threadpool(_endings, ctx, principal, task_id, after, inline_max)
+            left = deadline - time.monotonic()
+            if found.jobs or found.task_status in TASK_TERMINAL or left <= 0 or ctx.endings.closed:
+                return found
+            # another instance's endings cannot wake this one: look again within a second
+            await ended.wait(min(left, 1.0))
 
 
 def _endings(
