@@ -18,7 +18,7 @@ from harvester.agents.brokerage import JobNeeds, choose_queue
 from harvester.architecture import GpuRequest, parse_architecture, parse_vram
 from harvester.config import QueueConfig
 from harvester.errors import InvalidRequest
-from pilot.gpus import driver_libraries, parse, slot_gpus
+from pilot.gpus import device_nodes, driver_libraries, parse, slot_gpus
 from pilot.runtimes.apptainer import ApptainerRuntime
 from pilot.runtimes.base import ContainerRequest
 from pilot.runtimes.bwrap import BubblewrapRuntime
@@ -194,6 +194,99 @@ def test_recorded_nvidia_smi_and_slot_allocation() -> None:
     assert [g.index for g in slot_gpus(gpus, {"SLURM_JOB_GPUS": "0,1"})] == ["0", "1"]
     assert slot_gpus(gpus, {"CUDA_VISIBLE_DEVICES": ""}) == []
     assert len(slot_gpus(gpus, {})) == 2
+
+
+# A node where nvidia-smi's order is not the driver's: index 0 is /dev/nvidia3.
+H100 = "NVIDIA H100 80GB HBM3, 81559, 560.35.03"
+TWO_GPUS_BY_BUS = f"""\
+0, {H100}, GPU-aaaa0000-0000-0000-0000-000000000000, 00000000:3B:00.0
+1, {H100}, GPU-bbbb1111-1111-1111-1111-111111111111, 00000000:86:00.0
+CUDA Version: 12.6
+"""
+MIG_LISTING = """\
+GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-aaaa0000-0000-0000-0000-000000000000)
+  MIG 1g.10gb     Device  0: (UUID: MIG-1111aaaa-0000-5000-8000-000000000001)
+  MIG 3g.40gb     Device  1: (UUID: MIG-2222aaaa-0000-5000-8000-000000000002)
+GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-bbbb1111-1111-1111-1111-111111111111)
+"""
+
+
+def fake_driver(root: Path, minors: dict[str, int], caps: int = 0) -> tuple[Path, Path]:
+    """A /proc/driver/nvidia/gpus and a /dev with the device files of ``minors``."""
+    proc, dev = root / "proc", root / "dev"
+    for bus, minor in minors.items():
+        (proc / bus).mkdir(parents=True)
+        (proc / bus / "information").write_text(
+            f"Model: \t\t NVIDIA H100\nDevice Minor: \t {minor}\n"
+        )
+    dev.mkdir()
+    for name in ["nvidiactl", "nvidia-uvm", *(f"nvidia{m}" for m in minors.values())]:
+        (dev / name).touch()
+    if caps:
+        (dev / "nvidia-caps").mkdir()
+        for n in range(1, caps + 1):
+            (dev / "nvidia-caps" / f"nvidia-cap{n}").touch()
+    return proc, dev
+
+
+def test_device_files_are_chosen_by_minor_not_by_index(tmp_path: Path) -> None:
+    proc, dev = fake_driver(tmp_path, {"0000:3b:00.0": 3, "0000:86:00.0": 1})
+    gpus = parse(TWO_GPUS_BY_BUS, proc)
+    assert [(g.index, g.minor, g.cuda) for g in gpus] == [("0", 3, "12.6"), ("1", 1, "12.6")]
+    assert device_nodes(gpus[:1], dev) == [
+        f"{dev}/nvidiactl",
+        f"{dev}/nvidia-uvm",
+        f"{dev}/nvidia3",
+    ]
+    # Slurm names device minors; CUDA_VISIBLE_DEVICES names nvidia-smi's indices or UUIDs
+    assert [g.uuid for g in slot_gpus(gpus, {"SLURM_JOB_GPUS": "3"})] == [gpus[0].uuid]
+    assert [g.uuid for g in slot_gpus(gpus, {"CUDA_VISIBLE_DEVICES": "1"})] == [gpus[1].uuid]
+    # no driver folder: the index stands in, as before
+    assert [g.device_file for g in parse(TWO_GPUS_BY_BUS, tmp_path / "none")] == [
+        "nvidia0",
+        "nvidia1",
+    ]
+
+
+def test_mig_instances_are_the_slots_gpus_with_their_parents_files(tmp_path: Path) -> None:
+    proc, dev = fake_driver(tmp_path, {"0000:3b:00.0": 3, "0000:86:00.0": 1}, caps=2)
+    gpus = parse(TWO_GPUS_BY_BUS + MIG_LISTING, proc)
+    assert [(g.index, g.memory_mb, g.minor, g.parent_uuid is not None) for g in gpus] == [
+        ("0:0", 10240, 3, True),
+        ("0:1", 40960, 3, True),
+        ("1", 81559, 1, False),
+    ], "a GPU in MIG mode is listed as its instances"
+    (mine,) = slot_gpus(gpus, {"CUDA_VISIBLE_DEVICES": "MIG-2222aaaa-0000-5000-8000-000000000002"})
+    assert mine.name == "NVIDIA H100 80GB HBM3 MIG 3g.40gb"
+    assert device_nodes([mine], dev) == [
+        f"{dev}/nvidiactl",
+        f"{dev}/nvidia-uvm",
+        f"{dev}/nvidia3",
+        f"{dev}/nvidia-caps/nvidia-cap1",
+        f"{dev}/nvidia-caps/nvidia-cap2",
+    ]
+
+
+def test_a_job_sees_only_the_gpus_it_was_given(tmp_path: Path) -> None:
+    """On a node of two GPUs, a job given the second gets its device file alone and
+    CUDA_VISIBLE_DEVICES naming it (by UUID: indices are renumbered in the container)."""
+    from pilot.payload import container_request
+    from protocol.pilot import JobSpec
+
+    proc, dev = fake_driver(tmp_path, {"0000:3b:00.0": 3, "0000:86:00.0": 1})
+    node = parse(TWO_GPUS_BY_BUS, proc)
+    given = node[1:]
+    assert device_nodes(given, dev) == [f"{dev}/nvidiactl", f"{dev}/nvidia-uvm", f"{dev}/nvidia1"]
+    spec = JobSpec.model_validate(
+        {
+            "job_id": 1, "task_id": 1, "job_index": 0, "attempt_nr": 1, "owner": "alice",
+            "out_ds": "user.alice.x", "image": "base", "transform": "runcontainer",
+            "exec": "true", "cores": 1, "memory_mb": 1000, "walltime_s": 60, "gpus": 1,
+        }
+    )  # fmt: skip
+    request = container_request(spec, tmp_path, tmp_path / "w", given, tmp_path / "cache")
+    assert request.gpu and request.env["CUDA_VISIBLE_DEVICES"] == node[1].uuid
+    assert not any(d.endswith(("/nvidia3", "/nvidia0")) for d in request.devices)
 
 
 def test_driver_libraries_from_ldconfig() -> None:
