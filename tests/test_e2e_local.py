@@ -216,7 +216,6 @@ def test_killed_pilot_job_retried_after_heartbeat_timeout(harvester: Harvester) 
     assert [(j["attempt_nr"], j["status"]) for j in attempts] == [(1, "closed"), (2, "finished")]
 
 
-@pytest.mark.database
 def test_two_pilots_racing_never_share_a_job(harvester: Harvester) -> None:
     task_id = harvester.submit(
         "--containerImage",
@@ -296,7 +295,6 @@ def test_sweeper_removes_worker_leftovers(harvester_factory) -> None:  # type: i
     assert not any(Path(w).exists() for w in workdirs), "worker directories are removed"
 
 
-@pytest.mark.database
 def test_harvester_killed_and_restarted_mid_task(harvester: Harvester) -> None:
     """SIGKILL the service while pilots run; a restart finishes the task, each job once."""
     task_id = harvester.submit(
