@@ -101,6 +101,7 @@ class WarmPayload:
     ) -> None:
         self.pool, self.key, self.worker, self.job = pool, key, worker, job
         self.stopped = False
+        self.answered = False
         self.sent = worker.send(job)
 
     @classmethod
@@ -142,7 +143,9 @@ class WarmPayload:
         return self.worker.proc
 
     def wait(self, timeout_s: float) -> int | None:
-        return self.worker.reply(timeout_s) if self.sent else None
+        code = self.worker.reply(timeout_s) if self.sent else None
+        self.answered = code is not None
+        return code
 
     def stop(self) -> int | None:
         self.pool.discard(self.worker)
@@ -150,9 +153,16 @@ class WarmPayload:
         return None
 
     def finish(self) -> None:
-        """The job ended: the worker goes back to the pool unless it was stopped."""
-        if not self.stopped:
+        """The job ended: the worker goes back to the pool once it answered for this job.
+        One that did not (supervision ended early: its ``running`` report was refused)
+        may still be at work on it and is stopped, or the next job would read this
+        job's answer as its own."""
+        if self.stopped:
+            return
+        if self.answered:
             self.pool.give_back(self.key, self.worker)
+        else:
+            self.pool.discard(self.worker)
 
 
 def job_dir(base_dir: Path, pool: WarmPool | None, spec: JobSpec) -> Path:

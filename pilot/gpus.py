@@ -56,7 +56,8 @@ class Gpu:
     @property
     def device_file(self) -> str:
         """The GPU's device file under ``/dev`` (a MIG instance's is its parent's)."""
-        return f"nvidia{self.minor if self.minor is not None else self.index}"
+        parent_index = self.index.split(":")[0]  # a MIG instance's is "<GPU>:<instance>"
+        return f"nvidia{self.minor if self.minor is not None else parent_index}"
 
     def report(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,7 +149,15 @@ def slot_gpus(gpus: list[Gpu], env: Mapping[str, str]) -> list[Gpu]:
         return []
     if by_minor:
         return [g for g in gpus if (g.device_file.removeprefix("nvidia")) in wanted]
-    return [g for g in gpus if g.index in wanted or g.uuid in wanted]
+    return [g for g in gpus if {g.index, g.uuid, *_parent_names(g)} & set(wanted)]
+
+
+def _parent_names(gpu: Gpu) -> tuple[str, ...]:
+    """How an allocation may name the GPU a MIG instance is carved from (the whole GPU:
+    every instance of it)."""
+    if gpu.parent_uuid is None:
+        return ()
+    return (gpu.parent_uuid, gpu.index.split(":")[0])
 
 
 def discover(recorded: Path | None, env: Mapping[str, str]) -> list[Gpu]:
@@ -163,9 +172,12 @@ def discover(recorded: Path | None, env: Mapping[str, str]) -> list[Gpu]:
             [binary, *QUERY], capture_output=True, text=True, timeout=20, check=True
         ).stdout
         header = subprocess.run([binary], capture_output=True, text=True, timeout=20).stdout
-        listing = subprocess.run([binary, "-L"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
         return []
+    try:  # MIG instances; without them the GPUs are still the query's
+        listing = subprocess.run([binary, "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        listing = ""
     cuda = _CUDA.search(header)
     text = query + (f"\nCUDA Version: {cuda.group(1)}" if cuda else "") + "\n" + listing
     return slot_gpus(parse(text, PROC_GPUS), env)

@@ -495,6 +495,9 @@ def test_inputs_carried_in_a_submission_are_checked_stored_and_not_kept_in_the_t
             refused = c.post("/api/v1/tasks", json={**task, "inputs": [item]})
             assert refused.status_code == 400 and words in refused.text, refused.text
         assert hv.query("SELECT count(*) FROM tasks")[0][0] == tasks_before
+        checked = c.post("/api/v1/tasks/check", json={**task, "inputs": [carried]})
+        assert checked.status_code == 200, checked.text
+        assert c.get(f"/api/v1/files/{carried['sha256']}").status_code == 404, "a dry run"
         submitted = c.post("/api/v1/tasks", json={**task, "inputs": [carried]})
         assert submitted.status_code == 201, submitted.text
         task_id = submitted.json()["jediTaskID"]

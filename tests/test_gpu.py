@@ -258,6 +258,11 @@ def test_mig_instances_are_the_slots_gpus_with_their_parents_files(tmp_path: Pat
     ], "a GPU in MIG mode is listed as its instances"
     (mine,) = slot_gpus(gpus, {"CUDA_VISIBLE_DEVICES": "MIG-2222aaaa-0000-5000-8000-000000000002"})
     assert mine.name == "NVIDIA H100 80GB HBM3 MIG 3g.40gb"
+    whole = slot_gpus(gpus, {"CUDA_VISIBLE_DEVICES": "GPU-aaaa0000-0000-0000-0000-000000000000"})
+    assert [g.index for g in whole] == ["0:0", "0:1"], "the whole GPU: all its instances"
+    assert [g.index for g in slot_gpus(gpus, {"SLURM_JOB_GPUS": "3"})] == ["0:0", "0:1"]
+    unknown_minor = parse(TWO_GPUS_BY_BUS + MIG_LISTING, tmp_path / "no-driver-folder")
+    assert [g.device_file for g in unknown_minor] == ["nvidia0", "nvidia0", "nvidia1"]
     assert device_nodes([mine], dev) == [
         f"{dev}/nvidiactl",
         f"{dev}/nvidia-uvm",

@@ -100,6 +100,7 @@ def test_site_and_excluded_site_take_comma_lists(hv: Harvester) -> None:
     assert unknown.returncode == 2 and "unknown site 'NOPE'" in unknown.stderr, unknown.output
 
 
+@pytest.mark.database  # the dry run's rollback, on each database
 def test_no_submit_runs_every_check_and_stores_nothing(hv: Harvester) -> None:
     before = hv.query("SELECT count(*) FROM tasks")[0][0]
     bad = hv.pcontainer(*TASK, "--architecture", "#&nvidia:cuda>=twelve", "--noSubmit")

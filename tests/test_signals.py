@@ -56,6 +56,8 @@ def test_a_limited_notify_wakes_that_many_and_never_the_excluded() -> None:
             wakeups.watch("ANALY_LOCAL") as c,
         ):
             wakeups.notify("ANALY_LOCAL", 1)  # one job activated
+            await asyncio.sleep(0)  # the notify is delivered on the loop
+            assert [a.notified, b.notified, c.notified].count(True) == 1
             first = await asyncio.gather(a.wait(0.2), b.wait(0.2), c.wait(0.2))
         with wakeups.watch("ANALY_LOCAL") as a, wakeups.watch("ANALY_LOCAL") as b:
             wakeups.notify("ANALY_LOCAL", 1, reason=PASSED_ON, exclude=a)

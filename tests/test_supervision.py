@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -158,3 +159,24 @@ def test_a_running_report_waits_for_a_short_payload_to_end_first() -> None:
         )
     assert isinstance(dead, Outcome) and dead.error_code is PilotErrorCode.CONTAINER_FAILED
     assert seen_alive == [True], "a worker that died is not reported running"
+
+
+def test_a_warm_worker_goes_back_to_the_pool_only_once_it_answered(tmp_path: Path) -> None:
+    """A job whose supervision ended before its worker answered (its ``running`` report
+    refused) must not lend that worker on: the next job would read this job's answer."""
+    from pilot.execution import WarmPayload
+    from pilot.warm import WarmPool
+
+    pool, key, log = WarmPool(), ("alice", "image"), tmp_path / "warm.log"
+    silent = pool.take(key, ["sh", "-c", "read job; cat >/dev/null"], log)
+    unanswered = WarmPayload(pool, key, silent, {"workdir": "w", "env": {}})
+    assert unanswered.wait(0.2) is None
+    unanswered.finish()
+    assert not silent.alive(), "stopped, not lent again"
+    answering = ["sh", "-c", "read job; echo '{\"exit_code\": 0}'; cat >/dev/null"]
+    worker = pool.take(key, answering, log)
+    answered = WarmPayload(pool, key, worker, {"workdir": "w", "env": {}})
+    assert answered.wait(5) == 0
+    answered.finish()
+    assert pool.take(key, answering, log) is worker, "an answered worker serves the next job"
+    pool.close()

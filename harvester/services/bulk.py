@@ -147,9 +147,13 @@ def _finish(
         try:
             rows[job.id] = _file_rows(ctx, job, task, r)
             ready.append(r)
-        except InvalidRequest as exc:
+        except HarvesterError as exc:  # this item's fault (a bad or too large carried file)
             replies[r.job_id] = BulkUpdateItem(
-                job_id=r.job_id, status=job.status, changed=False, error=str(exc), status_code=400
+                job_id=r.job_id,
+                status=job.status,
+                changed=False,
+                error=str(exc),
+                status_code=exc.status_code,
             )
     groups: dict[tuple[str, int], dict[int, JobStatus]] = defaultdict(dict)
     for r in ready:

@@ -27,7 +27,8 @@ from harvester.services.lifecycle import (
 )
 from harvester.services.scan_submission import check_steering
 from harvester.services.tokens import USER_NAME_PATTERN
-from harvester.stores.files import check_file_name, check_sha256
+from harvester.stores.files import check_file_name, check_sha256, decode_carried
+from protocol.files import InputFile
 from protocol.sandbox import MAX_SANDBOX_BYTES
 from protocol.states import JobStatus, TaskStatus
 from protocol.tasks import RetryChanges, TaskCreate
@@ -54,9 +55,15 @@ def validate_out_ds(out_ds: str, owner: str) -> str:
 
 
 def submit_task(
-    session: Session, ctx: HarvesterContext, principal: Principal, params: TaskCreate
+    session: Session,
+    ctx: HarvesterContext,
+    principal: Principal,
+    params: TaskCreate,
+    *,
+    store_files: bool = True,
 ) -> Task:
-    """Validate the parameters completely, then store the task ``registered``."""
+    """Validate the parameters completely, then store the task ``registered``; without
+    ``store_files`` (a dry run) the inputs it carries are checked, not stored."""
     principal.require(Role.USER)
     owner = principal.user
     validate_out_ds(params.outDS, owner)
@@ -85,15 +92,19 @@ def submit_task(
         if name in seen:
             raise InvalidRequest(f"output {name!r} is listed twice")
         seen.add(name)
+    carried: list[tuple[InputFile, bytes]] = []  # checked now, stored once all checks pass
     for item in [*params.inputs, *([params.sandbox] if params.sandbox else [])]:
         check_file_name(item.name, what="input name")
         check_sha256(item.sha256)
-        if item.content_b64 is not None:  # carried: stored and registered as an upload
-            size = ctx.files.put_carried(item.name, item.sha256, item.content_b64)
-            register_input(session, owner, item.name, item.sha256, size)
-        if not ctx.files.exists(item.sha256):
+        if item.content_b64 is not None:
+            carried.append((item, decode_carried(item.name, item.sha256, item.content_b64)))
+        elif not ctx.files.exists(item.sha256):
             raise InvalidRequest(f"input {item.name!r}: no uploaded file with sha256 {item.sha256}")
-    if params.sandbox is not None and ctx.files.size(params.sandbox.sha256) > MAX_SANDBOX_BYTES:
+    if (
+        params.sandbox is not None
+        and params.sandbox.content_b64 is None
+        and ctx.files.size(params.sandbox.sha256) > MAX_SANDBOX_BYTES
+    ):
         raise InvalidRequest(
             f"the sandbox is over {MAX_SANDBOX_BYTES // 1024 // 1024} MiB: ship less of the "
             "work directory (--excludeFile), or large files as inputs"
@@ -112,6 +123,11 @@ def submit_task(
         check_fit_parameters(params, steered=steering is not None)
     if params.transform == "pyfunc":
         check_function_parameters(ctx, params, image)
+
+    if store_files:  # carried inputs: stored and registered as the owner's, as uploads are
+        for item, data in carried:
+            ctx.files.put_bytes(data, item.sha256)
+            register_input(session, owner, item.name, item.sha256, len(data))
 
     # what is kept: the parameters as sent, with the task's size, its normalised
     # steering and its site (AUTO: none) as checked above; under the wire names

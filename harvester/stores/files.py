@@ -39,6 +39,21 @@ def check_sha256(value: str) -> str:
     return value
 
 
+def decode_carried(name: str, sha256: str, content_b64: str, size: int | None = None) -> bytes:
+    """The content of a file carried in a request as base64, checked against its declared
+    sha256 (and ``size`` when one is declared)."""
+    try:
+        data = base64.b64decode(content_b64, validate=True)
+    except binascii.Error as exc:
+        raise InvalidRequest(f"{name}: content_b64 is not base64: {exc}") from exc
+    if size is not None and len(data) != size:
+        raise InvalidRequest(f"{name}: reported size {size}, carried {len(data)} bytes")
+    got = hashlib.sha256(data).hexdigest()
+    if got != check_sha256(sha256):
+        raise InvalidRequest(f"{name}: checksum mismatch: declared sha256 {sha256}, received {got}")
+    return data
+
+
 class FileStore:
     """Blobs by sha256 under one folder."""
 
@@ -59,13 +74,8 @@ class FileStore:
     def put_carried(self, name: str, sha256: str, content_b64: str, size: int | None = None) -> int:
         """Store a small file carried in a request as base64 (checked against its declared
         sha256, and ``size`` when one is declared); its size."""
-        try:
-            data = base64.b64decode(content_b64, validate=True)
-        except binascii.Error as exc:
-            raise InvalidRequest(f"{name}: content_b64 is not base64: {exc}") from exc
-        if size is not None and len(data) != size:
-            raise InvalidRequest(f"{name}: reported size {size}, carried {len(data)} bytes")
-        self.put_bytes(data, check_sha256(sha256))
+        data = decode_carried(name, sha256, content_b64, size)
+        self.put_bytes(data, sha256)
         return len(data)
 
     def put_bytes(self, data: bytes, expected_sha256: str) -> None:

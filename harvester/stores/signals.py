@@ -119,6 +119,11 @@ class Watch:
         self.future = future
         self._closed = closed
 
+    @property
+    def notified(self) -> bool:
+        """Whether a notify picked this watch already (its wait returns at once)."""
+        return self.future.done()
+
     async def wait(self, timeout_s: float) -> str | None:
         """Until notified since the watch began (the notifier's reason) or ``timeout_s``
         passed (``None``)."""

@@ -52,6 +52,9 @@ async def acquire_jobs(
                 # slot has free, another GPU): hand the wake-up to one other pilot, once
                 ctx.activations.notify(req.queue, 1, reason=PASSED_ON, exclude=activated)
             if jobs or left <= 0 or ctx.activations.closed:
+                if activated.notified:  # picked while looking, maybe for a job this look
+                    # could not see yet: another pilot looks in its place
+                    ctx.activations.notify(req.queue, 1, reason=PASSED_ON, exclude=activated)
                 return AcquireReply(jobs=jobs)
             woken = await activated.wait(min(left, LONG_POLL_RECHECK_S))
 

@@ -59,7 +59,7 @@ def check(params: TaskCreate, ctx: Context, principal: CurrentPrincipal) -> Task
     same 4xx when one fails; nothing is stored."""
     with ctx.sessions() as session:
         try:
-            task = task_service.submit_task(session, ctx, principal, params)
+            task = task_service.submit_task(session, ctx, principal, params, store_files=False)
             return TaskChecked(nJobs=task.n_jobs, site=task.site)
         finally:
             session.rollback()
