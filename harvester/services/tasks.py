@@ -126,7 +126,7 @@ def submit_task(
 
     if store_files:  # carried inputs: stored and registered as the owner's, as uploads are
         for item, data in carried:
-            ctx.files.put_bytes(data, item.sha256)
+            ctx.files.put_verified(data, item.sha256)
             register_input(session, owner, item.name, item.sha256, len(data))
 
     # what is kept: the parameters as sent, with the task's size, its normalised

@@ -75,20 +75,16 @@ class FileStore:
         """Store a small file carried in a request as base64 (checked against its declared
         sha256, and ``size`` when one is declared); its size."""
         data = decode_carried(name, sha256, content_b64, size)
-        self.put_bytes(data, sha256)
+        self.put_verified(data, sha256)
         return len(data)
 
-    def put_bytes(self, data: bytes, expected_sha256: str) -> None:
-        """Store a small blob carried in a request (a pilot's report), under the same
-        rules as an upload: whole, checked against its declared sha256, durable."""
-        sha = hashlib.sha256(data).hexdigest()
-        if sha != expected_sha256:
-            raise InvalidRequest(
-                f"checksum mismatch: declared sha256 {expected_sha256}, received {sha}"
-            )
+    def put_verified(self, data: bytes, sha256: str) -> None:
+        """Store a small blob carried in a request, already checked against its sha256 by
+        :func:`decode_carried`, under an upload's other rules: within the size limit,
+        whole, durable."""
         if len(data) > self.max_bytes:
             raise PayloadTooLarge(f"file is over the limit of {self.max_bytes} bytes")
-        final = self.path(sha)
+        final = self.path(sha256)
         if final.is_file():
             return
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -47,14 +47,14 @@ async def acquire_jobs(
         with ctx.activations.watch(req.queue) as activated:
             jobs = await _acquire_or_idle(request, ctx, principal, req)
             left = deadline - time.monotonic()
-            if not jobs and woken == NOTIFIED:
-                # brokerage woke this pilot for a job it cannot take (too big for what its
-                # slot has free, another GPU): hand the wake-up to one other pilot, once
+            leaving = bool(jobs) or left <= 0 or ctx.activations.closed
+            # Hand the wake-up to one other pilot when this one cannot use it: brokerage
+            # woke it for a job it cannot take (too big for what its slot has free, another
+            # GPU), or it was picked while still looking and leaves now, perhaps before
+            # the job it was woken for was there to see.
+            if (not jobs and woken == NOTIFIED) or (leaving and activated.notified):
                 ctx.activations.notify(req.queue, 1, reason=PASSED_ON, exclude=activated)
-            if jobs or left <= 0 or ctx.activations.closed:
-                if activated.notified:  # picked while looking, maybe for a job this look
-                    # could not see yet: another pilot looks in its place
-                    ctx.activations.notify(req.queue, 1, reason=PASSED_ON, exclude=activated)
+            if leaving:
                 return AcquireReply(jobs=jobs)
             woken = await activated.wait(min(left, LONG_POLL_RECHECK_S))
 
