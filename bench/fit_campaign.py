@@ -9,8 +9,11 @@
   (c) hpcaf end to end (pfit → results) with one pilot per core, numpy and jax,
       on the whole pallet.
 
-Prints wall time, fits per second, the speed-ups of (c) over (a) and (b) and
-the largest |ΔCLs| between (c) and (a). Starts its own harvester on a free
+Prints wall time, fits per second, the speed-ups of (c) over (a) and (b), the
+largest |ΔCLs| between (c) and (a), and where (c)'s time went step by step
+(``campaign_steps.py``). The site's compilation cache (``compileCache``) is
+fresh for every run unless ``--compile-cache`` names one kept across runs (a
+site whose pilots compiled these models before). Starts its own harvester on a free
 loopback port with a temporary HPCAF_HOME; images come from HPCAF_IMAGE_CACHE.
 
     python bench/fit_campaign.py --pallet staus/Region-combined [--sample 6] [--repeat 3]
@@ -29,7 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from local_harvester import REPO, local_harvester
+from campaign_steps import campaign_steps, median_steps, print_steps
+from local_harvester import REPO, local_harvester, new_home
 from parsl_peer import htex
 
 MODIFIERS = {"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}}
@@ -92,9 +96,14 @@ def parsl_htex(workspace: dict[str, Any], patches: list[dict[str, Any]], workers
         return time.time() - start
 
 
-def hpcaf(folder: Path, backend: str, slots: int) -> tuple[float, dict[str, Any]]:
-    """pfit → results through a fresh harvester with one local pilot per core."""
-    with local_harvester(slots) as cenv:
+def hpcaf(
+    folder: Path, backend: str, slots: int, compile_cache: Path
+) -> tuple[float, dict[str, Any], tuple[list[tuple[str, float]], dict[str, float]]]:
+    """pfit → results through a fresh harvester with one local pilot per core; the wall
+    time, the results and the campaign's steps."""
+    from harvester.client.http import HarvesterClient
+
+    with local_harvester(slots, compile_cache) as cenv:
         start = time.time()
         subprocess.run(
             [
@@ -113,7 +122,10 @@ def hpcaf(folder: Path, backend: str, slots: int) -> tuple[float, dict[str, Any]
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        wall = time.time() - start
+        returned = time.time()
+        wall = returned - start
+        with HarvesterClient(cenv["HPCAF_URL"], cenv["HPCAF_TOKEN"]) as client:
+            steps = campaign_steps(client, 1, start, returned)
         out = subprocess.run(
             [sys.executable, "-m", "harvester.client.pbook", "results", "1", "--json"],
             env=cenv,
@@ -121,7 +133,7 @@ def hpcaf(folder: Path, backend: str, slots: int) -> tuple[float, dict[str, Any]
             capture_output=True,
             text=True,
         )
-        return wall, json.loads(out.stdout)
+        return wall, json.loads(out.stdout), steps
 
 
 def main() -> None:
@@ -133,6 +145,12 @@ def main() -> None:
     parser.add_argument("--skip-parsl", action="store_true")
     parser.add_argument("--backends", default="numpy,jax")
     parser.add_argument("--repeat", type=int, default=1, help="runs of (c); the median is shown")
+    parser.add_argument(
+        "--compile-cache",
+        type=Path,
+        default=None,
+        help="a site compilation cache kept across runs (default: a fresh one per run)",
+    )
     args = parser.parse_args()
     root = Path(os.environ.get("HPCAF_PALLETS") or REPO.parent / "shared" / "data" / "pallets")
     folder = root / args.pallet
@@ -156,13 +174,23 @@ def main() -> None:
     deltas = {}
     for backend in args.backends.split(","):
         walls = []
+        walls_steps: list[list[tuple[str, float]]] = []
+        summed_runs: list[dict[str, float]] = []
         for _ in range(args.repeat):
-            wall, results = hpcaf(folder, backend, cores)
+            cache = args.compile_cache or new_home("hpcaf-bench-compilations-")
+            wall, results, (steps, summed) = hpcaf(folder, backend, cores, cache)
             walls.append(wall)
+            walls_steps.append(steps)
+            summed_runs.append(summed)
         wall = statistics.median(walls)
         if args.repeat > 1:
             shown = ", ".join(f"{w:.1f}" for w in walls)
             print(f"(c) {backend}: {shown} s; median {wall:.1f} s")
+        summed_median = {
+            key: statistics.median(run.get(key, 0.0) for run in summed_runs)
+            for key in summed_runs[0]
+        }
+        print_steps(backend, median_steps(walls_steps), summed_median, wall)
         rows.append((f"(c) hpcaf pfit end to end, {backend}", wall, False))
         deltas[backend] = max(abs(results[k]["CLs_obs"] - v["CLs_obs"]) for k, v in seq.items())
         failed = sum(1 for e in results.values() if e.get("status") != "ok")

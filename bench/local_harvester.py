@@ -103,8 +103,9 @@ def harvester(
 
 
 @contextmanager
-def local_harvester(slots: int) -> Iterator[dict[str, str]]:
-    """A harvester with one local queue of ``slots`` pilots (agents included)."""
+def local_harvester(slots: int, compile_cache: Path | None = None) -> Iterator[dict[str, str]]:
+    """A harvester with one local queue of ``slots`` pilots (agents included);
+    ``compile_cache``: the queue's site compilation cache (default: none)."""
     home = new_home()
     config = f"""
 [queues.ANALY_LOCAL]
@@ -113,5 +114,7 @@ maxWorkers = {slots}
 nQueueLimitWorker = {slots}
 maxNewWorkersPerCycle = {slots}
 """
+    if compile_cache is not None:
+        config += f"compileCache = {str(compile_cache)!r}\n"
     with harvester(home, config) as env:
         yield env

@@ -61,6 +61,9 @@ class QueueConfig(BaseModel):
     binds: list[str] = Field(default_factory=list)
     provider_options: dict[str, Any] = Field(default_factory=dict)
     pilot_options: list[str] = Field(default_factory=list)
+    compile_cache: str | None = Field(None, alias="compileCache", min_length=1)
+    """A folder on the site's shared filesystem where its pilots keep compilations
+    (JAX), one folder per user: a model is compiled once per site, not per pilot."""
     """Extra ``pilot`` arguments for this queue's workers (e.g. ``["--heartbeat", "60"]``)."""
     allow_cpu_jobs: bool = False
     """A GPU queue that also takes CPU-only jobs."""

@@ -76,8 +76,10 @@ class JobRunner:
         cores: int,
         gpus: list[Gpu] | None = None,
         warm: bool = True,
+        compile_cache: Path | None = None,
     ) -> None:
         self.gpus = list(gpus or [])
+        self.compile_cache = compile_cache
         # as many idle warm workers as the slot has cores: one per job it can run at once
         self.warm: WarmPool | None = WarmPool(max_idle=cores) if warm else None
         self.server = server
@@ -163,7 +165,12 @@ class JobRunner:
             (workdir / "job.json").write_text(json.dumps(spec.model_dump(mode="json")))
         runtime = select_runtime(spec.container.runtime)
         request = container_request(
-            spec, Path(image), workdir, gpus, owner_cache(self.base_dir, spec.owner)
+            spec,
+            Path(image),
+            workdir,
+            gpus,
+            owner_cache(self.base_dir, spec.owner),
+            self.compile_cache,
         )
         header = (
             f"=== hpcaf pilot {self.pilot_id}: job {spec.job_id} attempt {spec.attempt_nr} "

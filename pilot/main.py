@@ -105,6 +105,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="start every fit job in a fresh container (no warm workers)",
     )
+    parser.add_argument(
+        "--compile-cache",
+        type=Path,
+        default=Path(os.environ["HPCAF_COMPILE_CACHE"])
+        if os.environ.get("HPCAF_COMPILE_CACHE")
+        else None,
+        help="the site's compilation cache, shared by its pilots (a folder per user)",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -139,7 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     stopping = threading.Event()
     server = PilotServer(args.server, token, stop=stopping)
     gpus = discover_gpus(args.nvidia_smi, os.environ)
-    runner = JobRunner(server, pilot_id, base_dir, node.cores, gpus, warm=not args.no_warm)
+    runner = JobRunner(
+        server,
+        pilot_id,
+        base_dir,
+        node.cores,
+        gpus,
+        warm=not args.no_warm,
+        compile_cache=args.compile_cache,
+    )
     ledger = SlotLedger(node.cores, node.memory_mb, gpus, pack=args.pack)
 
     def on_signal(signum: int, _frame: object) -> None:

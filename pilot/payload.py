@@ -3,7 +3,10 @@ binds and devices, whichever way the job is then executed.
 
 The transforms' folder is bound read-only into every container; the pilot's
 cache (e.g. JAX compilations) is shared by one user's jobs, each user having
-their own, where the image has the mount point for it.
+their own, where the image has the mount point for it. A site may name a
+compilation cache on its shared filesystem (``compileCache`` of a queue): then
+each user's compilations are shared by all of the site's pilots, so a model is
+compiled once per site rather than once per pilot.
 """
 
 from __future__ import annotations
@@ -54,12 +57,24 @@ def owner_cache(base_dir: Path, owner: str) -> Path:
     same time as another's in a whole-node pilot, can neither read nor change what
     another user's jobs and warm workers keep there.
     """
-    safe = (
-        owner
-        if re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", owner) and owner not in (".", "..")
-        else ("u-" + hashlib.sha256(owner.encode()).hexdigest()[:16])
-    )
-    return base_dir / "cache" / safe
+    return base_dir / "cache" / owner_folder(owner)
+
+
+def owner_folder(owner: str) -> str:
+    """A folder name for ``owner``: the name itself when it is a safe one, else a digest."""
+    if re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", owner) and owner not in (".", ".."):
+        return owner
+    return "u-" + hashlib.sha256(owner.encode()).hexdigest()[:16]
+
+
+def site_compilations(compile_cache: Path, owner: str) -> Path:
+    """One user's folder in the site's compilation cache.
+
+    Per user, as the pilot's own cache is: a compiled program is machine code that
+    the next job loads and runs, so one user's jobs must never load what another's
+    wrote.
+    """
+    return compile_cache / owner_folder(owner) / "jax"
 
 
 def has_cache_mount(image: Path) -> bool:
@@ -68,9 +83,15 @@ def has_cache_mount(image: Path) -> bool:
 
 
 def container_request(
-    spec: JobSpec, image: Path, workdir: Path, gpus: list[Gpu], cache_dir: Path
+    spec: JobSpec,
+    image: Path,
+    workdir: Path,
+    gpus: list[Gpu],
+    cache_dir: Path,
+    compile_cache: Path | None = None,
 ) -> ContainerRequest:
-    """The container for ``spec``'s payload in ``workdir``, on a node with ``gpus``."""
+    """The container for ``spec``'s payload in ``workdir``, on a node with ``gpus``;
+    ``compile_cache``: the site's shared compilation cache, if it has one."""
     cores = max(1, spec.cores)
     env = {**spec.image_environment, **spec.env}
     env.update({name: str(cores) for name in THREAD_VARIABLES})
@@ -86,7 +107,10 @@ def container_request(
         workdir=workdir,
         transforms_dir=transforms_dir(),
         env=env,
-        binds=[*[Bind.parse(b) for b in spec.container.binds], *_cache_binds(image, cache_dir)],
+        binds=[
+            *[Bind.parse(b) for b in spec.container.binds],
+            *_cache_binds(image, cache_dir, spec.owner, compile_cache),
+        ],
         allow_network=spec.container.allow_network,
         gpu=gpu_job,
         devices=devices,
@@ -95,10 +119,18 @@ def container_request(
     )
 
 
-def _cache_binds(image: Path, cache_dir: Path) -> list[Bind]:
+def _cache_binds(
+    image: Path, cache_dir: Path, owner: str, compile_cache: Path | None
+) -> list[Bind]:
     """The user's cache in the pilot, shared by their jobs, where the image has the mount
-    point for it."""
+    point for it; over its ``jax`` folder, the user's folder of the site's compilation
+    cache when there is one (bound after, so it is the one the container sees)."""
     if not has_cache_mount(image):
         return []
     (cache_dir / "jax").mkdir(parents=True, exist_ok=True)
-    return [Bind(str(cache_dir), CACHE_IN_CONTAINER, writable=True)]
+    binds = [Bind(str(cache_dir), CACHE_IN_CONTAINER, writable=True)]
+    if compile_cache is not None:
+        shared = site_compilations(compile_cache, owner)
+        shared.mkdir(parents=True, exist_ok=True)
+        binds.append(Bind(str(shared), f"{CACHE_IN_CONTAINER}/jax", writable=True))
+    return binds

@@ -333,8 +333,14 @@ maxWorkers = 0
 """
 
 
-def harvester_settings(extra_queues: str = "", *, max_workers: int = 2) -> str:
-    return QUEUE_LOCAL.format(max_workers=max_workers) + QUEUE_MANUAL + extra_queues
+def harvester_settings(
+    extra_queues: str = "", *, max_workers: int = 2, compile_cache: Path | None = None
+) -> str:
+    """The test queues; ``compile_cache``: the local queue's site compilation cache."""
+    local = QUEUE_LOCAL.format(max_workers=max_workers)
+    if compile_cache is not None:
+        local = local.rstrip("\n") + f"\ncompileCache = {json.dumps(str(compile_cache))}\n"
+    return local + QUEUE_MANUAL + extra_queues
 
 
 def make_harvester(
@@ -355,6 +361,7 @@ def make_harvester(
         {
             "HPCAF_HOME": str(home),
             "HPCAF_IMAGE_CACHE": str(image_cache),
+            "HPCAF_PALLET_CACHE": str(home / "client-cache"),
             "HPCAF_PORT": str(port),
             "HPCAF_AGENT_INTERVAL_S": "0.3",
             "HPCAF_HEARTBEAT_INTERVAL_S": "1",

@@ -305,6 +305,25 @@ def test_upload_over_limit_stores_nothing(hv: Harvester) -> None:
     assert leftovers == []
 
 
+def test_holds_answers_only_for_the_callers_own_files(hv: Harvester) -> None:
+    """``HEAD /files/{sha256}`` (a client uploads only what is missing) says yes only for
+    the caller's own content: another user's answers 404 like content nobody has."""
+    from harvester.client.http import HarvesterClient
+
+    content = b"alice's pallet " + hashlib.sha256(hv.home.name.encode()).digest()
+    digest = hashlib.sha256(content).hexdigest()
+    with HarvesterClient(hv.url, hv.tokens["alice"]) as alice:
+        assert not alice.holds(digest)
+        alice.upload_bytes(content, "BkgOnly.json")
+        assert alice.holds(digest)
+    with HarvesterClient(hv.url, hv.tokens["bob"]) as bob:
+        assert not bob.holds(digest)
+    with hv.api("alice") as c:
+        assert c.head("/api/v1/files/not-a-digest").status_code == 400
+    with hv.api("nobody") as anonymous:
+        assert anonymous.head(f"/api/v1/files/{digest}").status_code == 401
+
+
 def test_interrupted_upload_stores_nothing(hv: Harvester) -> None:
     """A client that dies a third of the way through an upload leaves no file, no
     partial blob and no traceback."""

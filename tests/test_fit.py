@@ -60,10 +60,11 @@ def hv(
     fit_images: Path,
     module_database_env: dict[str, str],
 ) -> Iterator[Harvester]:
+    home = tmp_path_factory.mktemp("fit")
     h = make_harvester(
-        tmp_path_factory.mktemp("fit"),
+        home,
         fit_images,
-        harvester_settings(max_workers=2),
+        harvester_settings(max_workers=2, compile_cache=home / "site-compilations"),
         module_database_env,
     )
     yield h
@@ -129,6 +130,11 @@ def test_staus_subset_matches_pyhf_and_plots(
         assert max(abs(a - b) for a, b in zip(entry["CLs_exp"], exp, strict=True)) < 1e-4
         assert entry["metadata"]["name"] == name and len(entry["metadata"]["values"]) == 2
         assert entry["Fit-Time"] > 0
+
+    # the queue's site compilation cache got the fits' compilations, in alice's folder
+    site = hv.home.parent / "site-compilations"
+    assert [p.name for p in site.iterdir()] == ["alice"]
+    assert len(list((site / "alice" / "jax").iterdir())) > 10
 
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from harvester.plotting import plot_exclusion

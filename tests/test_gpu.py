@@ -8,6 +8,8 @@ nvidia-smi output (tests/data/nvidia-smi-a100.txt), as the issue allows.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -425,3 +427,49 @@ def test_gpu_submission_errors(harvester_factory: Callable[..., Harvester]) -> N
         )
         assert result.returncode == 2 and message in result.stderr, result.output
     assert h.query("SELECT count(*) FROM tasks")[0][0] == 0
+
+
+GPU_CHECK = Path(__file__).resolve().parent.parent / "bench" / "gpu_check.sh"
+
+
+def _gpu_check(tmp_path: Path, python: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "HPCAF_GPU_PYTHON": python,
+        "HPCAF_GPU_CARRY": str(tmp_path / "carry"),  # nothing carried
+        "TMPDIR": str(tmp_path),
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    }
+    return subprocess.run(
+        ["bash", str(GPU_CHECK), *args], env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.e2e
+def test_the_gpu_check_runs_in_its_cpu_mode(tmp_path: Path) -> None:
+    """bench/gpu_check.sh --cpu: the first look, the image of the host's software bound
+    read-only, a container job and a fit campaign through a harvester and its pilots."""
+    import sys
+
+    result = _gpu_check(
+        tmp_path, sys.executable, "--cpu", "--sample", "1", "--pallets", "staus/Region-combined"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "missing Python modules: none" in out
+    assert "[CpuDevice(id=0)]" in out, "JAX ran inside the container"
+    assert "1/1 ok  device cpu" in out
+    assert out.rstrip().endswith("the check passed")
+
+
+def test_the_gpu_check_says_plainly_what_is_missing(tmp_path: Path) -> None:
+    """A Python without the harvester's modules, and no carried wheels: exit 3, naming
+    what is missing, before anything starts."""
+    bare = subprocess.run(["/usr/bin/python3", "-c", "import fastapi"], capture_output=True)
+    if bare.returncode == 0:
+        pytest.skip("the system python3 has the harvester's modules: it is no bare machine")
+    result = _gpu_check(tmp_path, "/usr/bin/python3", "--cpu", "--sample", "1")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "lacks" in result.stdout and "fastapi" in result.stdout
+    assert "--prepare" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr

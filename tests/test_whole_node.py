@@ -228,3 +228,37 @@ def test_each_user_has_a_pilot_cache_of_their_own(tmp_path: Path) -> None:
         "bob": {str(owner_cache(base, "bob"))},
     }
     assert owner_cache(base, "../../etc").parent == base / "cache", "no way out by a name"
+
+
+def test_a_site_compilation_cache_is_shared_by_pilots_but_not_by_users(tmp_path: Path) -> None:
+    """With a queue's ``compileCache``, the JAX folder a container sees is its user's
+    folder of the site's cache, the same for every pilot of the site and never another
+    user's; bound over the pilot's own cache, so it is the one the container writes to."""
+    from pilot.payload import container_request, owner_cache
+
+    image = tmp_path / "image"
+    (image / "srv" / "cache").mkdir(parents=True)
+    site = tmp_path / "site-compilations"
+    seen: dict[tuple[str, str], str] = {}
+    for pilot in ("pilot-a", "pilot-b"):
+        base = tmp_path / pilot
+        for job_id, owner in ((1, "alice"), (2, "bob")):
+            spec = _spec(job_id, 1, 1000).model_copy(
+                update={"owner": owner, "image_path": str(image)}
+            )
+            request = container_request(
+                spec, image, base / f"job_{job_id}", [], owner_cache(base, owner), site
+            )
+            targets = [b.target for b in request.binds]
+            assert targets.index("/srv/cache/jax") > targets.index("/srv/cache")
+            (jax,) = [b for b in request.binds if b.target == "/srv/cache/jax"]
+            assert jax.writable and Path(jax.source).is_dir()
+            seen[(pilot, owner)] = jax.source
+    assert seen[("pilot-a", "alice")] == seen[("pilot-b", "alice")] == str(site / "alice" / "jax")
+    assert seen[("pilot-a", "bob")] == seen[("pilot-b", "bob")] != seen[("pilot-a", "alice")]
+    spec = _spec(3, 1, 1000).model_copy(update={"owner": "../x", "image_path": str(image)})
+    request = container_request(
+        spec, image, tmp_path / "j3", [], owner_cache(tmp_path, "../x"), site
+    )
+    (jax,) = [b for b in request.binds if b.target == "/srv/cache/jax"]
+    assert Path(jax.source).parent.parent == site, "no way out of the site's cache by a name"

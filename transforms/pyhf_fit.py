@@ -28,6 +28,15 @@ from typing import Any
 EXIT_PATCH_FAILED = 65
 _WARM: dict[str, Any] = {"serving": False, "shared": None}
 """In a warm worker (``--serve``) the shared compilations outlive each job."""
+_PROCESS_STARTED = time.time()
+"""When this process imported the transform: its first job's start-up is counted from here."""
+_JOBS_RUN = [0]
+TIMINGS_PREFIX = "hpcaf-timings "
+"""A job's log ends with one line of this prefix and a JSON object of its phases in
+seconds (``bench/fit_campaign.py`` reads it for the per-step breakdown)."""
+COMPILATION_CACHE_MIN_S = 0.0
+"""Every compilation goes to the persistent cache, not only slow ones: a fit compiles a few
+hundred small programs (indexing, Asimov data) besides the objective, together seconds."""
 EXIT_NO_GPU = 66
 MODIFIER_SETTINGS = {"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}}
 
@@ -59,7 +68,7 @@ def configure_backend(backend: str) -> str:
         cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
         if cache:
             jax.config.update("jax_compilation_cache_dir", cache)
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", COMPILATION_CACHE_MIN_S)
         pyhf.set_backend("jax")
         return str(jax.devices()[0].platform)
     pyhf.set_backend(backend)
@@ -92,7 +101,10 @@ def run(job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     poi = float(args.get("poi_value", 1.0))
     test_stat = args.get("test_stat", "qtilde")
     names = (job.get("job_parameters") or {}).get("patches") or []
+    timings = Timings(first_in_process=_JOBS_RUN[0] == 0)
+    _JOBS_RUN[0] += 1
     device = configure_backend(backend)
+    timings.mark("backend_s")
     if args.get("require_gpu") and device == "cpu":
         print(f"pyhf_fit: a GPU was requested but {backend} sees only the CPU", file=sys.stderr)
         raise SystemExit(EXIT_NO_GPU)
@@ -112,10 +124,12 @@ def run(job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     patches = [pyhf.patchset.Patch(by_name[name]) for name in names]
     del raw, by_name
     print(f"inputs read in {time.time() - t0:.2f}s", flush=True)
+    timings.mark("inputs_s")
 
     shared: Any = None
     if backend == "jax" and args.get("shared_compile", True):
         shared = _prepare_shared(background, workspace, patches)
+    timings.mark("prepare_s")
     results: dict[str, Any] = {}
     for index, patch in enumerate(patches):
         start = time.time()
@@ -139,6 +153,9 @@ def run(job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         except Exception as exc:  # a failed fit is a result, not a crash
             entry.update({"status": "failed", "message": f"{type(exc).__name__}: {exc}"})
         entry["Fit-Time"] = time.time() - start
+        timings.fitted(
+            entry["Fit-Time"], entry["path"] == "shared" and _first_of_structure(shared, index)
+        )
         results[patch.name] = entry
         status = entry["status"]
         shown = f"CLs_obs={entry['CLs_obs']:.6f}" if status == "ok" else entry["message"]
@@ -147,7 +164,56 @@ def run(job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
             flush=True,
         )
     ok = all(e["status"] == "ok" for e in results.values())
+    timings.report()
     return results, ok
+
+
+class Timings:
+    """Where a job's time went, printed as one line at its end (:data:`TIMINGS_PREFIX`).
+
+    ``startup_s``: the process's own start-up before this job (its first job only; a warm
+    worker's later jobs have none); ``backend_s``: importing and selecting the backend;
+    ``inputs_s``: reading the pallet; ``prepare_s``: aligned models, their analysis and
+    the JAX templates; ``first_fits_s``: the first fit of each new structure (which
+    compiles); ``fits_s``: the other fits.
+    """
+
+    def __init__(self, *, first_in_process: bool) -> None:
+        self.started = time.time()
+        self.values: dict[str, float] = {
+            "startup_s": self.started - _PROCESS_STARTED if first_in_process else 0.0,
+            "first_fits_s": 0.0,
+            "fits_s": 0.0,
+            "patches": 0,
+        }
+        self._last = self.started
+
+    def mark(self, name: str) -> None:
+        now = time.time()
+        self.values[name] = now - self._last
+        self._last = now
+
+    def fitted(self, seconds: float, compiled: bool) -> None:
+        self.values["first_fits_s" if compiled else "fits_s"] += seconds
+        self.values["patches"] += 1
+
+    def report(self) -> None:
+        shown = {k: round(v, 4) for k, v in self.values.items()}
+        shown["started_at"] = round(self.started, 3)
+        shown["ended_at"] = round(time.time(), 3)
+        print(TIMINGS_PREFIX + json.dumps(shown), flush=True)
+
+
+def _first_of_structure(shared: Any, index: int) -> bool:
+    """Whether patch ``index`` is the first of this job on its structure's newest
+    compilation that had not been used before (its fit includes the compilation)."""
+    if shared is None or shared.slots[index] is None:
+        return False
+    structure = shared.slots[index][0]
+    if structure.key in shared.fitted:
+        return False
+    shared.fitted.add(structure.key)
+    return True
 
 
 def touches_only_channels(patch: Any) -> bool:
@@ -179,6 +245,7 @@ class SharedFits:
     def __init__(self, models: Any, slots: list[tuple[Any, Any, Any] | None]) -> None:
         self.models = models
         self.slots = slots
+        self.fitted: set[str] = models.fitted_structures
 
 
 def _shareable(patch: Any) -> bool:
@@ -206,7 +273,11 @@ def _prepare_shared(
             f"{', '.join(WORKSPACE_SECTIONS)}: fitting those the plain way",
             flush=True,
         )
-    patched = {i: patches[i].apply(workspace) for i in chosen}
+    # Each patch onto a fresh plain copy of the background, in place: jsonpatch's own
+    # copy (``copy.deepcopy`` of a ``pyhf.Workspace``) costs about 0.07 s a patch, and
+    # pyhf deep-copies a ``Workspace`` subclass again, slowly, for every model it builds.
+    background_text = json.dumps(background)
+    patched = {i: patches[i].apply(json.loads(background_text), in_place=True) for i in chosen}
     # Alignment pads a patch with the group's modifiers; a POI that the patch's own
     # model lacks would come in that way, and pyhf refuses such a model: so does hpcaf.
     without_poi = [i for i in chosen if not _declares_poi(patched[i])]

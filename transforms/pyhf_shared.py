@@ -343,6 +343,8 @@ class SharedModels:
         self._value = jax.jit(self._objective, static_argnums=statics)
         self.structures: dict[str, Structure] = {}
         """The newest structure of each model key."""
+        self.fitted_structures: set[str] = set()
+        """Keys of the structures already fitted once (compiled) in this process."""
         self._made = 0
 
     def _objective(

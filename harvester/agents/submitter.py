@@ -60,6 +60,8 @@ def pilot_command(ctx: HarvesterContext, queue: QueueConfig, worker_id: int) -> 
         args.append("--no-pack")
     if queue.jobs_per_pilot:
         args += ["--max-jobs", str(queue.jobs_per_pilot)]
+    if queue.compile_cache:
+        args += ["--compile-cache", queue.compile_cache]
     args += queue.pilot_options
     return shlex.join(args)
 

@@ -184,6 +184,17 @@ class HarvesterClient:
         """Upload a local file (an input); returns its registration with the sha256."""
         return self.upload_bytes(path.read_bytes(), name or path.name)
 
+    def holds(self, sha256: str) -> bool:
+        """Whether the harvester holds this content as one of the caller's files (then a
+        task may name it as an input without uploading it again)."""
+        try:
+            self.request("HEAD", f"/api/v1/files/{sha256}")
+        except ClientError as exc:
+            if exc.status_code == 404:
+                return False
+            raise
+        return True
+
     def upload_bytes(self, data: bytes, name: str) -> dict[str, Any]:
         """Upload content under ``name``; the store keeps each sha256 once."""
         sha = hashlib.sha256(data).hexdigest()

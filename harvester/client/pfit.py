@@ -2,16 +2,15 @@
 
 The background-only workspace and the patchset are validated here (pyhf
 schema, patchset digest against the workspace, patch names, test
-statistic), uploaded once (content-addressed, so a second campaign on the same
-pallet uploads nothing new), and submitted as a task whose jobs each fit a
+statistic; once per content, ``pallet_check.py``), uploaded only when the
+harvester does not hold them yet (content-addressed: a second campaign on the
+same pallet sends nothing), and submitted as a task whose jobs each fit a
 group of patches with the ``pyhf_fit`` transform.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import math
 import os
 import tarfile
@@ -22,6 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from harvester.client.common import client, err, fail, optional, out, split_list
+from harvester.client.pallet_check import CheckedPallet, PalletFile, check_pallet
 from harvester.client.task_options import task_parameters
 from harvester.client.tasks import draw_plot, print_fit_table, wait_for_task
 
@@ -30,58 +30,6 @@ app = typer.Typer(add_completion=False, help="Fit the signal patches of a pyhf p
 TEST_STATISTICS = ("qtilde", "q")
 BACKENDS = ("numpy", "jax")
 PATCHSET_NAMES = ("patchset.json", "patchset.json.gz")
-
-
-def read_json(path: Path, what: str) -> Any:
-    """JSON from a plain or gzipped file; a clear error when it is not JSON."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise fail(f"{what} {path}: {exc.strerror or exc}") from exc
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except OSError as exc:
-            raise fail(f"{what} {path}: not a valid gzip file ({exc})") from exc
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise fail(f"{what} {path}: not JSON ({exc})") from exc
-
-
-def validate(workspace_doc: Any, patchset_doc: Any, names: list[str]) -> tuple[Any, list[str]]:
-    """Check the inputs with pyhf; returns the patchset and the patch names to fit."""
-    pyhf = optional("pyhf", "fit", "pfit (it checks the pallet with pyhf)")
-
-    try:
-        workspace = pyhf.Workspace(workspace_doc)
-    except Exception as exc:
-        raise fail(f"--workspace is not a pyhf workspace: {_first_line(exc)}") from exc
-    try:
-        patchset = pyhf.PatchSet(patchset_doc)
-    except Exception as exc:
-        raise fail(f"--patchset is not a pyhf patchset: {_first_line(exc)}") from exc
-    try:
-        patchset.verify(workspace)
-    except Exception as exc:
-        raise fail(
-            "--patchset was made for another workspace: its digest does not match "
-            f"--workspace ({_first_line(exc)})"
-        ) from exc
-    known = [p.name for p in patchset.patches]
-    if names:
-        missing = [n for n in names if n not in set(known)]
-        if missing:
-            raise fail(
-                f"no patch named {', '.join(missing)} in the patchset "
-                f"({len(known)} patches, e.g. {known[0]})"
-            )
-        return patchset, names
-    return patchset, known
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def pallet_files(pallet: str, cache: Path) -> tuple[Path, Path]:
@@ -208,22 +156,24 @@ def main(
         raise fail("--initialPatches must be at least 1")
     if n_parallel < 1:
         raise fail("--nParallelEvaluation must be at least 1")
+    cache = Path(os.environ.get("HPCAF_PALLET_CACHE") or Path.home() / ".cache" / "hpcaf")
     if pallet is not None:
-        cache = Path(os.environ.get("HPCAF_PALLET_CACHE") or Path.home() / ".cache" / "hpcaf")
         workspace, patchset = pallet_files(pallet, cache / "pallets")
     if workspace is None or patchset is None:
         raise fail("give --workspace and --patchset (or --pallet)")
-    workspace_doc = read_json(workspace, "--workspace")
-    patchset_doc = read_json(patchset, "--patchset")
-    checked, names = validate(workspace_doc, patchset_doc, list(patch or []))
+    ws_file = PalletFile.read(workspace, "--workspace")
+    ps_file = PalletFile.read(patchset, "--patchset")
+    checked = check_pallet(ws_file, ps_file, cache)
+    names = checked.chosen(list(patch or []))
     with client() as c:
         me = out_ds
         if me is None:
             me = f"user.{_whoami(c)}.pfit.{int(time.time())}"
         per_job = patches_per_job or auto_patches_per_job(c, len(names), site)
-        ws_file = c.upload(workspace, "BkgOnly.json")
         ps_name = "patchset.json.gz" if patchset.name.endswith(".gz") else "patchset.json"
-        ps_file = c.upload(patchset, ps_name)
+        for file, name in ((ws_file, "BkgOnly.json"), (ps_file, ps_name)):
+            if not c.holds(file.sha256):  # a pallet the harvester holds is not sent again
+                c.upload_bytes(file.raw, name)
         job_parameters = group(names, per_job)
         steering = None
         if adaptive:
@@ -241,8 +191,8 @@ def main(
             ),
             "transform": "pyhf_fit",
             "inputs": [
-                {"name": "BkgOnly.json", "sha256": ws_file["sha256"]},
-                {"name": ps_name, "sha256": ps_file["sha256"]},
+                {"name": "BkgOnly.json", "sha256": ws_file.sha256},
+                {"name": ps_name, "sha256": ps_file.sha256},
             ],
             "jobParameters": job_parameters or None,
             "steering": steering,
@@ -252,7 +202,7 @@ def main(
                 "poi_value": poi_value,
                 "test_stat": test_stat,
                 "backend": backend,
-                "labels": list(checked.labels) if checked.labels else None,
+                "labels": checked.labels or None,
                 "require_gpu": _wants_gpu(architecture),
             },
         }
@@ -287,14 +237,13 @@ def main(
 
 
 def adaptive_steering(
-    patchset: Any, names: list[str], initial: int | None, parallel: int
+    checked: CheckedPallet, names: list[str], initial: int | None, parallel: int
 ) -> dict[str, Any]:
     """Steering of an adaptive scan: each patch's coordinates from its metadata values."""
-    chosen = set(names)
-    points = {p.name: [float(v) for v in p.values] for p in patchset.patches if p.name in chosen}
+    points = {name: checked.patches[name] for name in names}
     if len(points) < 2:
         raise fail("--adaptive needs at least two patches")
-    if any(not 1 <= len(v) <= 3 for v in points.values()):
+    if any(not 1 <= len(v) <= 3 or any(math.isnan(x) for x in v) for v in points.values()):
         raise fail("--adaptive needs patches with 1 to 3 numeric metadata values")
     steering: dict[str, Any] = {
         "kind": "adaptive_cls",

@@ -45,9 +45,15 @@ def counts_text(counts: dict[str, int]) -> str:
 def wait_for_task(
     c: HarvesterClient, task_id: int, timeout: float, interval: float = 2.0
 ) -> dict[str, Any]:
-    """Poll a task with a progress bar until it ends; print the errors of failed jobs."""
+    """Follow a task with a progress bar until it ends; print the errors of failed jobs.
+
+    Between looks the client long-polls the task's endings (``wait_s``): the harvester
+    answers as soon as a job or the task ends, so the last result is seen at once,
+    not up to ``interval`` seconds later.
+    """
     deadline = time.monotonic() + timeout
     task = c.task(task_id)
+    cursor = 0
     progress = Progress(
         TextColumn("task {task.fields[tid]} [bold]{task.fields[state]}[/bold]"),
         BarColumn(),
@@ -84,7 +90,7 @@ def wait_for_task(
                 }:
                     err.print(f"jobs wait: {why}")
                 raise fail(f"task {task_id} still {task['status']} after {timeout:.0f}s", 1)
-            time.sleep(interval)
+            cursor = wait_for_endings(c, task_id, cursor, interval)
     failed = [j for j in c.jobs(task_id, all_attempts=False) if j["status"] == "failed"]
     for j in failed[:20]:
         err.print(
@@ -92,6 +98,12 @@ def wait_for_task(
             f"{j.get('pilot_error_diag') or ''}"
         )
     return task
+
+
+def wait_for_endings(c: HarvesterClient, task_id: int, cursor: int, wait_s: float) -> int:
+    """Wait up to ``wait_s`` for a job of the task (or the task) to end; the new cursor."""
+    answer = c.get(f"/api/v1/tasks/{task_id}/endings", after=cursor, wait_s=wait_s)
+    return int(answer["cursor"])
 
 
 def _value_text(value: Any) -> str:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
@@ -73,6 +73,21 @@ def _shared_with(session: Session, principal: Principal, row: File) -> bool:
     job = session.get(Job, row.job_id)
     task = session.get(Task, job.task_id) if job is not None else None
     return task is not None and may_read(principal, task)
+
+
+@router.head("/{sha256}")
+def holds(sha256: str, ctx: Context, principal: CurrentPrincipal) -> Response:
+    """200 when the harvester holds this content as one of the caller's files, else 404:
+    a client uploads only what is missing. Another user's files answer 404 as well,
+    so that nobody learns whether someone else holds a given content."""
+    check_sha256(sha256)
+    with ctx.sessions() as session:
+        mine = session.scalar(
+            select(File.id).where(File.sha256 == sha256, File.owner == principal.user).limit(1)
+        )
+    if mine is None or not ctx.files.exists(sha256):
+        raise NotFoundError(f"you hold no file with sha256 {sha256}")
+    return Response(status_code=status.HTTP_200_OK)
 
 
 @router.get("/{sha256}")
