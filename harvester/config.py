@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from db.models import QueueStatus
 from harvester.errors import ConfigError
 
-ProviderName = Literal["local", "slurm", "htcondor"]
+ProviderName = Literal["local", "slurm", "htcondor", "parsl"]
 RuntimeName = Literal["auto", "bwrap", "apptainer", "singularity"]
 
 

@@ -142,6 +142,63 @@ def test_task_on_slurm_workers(
         assert states.get(batch_id) == "COMPLETED", (batch_id, states.get(batch_id))
 
 
+def test_a_task_on_parsl_slurm_provider_workers(
+    slurm_harvester: Callable[[str], Harvester], slurm_conf: Path
+) -> None:
+    """provider = "parsl" with Parsl's own SlurmProvider against the dev cluster: Parsl
+    writes and sbatches the script, polls squeue/sacct, and hpcaf maps its states."""
+    config = """
+[queues.ANALY_PARSL_SLURM]
+provider = "parsl"
+cores = 1
+memory_mb = 500
+maxWalltime = 600
+maxWorkers = 2
+nQueueLimitWorker = 2
+maxNewWorkersPerCycle = 2
+
+[queues.ANALY_PARSL_SLURM.provider_options]
+provider = "SlurmProvider"
+launcher = "SingleNodeLauncher"
+polling_interval_s = 1
+options = { partition = "debug", exclusive = false }
+"""
+    h = slurm_harvester(config)
+    task_id = h.submit(
+        "--containerImage",
+        "base",
+        "--exec",
+        "echo $PANDAID > o.txt",
+        "--outputs",
+        "o.txt",
+        "--outDS",
+        "user.alice.parslslurm",
+        "--nJobs",
+        "3",
+        "--site",
+        "ANALY_PARSL_SLURM",
+    )
+    assert h.wait_task(task_id, 240)["status"] == "done"
+    jobs = h.jobs(task_id)
+    assert {j["status"] for j in jobs} == {"finished"}
+    workers = h.query("SELECT batch_id, status FROM workers")
+    scripts = [
+        p
+        for p in h.home.rglob("hpcaf-ANALY_PARSL_SLURM-*")
+        if p.suffix not in (".stdout", ".stderr")
+    ]
+    assert scripts and "#SBATCH --partition=debug" in scripts[0].read_text(), "Parsl's script"
+    wait_for(
+        lambda: all(s == "finished" for _, s in h.query("SELECT batch_id, status FROM workers")),
+        90,
+        "the workers to end",
+    )
+    accounted = slurm(slurm_conf, "sacct", "-c", "-n", "-P", "-o", "JobID,State")
+    states = dict(line.split("|")[:2] for line in accounted.splitlines() if "|" in line)
+    for batch_id, _ in workers:
+        assert states.get(batch_id) == "COMPLETED", (batch_id, states.get(batch_id))
+
+
 def test_scancel_of_a_running_pilot(
     slurm_harvester: Callable[[str], Harvester], slurm_conf: Path
 ) -> None:

@@ -10,9 +10,10 @@ from pydantic import ValidationError
 
 from harvester.config import QueueConfig
 from harvester.errors import ConfigError
-from harvester.providers.base import Provider
+from harvester.providers.base import Provider, WorkerResources
 from harvester.providers.htcondor import HTCondorOptions, HTCondorProvider
 from harvester.providers.local import LocalProvider
+from harvester.providers.parsl_bridge import ParslOptions, ParslProvider, build_parsl_provider
 from harvester.providers.slurm import SlurmOptions, SlurmProvider
 
 
@@ -41,6 +42,16 @@ def make_provider(queue: QueueConfig, *, check_nodes: bool = True) -> Provider:
                 smallest = min(n.vram_mb for n in queue.gpu_nodes)
                 options["require_gpus"] = f"GlobalMemoryMb >= {smallest}"
             return HTCondorProvider(HTCondorOptions(**options))
+        if queue.provider == "parsl":
+            parsl_options = ParslOptions(**options)
+            slot = WorkerResources(
+                cores=queue.cores,
+                memory_mb=queue.memory_mb,
+                walltime_s=queue.walltime_s,
+                gpus=queue.gpus,
+            )
+            parsl = build_parsl_provider(queue.name, parsl_options, slot)
+            return ParslProvider(parsl, parsl_options.polling_interval_s)
     except ValidationError as exc:
         problems = "; ".join(
             f"field provider_options.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
