@@ -458,3 +458,50 @@ def test_the_reported_order_through_a_harvester_with_one_pilot(
     workers = one_pilot.query("SELECT count(DISTINCT worker_id) FROM jobs")[0][0]
     assert workers == 1, "one pilot ran every job"
     assert_matches(results, fitted.result())
+
+
+def test_json_spec_copies_build_the_same_model_as_deepcopy(pallets: Path) -> None:
+    """The fast copy of a specification inside pyhf.Model (``JsonCopy``) against pyhf's own
+    ``copy.deepcopy``: same structure key, same leaves, same data, same spec; and inputs it
+    cannot copy exactly (a tuple, a NaN, a key that is not a string) go to deepcopy."""
+    import math
+    from contextlib import nullcontext
+
+    import numpy as np
+
+    sys.path.insert(0, str(REPO / "transforms"))
+    import pyhf
+    import pyhf_fit  # type: ignore[import-not-found]
+    import pyhf_shared  # type: ignore[import-not-found]
+
+    folder = pallets / "1Lbb"
+    background = json.loads((folder / "BkgOnly.json").read_text())
+    with gzip.open(folder / "patchset.json.gz") as fh:
+        patchset = json.load(fh)
+    text = json.dumps(background)
+    patches = [pyhf.patchset.Patch(p) for p in patchset["patches"][:3]]
+    specs = pyhf_shared.align_specs(
+        background, [p.apply(json.loads(text), in_place=True) for p in patches]
+    )
+    pyhf.set_backend("numpy")
+    fast = [pyhf_fit.build_model(spec) for spec in specs]
+    original = pyhf_fit.json_spec_copies
+    try:
+        pyhf_fit.json_spec_copies = nullcontext
+        plain = [pyhf_fit.build_model(spec) for spec in specs]
+    finally:
+        pyhf_fit.json_spec_copies = original
+    for (model_f, data_f), (model_p, data_p) in zip(fast, plain, strict=True):
+        key_f, leaves_f = pyhf_shared.analyse(model_f)
+        key_p, leaves_p = pyhf_shared.analyse(model_p)
+        assert key_f == key_p and data_f == data_p and model_f.spec == model_p.spec
+        assert all(
+            a == b and np.array_equal(x, y)
+            for (a, x), (b, y) in zip(leaves_f, leaves_p, strict=True)
+        )
+    assert fast[0][0].spec is not specs[0], "pyhf still gets a copy of its own"
+    kept = pyhf_fit.JsonCopy.deepcopy({"a": (1, 2)})
+    assert kept == {"a": (1, 2)}, "a tuple stays a tuple"
+    nan = pyhf_fit.JsonCopy.deepcopy({"a": [math.nan]})
+    assert math.isnan(nan["a"][0])
+    assert pyhf_fit.JsonCopy.deepcopy({1: "x"}) == {1: "x"}, "an int key stays an int"

@@ -210,3 +210,28 @@ def test_a_kubernetes_queue_renders_the_pilot_pod(
     assert container.resources.limits == {"cpu": "4", "memory": "8000Mi"}
     assert pod.metadata.labels == {"parsl-job-id": job_id}
     assert pod.metadata.name.startswith("hpcaf-analy-k8s-7")
+
+
+def test_a_restarted_harvester_follows_its_parsl_workers(tmp_path: Path) -> None:
+    """A new provider object (the harvester restarted) learns an existing worker through
+    ``track`` and follows it to its end; a worker it cannot follow is missed."""
+    queue = QueueConfig(name="Q", provider="parsl", provider_options={"provider": "LocalProvider"})
+    first = make_provider(queue)
+    marker = tmp_path / "went-on"
+    command = f"sleep 2; touch {marker}"
+    batch_id = first.submit(command, WorkerResources(), "hpcaf-Q-1", tmp_path / "w1")
+    assert first.status([batch_id])[batch_id].status is WorkerStatus.RUNNING
+
+    restarted = make_provider(queue)
+    unknown = restarted.status([batch_id])[batch_id]
+    assert unknown.status is WorkerStatus.MISSED, "untracked: Parsl does not know it"
+    restarted.track(batch_id, tmp_path / "w1")
+    assert restarted.status([batch_id])[batch_id].status is WorkerStatus.RUNNING
+    wait_for(
+        lambda: restarted.status([batch_id])[batch_id].status is WorkerStatus.FINISHED,
+        30,
+        "the worker to end",
+    )
+    assert marker.exists(), "the worker ran to its end while the harvester was away"
+    restarted.track("999999", tmp_path / "nothing-here")
+    assert restarted.status(["999999"])["999999"].status is WorkerStatus.MISSED

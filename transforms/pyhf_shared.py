@@ -151,48 +151,77 @@ def _walk(
     """
     import jax
 
-    if isinstance(obj, (np.ndarray, jax.Array)):
-        if np.dtype(obj.dtype).kind in "fc":  # numbers: a leaf, passed in
-            leaves.append((path, obj))
-            key.append((path, tuple(obj.shape), str(obj.dtype)))
-        else:  # indices and masks: structure, compiled in, so keyed by value
-            host = np.asarray(obj)
-            digest = hashlib.sha256(host.tobytes()).hexdigest()
-            key.append((path, host.shape, str(host.dtype), digest))
-        return
-    if isinstance(obj, (float, np.floating)):
-        key.append((path, "float", float(obj).hex()))
-        return
-    if isinstance(obj, (str, int, bool, type(None), np.integer, np.bool_, slice)):
-        key.append((path, repr(obj)))
-        return
-    if id(obj) in seen:
-        key.append((path, "seen"))
-        return
-    seen.add(id(obj))
-    if isinstance(obj, (list, tuple)) and obj and _numeric(obj):
-        numbers = np.asarray(obj, dtype=np.float64)
-        digest = hashlib.sha256(numbers.tobytes()).hexdigest()
-        key.append((path, "numbers", numbers.shape, digest))
-        return
-    if isinstance(obj, (list, tuple)):
-        for i, value in enumerate(obj):
-            _walk(value, (*path, ("i", i)), seen, leaves, key)
-    elif isinstance(obj, dict):
-        for k in sorted(obj, key=repr):
-            _walk(obj[k], (*path, ("k", k)), seen, leaves, key)
-    elif hasattr(obj, "__dict__") and type(obj).__module__.startswith("pyhf"):
-        owner = type(obj).__name__
-        for name, value in sorted(vars(obj).items()):
-            if name == "spec" or (owner, name) in _build_only_sources():
-                continue
-            _walk(value, (*path, ("a", name)), seen, leaves, key)
-    elif callable(obj) and not hasattr(obj, "__dict__"):
-        key.append((path, "callable", repr(obj)))  # a builtin or a ufunc: code, no values
-    else:
-        # An object this walk cannot look inside may hold values that would then be
-        # compiled into a template and carried to another patch: never share it.
-        raise StructureMismatch(f"cannot see inside {type(obj).__module__}.{type(obj).__name__}")
+    _Walk(jax.Array, _build_only_sources(), seen, leaves, key).walk(obj, path)
+
+
+_SCALARS = (str, int, bool, type(None), np.integer, np.bool_, slice)
+
+
+class _Walk:
+    """:func:`_walk`'s recursion, with what every node needs looked up once per model
+    (a model has some twenty thousand nodes)."""
+
+    def __init__(
+        self,
+        jax_array: type,
+        build_only: frozenset[tuple[str, str]],
+        seen: set[int],
+        leaves: list[tuple[Path, Any]],
+        key: list[Any],
+    ) -> None:
+        self.arrays: tuple[type, ...] = (np.ndarray, jax_array)
+        self.build_only = build_only
+        self.seen = seen
+        self.leaves = leaves
+        self.key = key
+
+    def walk(self, obj: Any, path: Path) -> None:
+        key = self.key
+        if isinstance(obj, self.arrays):
+            array: Any = obj
+            if array.dtype.kind in "fc":  # numbers: a leaf, passed in
+                self.leaves.append((path, array))
+                key.append((path, tuple(array.shape), str(array.dtype)))
+            else:  # indices and masks: structure, compiled in, so keyed by value
+                host = np.asarray(obj)
+                digest = hashlib.sha256(host.tobytes()).hexdigest()
+                key.append((path, host.shape, str(host.dtype), digest))
+            return
+        if isinstance(obj, (float, np.floating)):
+            key.append((path, "float", float(obj).hex()))
+            return
+        if isinstance(obj, _SCALARS):
+            key.append((path, repr(obj)))
+            return
+        if id(obj) in self.seen:
+            key.append((path, "seen"))
+            return
+        self.seen.add(id(obj))
+        if isinstance(obj, (list, tuple)):
+            if obj and _numeric(obj):
+                numbers = np.asarray(obj, dtype=np.float64)
+                digest = hashlib.sha256(numbers.tobytes()).hexdigest()
+                key.append((path, "numbers", numbers.shape, digest))
+                return
+            for i, value in enumerate(obj):
+                self.walk(value, (*path, ("i", i)))
+        elif isinstance(obj, dict):
+            for k in sorted(obj, key=repr):
+                self.walk(obj[k], (*path, ("k", k)))
+        elif hasattr(obj, "__dict__") and type(obj).__module__.startswith("pyhf"):
+            owner = type(obj).__name__
+            for name, value in sorted(vars(obj).items()):
+                if name == "spec" or (owner, name) in self.build_only:
+                    continue
+                self.walk(value, (*path, ("a", name)))
+        elif callable(obj) and not hasattr(obj, "__dict__"):
+            key.append((path, "callable", repr(obj)))  # a builtin or a ufunc: no values
+        else:
+            # An object this walk cannot look inside may hold values that would then be
+            # compiled into a template and carried to another patch: never share it.
+            raise StructureMismatch(
+                f"cannot see inside {type(obj).__module__}.{type(obj).__name__}"
+            )
 
 
 def _build_only_sources() -> frozenset[tuple[str, str]]:
