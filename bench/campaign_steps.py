@@ -18,8 +18,7 @@ import statistics
 from datetime import UTC, datetime
 from typing import Any
 
-TIMINGS_PREFIX = "hpcaf-timings "
-"""The prefix of the transform's timing line (``pyhf_fit.TIMINGS_PREFIX``)."""
+from transforms.pyhf_fit import TIMINGS_PREFIX  # the transform's own (stdlib imports only)
 
 JOB_PHASES = (
     ("container and worker start", "container_s"),

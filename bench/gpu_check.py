@@ -170,8 +170,11 @@ def container_check(env: dict[str, str], client: Any, gpu: bool) -> None:
         *(site or ["--site", "ANALY_CPU"]),
     )
     task_id = task_id_of(out)
+    from protocol.states import TASK_TERMINAL
+
+    terminal = {state.value for state in TASK_TERMINAL}
     deadline = time.monotonic() + 300
-    while client.task(task_id)["status"] not in ("done", "finished", "failed", "broken"):
+    while client.task(task_id)["status"] not in terminal:
         if time.monotonic() > deadline:
             raise SystemExit("the container job did not end within 300 s")
         time.sleep(0.5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -115,6 +116,6 @@ nQueueLimitWorker = {slots}
 maxNewWorkersPerCycle = {slots}
 """
     if compile_cache is not None:
-        config += f"compileCache = {str(compile_cache)!r}\n"
+        config += f"compileCache = {json.dumps(str(compile_cache))}\n"  # a TOML string
     with harvester(home, config) as env:
         yield env

@@ -77,6 +77,14 @@ polling_interval_s = 1
 """
 
 
+def assert_completed(conf: Path, batch_ids: list[str]) -> None:
+    """Each batch job ended COMPLETED in the job completion log (``sacct -c``)."""
+    accounted = slurm(conf, "sacct", "-c", "-n", "-P", "-o", "JobID,State")
+    states = dict(line.split("|")[:2] for line in accounted.splitlines() if "|" in line)
+    for batch_id in batch_ids:
+        assert states.get(batch_id) == "COMPLETED", (batch_id, states.get(batch_id))
+
+
 def clear_cluster(conf: Path) -> None:
     """Cancel every job on the dev cluster and wait until it is empty: a test's pilots must
     not outlive it and hold the two CPUs the next test needs."""
@@ -136,10 +144,7 @@ def test_task_on_slurm_workers(
         60,
         "workers to end",
     )
-    accounted = slurm(slurm_conf, "sacct", "-c", "-n", "-P", "-o", "JobID,State")
-    states = dict(line.split("|")[:2] for line in accounted.splitlines() if "|" in line)
-    for batch_id, _ in h.query("SELECT batch_id, status FROM workers"):
-        assert states.get(batch_id) == "COMPLETED", (batch_id, states.get(batch_id))
+    assert_completed(slurm_conf, [b for b, _ in h.query("SELECT batch_id, status FROM workers")])
 
 
 def test_a_task_on_parsl_slurm_provider_workers(
@@ -193,10 +198,7 @@ options = { partition = "debug", exclusive = false }
         90,
         "the workers to end",
     )
-    accounted = slurm(slurm_conf, "sacct", "-c", "-n", "-P", "-o", "JobID,State")
-    states = dict(line.split("|")[:2] for line in accounted.splitlines() if "|" in line)
-    for batch_id, _ in workers:
-        assert states.get(batch_id) == "COMPLETED", (batch_id, states.get(batch_id))
+    assert_completed(slurm_conf, [b for b, _ in workers])
 
 
 def test_scancel_of_a_running_pilot(
