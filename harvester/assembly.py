@@ -23,6 +23,7 @@ from harvester.agents.brokerage import Brokerage
 from harvester.agents.images import ImagePuller
 from harvester.agents.leases import LeaseKeeper
 from harvester.agents.monitor import Monitor
+from harvester.agents.relay import MessengerRelay
 from harvester.agents.splitter import Splitter
 from harvester.agents.steering import Steering
 from harvester.agents.submitter import Submitter
@@ -88,9 +89,14 @@ def ensure_pilot_token(ctx: HarvesterContext) -> Path:
 
 def build_agents(ctx: HarvesterContext) -> AgentRunner:
     providers = ctx.providers
+    messenger_dirs = sorted(
+        {Path(q.messenger_dir) for q in ctx.queues.values() if q.messenger_dir is not None}
+    )
+    relay = [MessengerRelay(ctx, messenger_dirs)] if messenger_dirs else []
     return AgentRunner(
         [
             LeaseKeeper(ctx),
+            *relay,
             Splitter(ctx),
             Steering(ctx),
             ImagePuller(ctx),

@@ -61,10 +61,16 @@ class QueueConfig(BaseModel):
     binds: list[str] = Field(default_factory=list)
     provider_options: dict[str, Any] = Field(default_factory=dict)
     pilot_options: list[str] = Field(default_factory=list)
+    """Extra ``pilot`` arguments for this queue's workers (e.g. ``["--heartbeat", "60"]``)."""
     compile_cache: str | None = Field(None, alias="compileCache", min_length=1)
     """A folder on the site's shared filesystem where its pilots keep compilations
     (JAX), one folder per user: a model is compiled once per site, not per pilot."""
-    """Extra ``pilot`` arguments for this queue's workers (e.g. ``["--heartbeat", "60"]``)."""
+    messenger: Literal["http", "shared_fs"] = "http"
+    """How the queue's pilots reach the harvester: HTTP, or files on a shared
+    filesystem for compute nodes without a network (relayed on the edge node)."""
+    messenger_dir: str | None = Field(None, alias="messengerDir", min_length=1)
+    """With ``messenger = "shared_fs"``: the folder on the shared filesystem, seen at
+    the same path by the harvester and the compute nodes."""
     allow_cpu_jobs: bool = False
     """A GPU queue that also takes CPU-only jobs."""
 
@@ -72,6 +78,17 @@ class QueueConfig(BaseModel):
     def _default_queue_limit(self) -> QueueConfig:
         if self.n_queue_limit_worker is None:
             self.n_queue_limit_worker = self.max_workers
+        return self
+
+    @model_validator(mode="after")
+    def _messenger_needs_a_folder(self) -> QueueConfig:
+        if self.messenger == "shared_fs":
+            if self.messenger_dir is None:
+                raise ValueError('messenger = "shared_fs" needs messenger_dir')
+            if not self.messenger_dir.startswith("/"):
+                raise ValueError("messenger_dir must be an absolute path")
+        elif self.messenger_dir is not None:
+            raise ValueError('messenger_dir is set but messenger is not "shared_fs"')
         return self
 
     @model_validator(mode="after")

@@ -55,6 +55,9 @@ class HarvesterSettings(BaseSettings):
     """The file store; default ``home/files``. Instances sharing a database share it."""
 
     agent_interval_s: float = Field(2.0, gt=0)
+    messenger_scan_s: float = Field(0.1, gt=0)
+    """How often the relay looks for the calls of shared-filesystem pilots (a listing of
+    each pilot's request folder: cheap on a local disk, a metadata load on Lustre)."""
     heartbeat_interval_s: float = Field(30.0, gt=0)
     """How often pilots heartbeat (sent to them at acquire time)."""
     heartbeat_timeout_s: float = Field(600.0, gt=0)

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from pilot.server import PilotServer, ServerError
+from pilot.link import HarvesterLink, ServerError
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ class Heartbeat:
 
     def __init__(
         self,
-        server: PilotServer,
+        server: HarvesterLink,
         pilot_id: str,
         worker_id: int | None,
         interval_s: float,

@@ -25,11 +25,11 @@ from pilot.execution import (
     warm_eligible,
 )
 from pilot.gpus import Gpu
+from pilot.link import HarvesterLink, ServerError
 from pilot.outcome import Outcome, payload_failed
 from pilot.payload import container_request, owner_cache
 from pilot.report import final_report
 from pilot.runtimes.select import RuntimeUnavailable, select_runtime
-from pilot.server import PilotServer, ServerError
 from pilot.specs import UnreadableJob
 from pilot.stage import (
     Carry,
@@ -70,7 +70,7 @@ class JobRunner:
 
     def __init__(
         self,
-        server: PilotServer,
+        server: HarvesterLink,
         pilot_id: str,
         base_dir: Path,
         cores: int,

@@ -22,9 +22,11 @@ from pilot.gpus import Gpu
 from pilot.gpus import discover as discover_gpus
 from pilot.heartbeat import Heartbeat
 from pilot.job import JobRunner
+from pilot.link import HarvesterLink, ServerError
+from pilot.messenger import SharedFsLink
 from pilot.node import discover
 from pilot.polling import PollBackoff
-from pilot.server import PilotServer, ServerError
+from pilot.server import PilotServer
 from pilot.slots import Free, SlotLedger
 from pilot.specs import UnreadableJob
 from pilot.supervision import KILLED_BY_SERVER
@@ -45,6 +47,15 @@ LONG_POLL_S = 5.0
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="pilot", description=__doc__.splitlines()[0])
     parser.add_argument("--server", default=os.environ.get("HPCAF_URL", "http://127.0.0.1:8080"))
+    parser.add_argument(
+        "--messenger-dir",
+        type=Path,
+        default=Path(os.environ["HPCAF_MESSENGER_DIR"])
+        if os.environ.get("HPCAF_MESSENGER_DIR")
+        else None,
+        help="reach the harvester through files in this folder of a shared filesystem "
+        "(compute nodes without a network), not over HTTP",
+    )
     parser.add_argument("--queue", required=True, help="the PanDA queue this slot serves")
     parser.add_argument("--token", default=None, help="pilot token (default $HPCAF_TOKEN)")
     parser.add_argument("--token-file", type=Path, default=None, help="file holding the token")
@@ -127,6 +138,15 @@ def read_token(args: argparse.Namespace) -> str | None:
     return os.environ.get("HPCAF_TOKEN")
 
 
+def open_link(
+    args: argparse.Namespace, token: str, pilot_id: str, stopping: threading.Event
+) -> HarvesterLink:
+    """HTTP to ``--server``, or files in ``--messenger-dir`` where the node has no network."""
+    if args.messenger_dir is not None:
+        return SharedFsLink(args.messenger_dir, token, pilot_id, stop=stopping)
+    return PilotServer(args.server, token, stop=stopping)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -145,7 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     base_dir = args.workdir or Path(tempfile.mkdtemp(prefix="hpcaf-pilot-"))
     base_dir.mkdir(parents=True, exist_ok=True)
     stopping = threading.Event()
-    server = PilotServer(args.server, token, stop=stopping)
+    try:
+        server = open_link(args, token, pilot_id, stopping)
+    except ServerError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
     gpus = discover_gpus(args.nvidia_smi, os.environ)
     runner = JobRunner(
         server,
@@ -170,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         "pilot %s on queue %s, server %s, worker %s, %d cores, %d MiB, %s, GPUs: %s",
         pilot_id,
         args.queue,
-        args.server,
+        server.where,
         args.worker_id,
         node.cores,
         node.memory_mb,
@@ -189,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     except ServerError as exc:
-        log.error("cannot register with %s: %s", args.server, exc)
+        log.error("cannot register with %s: %s", server.where, exc)
         return EXIT_SERVER
     heartbeat = Heartbeat(
         server,
@@ -224,7 +248,7 @@ class JobLoop:
     def __init__(
         self,
         args: argparse.Namespace,
-        server: PilotServer,
+        server: HarvesterLink,
         runner: JobRunner,
         ledger: SlotLedger,
         heartbeat: Heartbeat,

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from pilot.gpus import Gpu
+from pilot.link import HarvesterLink, ServerError
 from pilot.outcome import LOG_NAME, Outcome
-from pilot.server import PilotServer, ServerError
 from pilot.stage import Carry, report_entry
 from protocol.error_codes import PilotErrorCode
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def final_report(
-    server: PilotServer,
+    server: HarvesterLink,
     job_id: int,
     outcome: Outcome,
     workdir: Path | None,

@@ -9,7 +9,6 @@ the next.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -18,18 +17,11 @@ from typing import Any
 
 import httpx
 
+from pilot.link import ServerError, sha256_of
 from pilot.specs import UnreadableJob, read_job
 from protocol.pilot import JobSpec
 
 log = logging.getLogger(__name__)
-
-
-class ServerError(Exception):
-    """The harvester answered with an error, or could not be reached in time."""
-
-    def __init__(self, message: str, status_code: int | None = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
 
 
 class PilotServer:
@@ -54,6 +46,10 @@ class PilotServer:
     def url(self) -> str:
         """The server URL now in use."""
         return self.urls[self._current]
+
+    @property
+    def where(self) -> str:
+        return ", ".join(self.urls)
 
     def close(self) -> None:
         self._client.close()
@@ -149,14 +145,6 @@ class PilotServer:
         if got != sha256:
             target.unlink(missing_ok=True)
             raise ServerError(f"{target.name}: checksum mismatch (expected {sha256}, got {got})")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _detail(response: httpx.Response) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pilot.server import PilotServer, ServerError
+from pilot.link import HarvesterLink, ServerError
 from protocol.error_codes import PilotErrorCode
 from protocol.files import INLINE_FILE_MAX_BYTES, InputFile
 from protocol.sandbox import MAX_SANDBOX_MEMBERS, MAX_SANDBOX_UNPACKED_BYTES
@@ -27,7 +27,7 @@ class StageError(Exception):
 
 
 def stage_in(
-    server: PilotServer, inputs: list[InputFile], workdir: Path, cache: Path | None = None
+    server: HarvesterLink, inputs: list[InputFile], workdir: Path, cache: Path | None = None
 ) -> None:
     """Every input by checksum into the work dir (verified).
 
@@ -55,7 +55,7 @@ def stage_in(
             raise StageError(PilotErrorCode.STAGEIN_FAILED, f"input {name}: {exc}") from exc
 
 
-def unpack_sandbox(server: PilotServer, sandbox: InputFile, workdir: Path) -> int:
+def unpack_sandbox(server: HarvesterLink, sandbox: InputFile, workdir: Path) -> int:
     """The user's work directory (``pcontainer --workDir``) unpacked into the work dir;
     returns the number of files."""
     with tempfile.TemporaryDirectory(dir=workdir.parent, prefix=".sandbox-") as scratch:
@@ -138,7 +138,7 @@ def collect_output(workdir: Path, name: str) -> Path:
 
 
 def stage_out(
-    server: PilotServer, outputs: list[str], workdir: Path, carry: Carry | None = None
+    server: HarvesterLink, outputs: list[str], workdir: Path, carry: Carry | None = None
 ) -> list[dict[str, Any]]:
     """Every declared output for the final update (``[{name, sha256, size, ...}]``)."""
     staged = []
@@ -160,7 +160,7 @@ class Carry:
 
 
 def report_entry(
-    server: PilotServer, path: Path, name: str, carry: Carry | None = None
+    server: HarvesterLink, path: Path, name: str, carry: Carry | None = None
 ) -> dict[str, Any]:
     """A file as the final report names it: small enough for what the report may still
     carry, its content goes in the report (no request of its own); else uploaded first."""
@@ -180,7 +180,7 @@ def report_entry(
 
 
 def stage_out_partial(
-    server: PilotServer, outputs: list[str], workdir: Path, carry: Carry | None = None
+    server: HarvesterLink, outputs: list[str], workdir: Path, carry: Carry | None = None
 ) -> list[dict[str, Any]]:
     """The outputs a failed payload did write, uploaded best-effort (kept if no retry follows)."""
     kept = []

@@ -33,14 +33,18 @@ MAX_BACKOFF_S = 600.0
 
 
 def pilot_command(ctx: HarvesterContext, queue: QueueConfig, worker_id: int) -> str:
-    """The shell command a slot runs: the pilot, told its server, queue and worker id."""
+    """The shell command a slot runs: the pilot, told how to reach the harvester (its URL,
+    or the messenger folder on a queue without a network), its queue and worker id."""
     token_file = ctx.settings.home / "pilot.token"
+    if queue.messenger_dir is not None:
+        reach = ["--messenger-dir", queue.messenger_dir]
+    else:
+        reach = ["--server", ctx.settings.resolved_public_url]
     args = [
         sys.executable,
         "-m",
         "pilot.main",
-        "--server",
-        ctx.settings.resolved_public_url,
+        *reach,
         "--queue",
         queue.name,
         "--worker-id",

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from harvester.context import HarvesterContext
 from harvester.identity import Principal
-from harvester.services.tokens import authenticate
+from harvester.services.pilot_calls import principal_of
 
 _bearer = HTTPBearer(auto_error=False, description="a token from 'harvester token create'")
 
@@ -42,17 +42,7 @@ async def get_principal(
     known = ctx.tokens.get(token)
     if known is not None:
         return known
-    return await run_in_threadpool(_look_up, ctx, token)
-
-
-def _look_up(ctx: HarvesterContext, token: str | None) -> Principal:
-    """The token's principal from the database, remembered for ``token_cache_s``; 401 if
-    unknown or revoked."""
-    with ctx.reads() as session:
-        principal = authenticate(session, token)
-    assert token is not None  # authenticate refuses a missing token
-    ctx.tokens.remember(token, principal)
-    return principal
+    return await run_in_threadpool(principal_of, ctx, token)
 
 
 Context = Annotated[HarvesterContext, Depends(get_context)]

@@ -99,6 +99,36 @@ class FileStore:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def put_file(self, source: Path, expected_sha256: str) -> int:
+        """Store a file handed over on a filesystem (the shared-filesystem messenger's
+        uploads) under an upload's rules: within the size limit, checked against its
+        declared sha256, whole and durable; its size."""
+        size = source.stat().st_size
+        if size > self.max_bytes:
+            raise PayloadTooLarge(f"file of {size} bytes is over the limit of {self.max_bytes}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".handed-")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as fh, source.open("rb") as src:
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+            got = digest.hexdigest()
+            if got != expected_sha256:
+                raise InvalidRequest(
+                    f"checksum mismatch: declared sha256 {expected_sha256}, received {got}"
+                )
+            final = self.path(got)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+            return size
+        finally:
+            tmp.unlink(missing_ok=True)
+
     async def put_stream(
         self,
         chunks: AsyncIterator[bytes],

@@ -11,7 +11,7 @@ from db.states import JOB_TERMINAL
 from harvester.api.auth import Context, CurrentPrincipal
 from harvester.context import HarvesterContext
 from harvester.identity import Principal
-from harvester.services import bulk, dispatch
+from harvester.services import bulk, dispatch, pilot_calls
 from harvester.stores.signals import NOTIFIED, PASSED_ON
 from protocol.pilot import (
     AcquireReply,
@@ -68,21 +68,9 @@ async def _acquire_or_idle(
     if dispatch.known_idle(ctx, principal, req):
         request.app.state.metrics.idle_polls.labels(req.queue).inc()
         return []  # answered from memory: no thread, no database
-    jobs = await run_in_threadpool(_acquire, ctx, principal, req)
+    jobs = await run_in_threadpool(pilot_calls.acquire, ctx, principal, req)
     if jobs:
         request.app.state.metrics.dispatched.labels(req.queue).inc(len(jobs))
-    return jobs
-
-
-def _acquire(ctx: HarvesterContext, principal: Principal, req: AcquireRequest) -> list[JobSpec]:
-    """Look without locks first; claim only when there is something to claim."""
-    with ctx.reads() as session:
-        if not dispatch.worth_claiming(session, ctx, principal, req):
-            dispatch.remember_poll(ctx, req, found=False)
-            return []
-    with ctx.sessions.begin() as session:
-        jobs = dispatch.acquire_jobs(session, ctx, principal, req)
-    dispatch.remember_poll(ctx, req, found=bool(jobs))
     return jobs
 
 
@@ -92,9 +80,7 @@ def heartbeat(
 ) -> HeartbeatReply:
     """Keep held jobs alive; the reply names jobs the pilot must kill."""
     request.app.state.metrics.heartbeats.inc()
-    with ctx.sessions.begin() as session:
-        commands = dispatch.heartbeat(session, principal, req)
-        return HeartbeatReply(commands=commands)
+    return HeartbeatReply(commands=pilot_calls.heartbeat(ctx, principal, req))
 
 
 @router.post("/update_job", response_model=UpdateJobReply)
@@ -102,11 +88,8 @@ def update_job(
     req: UpdateJobRequest, request: Request, ctx: Context, principal: CurrentPrincipal
 ) -> UpdateJobReply:
     """Report a job's new state (forward only; a repeated final report changes nothing)."""
-    with ctx.sessions.begin() as session:
-        reply = dispatch.update_job(session, ctx, principal, req)
+    reply = pilot_calls.update_job(ctx, principal, req)
     request.app.state.metrics.updates.labels(req.state).inc()
-    if reply.status in JOB_TERMINAL:
-        ctx.endings.notify_all()  # committed: clients following its task look now
     return reply
 
 
@@ -128,5 +111,4 @@ def update_jobs(
 @router.post("/worker_node", status_code=204)
 def worker_node(req: WorkerReport, ctx: Context, principal: CurrentPrincipal) -> None:
     """What the pilot found on its node (cores, memory, GPUs)."""
-    with ctx.sessions.begin() as session:
-        dispatch.worker_report(session, principal, req)
+    pilot_calls.worker_node(ctx, principal, req)
