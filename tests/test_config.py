@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
@@ -65,3 +66,24 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     path.write_text("[harvester\n")
     with pytest.raises(ConfigError, match=r"h\.toml"):
         load_settings(path)
+
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "docs" / "examples").glob("*.toml"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_documented_examples_are_valid(example: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every settings file in docs/examples parses: its [harvester] settings, its queues,
+    and the Parsl providers it names (built as the harvester builds them at start)."""
+    from harvester.providers.registry import make_provider
+    from harvester.settings import HarvesterSettings
+
+    for key in [k for k in os.environ if k.startswith("HPCAF_")]:
+        monkeypatch.delenv(key)
+    document = tomllib.loads(example.read_text())
+    HarvesterSettings(**document.get("harvester", {}))
+    parsed = parse_queues(document)
+    assert parsed, f"{example.name} defines no queue"
+    for queue in parsed:
+        if queue.provider == "parsl":
+            make_provider(queue)

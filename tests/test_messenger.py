@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -304,3 +305,120 @@ def _processes_running(needle: str) -> bool:
             except OSError:
                 continue
     return False
+
+
+# -- the relay in this process: claims left by a restart, refusals, files ------------
+
+
+@pytest.fixture
+def relay_site(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A harvester context on the test's database with one shared-filesystem queue, its
+    relay (driven by the test, one scan at a time), and a pilot and a user token."""
+    from harvester.agents.relay import MessengerRelay
+    from harvester.assembly import build_context
+    from harvester.settings import HarvesterSettings
+
+    for key in [k for k in os.environ if k.startswith("HPCAF_")]:
+        monkeypatch.delenv(key)
+    folder = tmp_path / "messenger"
+    settings = HarvesterSettings(home=tmp_path / "home", database_url=database_url)
+    queue = {"provider": "local", "maxWorkers": 0, "messenger": "shared_fs"}
+    ctx = build_context(
+        settings, {"queues": {"ANALY_NONET": {**queue, "messenger_dir": str(folder)}}}
+    )
+    from db.models import Role
+    from harvester.services.tokens import create_token
+
+    with ctx.sessions.begin() as session:
+        tokens = {
+            "pilot": create_token(session, "harvester", Role.PILOT),
+            "user": create_token(session, "alice", Role.USER),
+        }
+    relay = MessengerRelay(ctx, [folder])
+    relay.run_once()  # makes the folder, as the harvester does when it starts
+    yield ctx, relay, folder, tokens
+    relay.stop()
+    ctx.engine.dispose()
+
+
+def _scanning(relay: Any) -> Callable[[], None]:
+    """Scan in the background until the returned function is called."""
+    stop = threading.Event()
+
+    def scan() -> None:
+        while not stop.is_set():
+            relay.run_once()
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=scan, daemon=True)
+    thread.start()
+    return lambda: (stop.set(), thread.join())  # type: ignore[func-returns-value]
+
+
+def test_relay_refuses_what_http_refuses(relay_site: Any) -> None:
+    """A bad token is a 401, a user's token a 403, a bad body a 422: answered, not fatal."""
+    _ctx, relay, folder, tokens = relay_site
+    stop = _scanning(relay)
+    try:
+        for token, expected in (("hpcaf_not-a-token", 401), (tokens["user"], 403)):
+            link = SharedFsLink(folder, token, "node:1:x")
+            with pytest.raises(ServerError) as err:
+                link.worker_node({"pilot_id": "p", "node": "n"})
+            assert err.value.status_code == expected, err.value
+        link = SharedFsLink(folder, tokens["pilot"], "node:1:x")
+        with pytest.raises(ServerError) as err:
+            link.update_job({"job_id": -4, "pilot_id": "p", "state": "running"})
+        assert err.value.status_code == 422 and "job_id" in str(err.value)
+        link.worker_node({"pilot_id": "p", "node": "n", "cores": 2})  # a good call still works
+    finally:
+        stop()
+
+
+def test_relay_carries_files_both_ways(relay_site: Any, tmp_path: Path) -> None:
+    ctx, relay, folder, tokens = relay_site
+    link = SharedFsLink(folder, tokens["pilot"], "node:1:x")
+    payload = tmp_path / "out.root"
+    payload.write_bytes(os.urandom(3 << 20))  # larger than any request may be
+    stop = _scanning(relay)
+    try:
+        stored = link.upload(payload, "out.root")
+        assert ctx.files.path(stored["sha256"]).read_bytes() == payload.read_bytes()
+        back = tmp_path / "back.root"
+        link.download(stored["sha256"], back)
+        assert back.read_bytes() == payload.read_bytes()
+        with pytest.raises(ServerError) as err:
+            link.download("0" * 64, tmp_path / "missing")
+        assert err.value.status_code == 404
+    finally:
+        stop()
+    left = [p.name for f in ("outgoing", "incoming", "taken") for p in (link.mailbox / f).iterdir()]
+    assert left == [], "every file handed over was taken up"
+
+
+def test_relay_answers_calls_it_claimed_before_a_restart(relay_site: Any) -> None:
+    """A call claimed (in ``taken/``) when the harvester stopped is answered by the next
+    relay: the pilot waiting for it is not left waiting."""
+    from harvester.agents.relay import MessengerRelay
+
+    ctx, relay, folder, tokens = relay_site
+    mailbox = folder / PILOTS / "node_1.abcd"
+    for sub in ("requests", "taken", "replies", "outgoing", "incoming"):
+        (mailbox / sub).mkdir(parents=True)
+    call = {"kind": "worker_node", "token": tokens["pilot"], "body": {"pilot_id": "p", "node": "n"}}
+    write_whole(mailbox / TAKEN / "00000001.json", json.dumps(call).encode())
+    relay.run_once()  # this relay did not claim it (and it is fresh): not its own to redo
+    time.sleep(0.2)
+    assert not (mailbox / REPLIES / "00000001.json").exists()
+    restarted = MessengerRelay(ctx, [folder])
+    restarted.run_once()
+    reply = wait_for(
+        lambda: (
+            (mailbox / REPLIES / "00000001.json").exists()
+            and Reply.model_validate_json((mailbox / REPLIES / "00000001.json").read_bytes())
+        ),
+        10,
+        "the answer",
+    )
+    assert reply.status == 204
+    assert not (mailbox / TAKEN / "00000001.json").exists()
+    restarted.stop()
