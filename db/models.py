@@ -160,6 +160,9 @@ class Task(Base):
     """Queues brokerage must not choose (``excludedSite``)."""
     cores: Mapped[int] = mapped_column(Integer, server_default="1")
     """Cores per job (``TaskParameters.cores``); each job row takes it."""
+    nodes: Mapped[int] = mapped_column(Integer, server_default="1")
+    """Nodes per job (``TaskParameters.nodes``): above 1, a gang-scheduled job whose
+    ranks run on every node of one allocation, ``cores`` ranks per node."""
     memory_mb: Mapped[int] = mapped_column(Integer, server_default="0")
     """MiB per job; 0 means whatever the queue's slot offers."""
     walltime_s: Mapped[int] = mapped_column(Integer, server_default="0")
@@ -239,6 +242,9 @@ class Job(Base):
     queue: Mapped[str | None] = mapped_column(String(128), default=None)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     cores: Mapped[int] = mapped_column(Integer, default=1)
+    """Cores per node (one rank each when ``nodes`` is above 1)."""
+    nodes: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    """Nodes of the one allocation the job runs on."""
     memory_mb: Mapped[int] = mapped_column(Integer, default=0)
     """MiB; 0 means whatever the queue's slot offers."""
     gpus: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -282,6 +288,8 @@ class Worker(Base):
     exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
     workdir: Mapped[str | None] = mapped_column(String(1024), default=None)
     node: Mapped[str | None] = mapped_column(String(256), default=None)
+    nodes: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    """Nodes of the worker's allocation: above 1, it holds the jobs of that many nodes."""
     submitted_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     ended_at: Mapped[datetime | None] = mapped_column(default=None)

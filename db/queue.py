@@ -105,9 +105,14 @@ def _claimable(
     max_memory_mb: int | None,
     max_gpus: int | None,
     memory_per_core: int = 0,
+    nodes: int = 1,
 ) -> Select[Any]:
-    """Ids of the activated jobs of ``queue`` that fit the pilot's resources."""
-    query = select(Job.id).where(Job.status == JobStatus.ACTIVATED, Job.queue == queue)
+    """Ids of the activated jobs of ``queue`` that fit the pilot's resources: jobs of as
+    many nodes as the pilot's allocation has (a multi-node allocation runs its jobs, no
+    one-node job; a one-node pilot never takes a gang-scheduled job)."""
+    query = select(Job.id).where(
+        Job.status == JobStatus.ACTIVATED, Job.queue == queue, Job.nodes == nodes
+    )
     if max_cores is not None:
         query = query.where(Job.cores <= max_cores)
     if max_memory_mb is not None:
@@ -125,9 +130,11 @@ def claimable_exists(
     max_memory_mb: int | None = None,
     max_gpus: int | None = None,
     memory_per_core: int = 0,
+    nodes: int = 1,
 ) -> bool:
     """Whether :func:`claim_jobs` would find a job (one index probe, no lock)."""
-    first = _claimable(queue, max_cores, max_memory_mb, max_gpus, memory_per_core).limit(1)
+    first = _claimable(queue, max_cores, max_memory_mb, max_gpus, memory_per_core, nodes)
+    first = first.limit(1)
     return session.scalar(first) is not None
 
 
@@ -143,6 +150,7 @@ def claim_jobs(
     max_memory_mb: int | None = None,
     max_gpus: int | None = None,
     memory_per_core: int = 0,
+    nodes: int = 1,
 ) -> Sequence[Job]:
     """Atomically move up to ``limit`` activated jobs of ``queue`` to ``sent``.
 
@@ -167,7 +175,7 @@ def claim_jobs(
         return []
     now = utcnow()
     candidates = (
-        _claimable(queue, max_cores, max_memory_mb, max_gpus, memory_per_core)
+        _claimable(queue, max_cores, max_memory_mb, max_gpus, memory_per_core, nodes)
         .order_by(Job.priority.desc(), Job.id)
         .limit(limit)
         .with_for_update(skip_locked=True)

@@ -45,6 +45,9 @@ class QueueConfig(BaseModel):
     memory_mb: int = Field(2000, ge=1, description="memory per slot, MiB")
     walltime_s: int = Field(3600, ge=60, alias="maxWalltime", description="max walltime, s")
     gpus: int = Field(0, ge=0, description="GPUs per slot")
+    max_nodes: int = Field(1, ge=1, le=1024, alias="maxNodes")
+    """The largest allocation the queue gives one job (``pcontainer --nNodes``); above 1,
+    its provider must start multi-node allocations (Slurm)."""
     gpu_nodes: list[GpuNode] = Field(default_factory=list)
     """The GPUs the queue's nodes have (vendor/model/uarch: any node; VRAM, CUDA,
     driver: every node must meet a job's minimum)."""
@@ -78,6 +81,20 @@ class QueueConfig(BaseModel):
     def _default_queue_limit(self) -> QueueConfig:
         if self.n_queue_limit_worker is None:
             self.n_queue_limit_worker = self.max_workers
+        return self
+
+    @model_validator(mode="after")
+    def _multi_node_needs_slurm_and_network(self) -> QueueConfig:
+        if self.max_nodes > 1:
+            if self.provider != "slurm":
+                raise ValueError(
+                    f"maxNodes > 1 needs the slurm provider (this queue's is {self.provider})"
+                )
+            if not self.allow_network:
+                raise ValueError(
+                    "maxNodes > 1: the ranks of a multi-node job talk to each other over the "
+                    "network; set allow_network = true"
+                )
         return self
 
     @model_validator(mode="after")

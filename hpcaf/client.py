@@ -137,7 +137,8 @@ class Client:
 
     def submit_container(self, **params: Any) -> Task:
         """Submit a task as ``pcontainer`` does, with panda-client's parameter names
-        (``containerImage``, ``exec``, ``outputs``, ``nJobs``, ``site``, …). ``outDS``
+        (``containerImage``, ``exec``, ``outputs``, ``nJobs``, ``site``, ``nNodes`` and
+        ``coreCount`` for a multi-node job, …). ``outDS``
         defaults to ``user.<you>.<time>``; list-valued options take lists or
         comma-separated strings."""
         document = {"transform": "runcontainer", **params}

@@ -38,6 +38,7 @@ def warm_eligible(pool: WarmPool | None, spec: JobSpec) -> bool:
     serves, and the image has the scratch area warm workers share with the pilot."""
     return bool(
         pool
+        and spec.nodes == 1
         and spec.image_path
         and spec.transform in WARM_TRANSFORMS
         and has_cache_mount(Path(spec.image_path))

@@ -28,6 +28,7 @@ from pilot.gpus import Gpu
 from pilot.link import HarvesterLink, ServerError
 from pilot.outcome import Outcome, payload_failed
 from pilot.payload import container_request, owner_cache
+from pilot.ranks import RankedPayload, rank_outcome, ranks_metrics
 from pilot.report import final_report
 from pilot.runtimes.select import RuntimeUnavailable, select_runtime
 from pilot.specs import UnreadableJob
@@ -39,7 +40,7 @@ from pilot.stage import (
     stage_out_partial,
     unpack_sandbox,
 )
-from pilot.supervision import KILLED_BY_SERVER, Payload, Supervisor
+from pilot.supervision import KILLED_BY_SERVER, Exited, Payload, Supervisor
 from pilot.warm import WarmPool
 from protocol.error_codes import PilotErrorCode
 from protocol.pilot import JobSpec
@@ -181,6 +182,8 @@ class JobRunner:
         if self.warm is not None and warm_eligible(self.warm, spec):
             payload = WarmPayload.start(self.warm, spec, request, runtime, header, self.base_dir)
             report_after_s = WARM_RUNNING_REPORT_AFTER_S
+        elif spec.nodes > 1:
+            payload = RankedPayload.start(spec, request, runtime, header)
         else:
             payload = ContainerPayload.start(spec.job_id, request, runtime, header)
         start.at = datetime.now(UTC)
@@ -194,8 +197,10 @@ class JobRunner:
                 payload, float(spec.walltime_s), report_running, report_after_s=report_after_s
             )
         finally:
-            if isinstance(payload, WarmPayload):
+            if isinstance(payload, WarmPayload | RankedPayload):
                 payload.finish()
+        if isinstance(payload, RankedPayload):
+            return self._ranks_ended(spec, payload, ended, workdir, carry)
         if isinstance(ended, Outcome):
             return ended
         if ended.code != 0:
@@ -203,6 +208,30 @@ class JobRunner:
             return payload_failed(ended.code, ended.elapsed_s, workdir, partial)
         outputs = stage_out(self.server, list(spec.outputs), workdir, carry)
         return Outcome("finished", exit_code=0, outputs=outputs)
+
+    def _ranks_ended(
+        self,
+        spec: JobSpec,
+        payload: RankedPayload,
+        ended: Outcome | Exited,
+        workdir: Path,
+        carry: Carry,
+    ) -> Outcome:
+        """A multi-node job's end, with every rank's exit code in its metrics: failed with
+        ``RANK_FAILED`` when one rank failed (the others were stopped)."""
+        ends = payload.rank_ends()
+        if isinstance(ended, Outcome):
+            outcome = ended
+        else:
+            failure = rank_outcome(ended.code, ended.elapsed_s, ends)
+            if failure is not None:
+                failure.outputs = stage_out_partial(self.server, spec.outputs, workdir, carry)
+                outcome = failure
+            else:
+                outputs = stage_out(self.server, list(spec.outputs), workdir, carry)
+                outcome = Outcome("finished", exit_code=0, outputs=outputs)
+        outcome.metrics = ranks_metrics(ends)
+        return outcome
 
     def _report(
         self,

@@ -92,6 +92,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--cores", type=int, default=None, help="cores of this slot")
     parser.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="nodes of this pilot's allocation: above 1, it runs jobs of that many nodes, "
+        "one at a time, their ranks on every node through srun",
+    )
+    parser.add_argument(
         "--memory",
         type=int,
         default=None,
@@ -138,6 +145,15 @@ def read_token(args: argparse.Namespace) -> str | None:
     return os.environ.get("HPCAF_TOKEN")
 
 
+def default_workdir(nodes: int) -> Path:
+    """Where job dirs are made: the node's temporary space; for an allocation of several
+    nodes, the worker's folder (the pilot starts in it), on the shared filesystem that
+    every node's ranks see."""
+    if nodes > 1:
+        return Path.cwd() / "jobs"
+    return Path(tempfile.mkdtemp(prefix="hpcaf-pilot-"))
+
+
 def open_link(
     args: argparse.Namespace, token: str, pilot_id: str, stopping: threading.Event
 ) -> HarvesterLink:
@@ -160,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     if not token:
         log.error("no token: give --token, --token-file, or set HPCAF_TOKEN")
         return EXIT_CONFIG
-    node = discover(args.cores, args.memory)
+    node = discover(args.cores, args.memory, args.nodes)
     pilot_id = f"{node.hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    base_dir = args.workdir or Path(tempfile.mkdtemp(prefix="hpcaf-pilot-"))
+    base_dir = args.workdir or default_workdir(args.nodes)
     base_dir.mkdir(parents=True, exist_ok=True)
     stopping = threading.Event()
     try:
@@ -180,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         warm=not args.no_warm,
         compile_cache=args.compile_cache,
     )
-    ledger = SlotLedger(node.cores, node.memory_mb, gpus, pack=args.pack)
+    ledger = SlotLedger(node.cores, node.memory_mb, gpus, pack=args.pack and args.nodes == 1)
 
     def on_signal(signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
@@ -198,7 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         args.worker_id,
         node.cores,
         node.memory_mb,
-        "packing jobs" if args.pack else "one job at a time",
+        f"{args.nodes} nodes, one job at a time"
+        if args.nodes > 1
+        else "packing jobs"
+        if args.pack
+        else "one job at a time",
         ", ".join(f"{g.index} {g.name}" for g in gpus) or "none",
     )
     try:
@@ -322,6 +342,7 @@ class JobLoop:
                     "cores": free.cores,
                     "memory_mb": free.memory_mb,
                     "gpus": free.gpus,
+                    "nodes": self.args.nodes,
                     "wait_s": round(wait_s, 3),
                 }
             )

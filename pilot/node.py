@@ -50,8 +50,10 @@ def slot_memory_mb(cores: int, default: int | None = None) -> int:
     return total_memory_mb()
 
 
-def discover(cores: int | None = None, memory_mb: int | None = None) -> NodeInfo:
-    slot = slot_cores(cores)
+def discover(cores: int | None = None, memory_mb: int | None = None, nodes: int = 1) -> NodeInfo:
+    """This slot; in an allocation of several nodes, ``cores`` per node as given (Slurm's
+    per-task figures there describe one rank, not the node)."""
+    slot = cores if nodes > 1 and cores is not None else slot_cores(cores)
     return NodeInfo(
         hostname=socket.getfqdn(), cores=slot, memory_mb=slot_memory_mb(slot, memory_mb)
     )

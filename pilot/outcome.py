@@ -29,6 +29,8 @@ class Outcome:
     error_code: PilotErrorCode | None = None
     diagnostics: str | None = None
     outputs: list[dict[str, Any]] | None = None
+    metrics: dict[str, Any] | None = None
+    """What the server keeps of how the job ran (a multi-node job's ranks)."""
 
 
 def payload_failed(

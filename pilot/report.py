@@ -34,8 +34,11 @@ def final_report(
     server keeps them as the job's metrics).
     """
     body: dict[str, Any] = {"state": outcome.state, "exit_code": outcome.exit_code}
+    metrics = dict(outcome.metrics or {})
     if gpus is not None:
-        body["metrics"] = {"gpus": [g.report() for g in gpus]}
+        metrics["gpus"] = [g.report() for g in gpus]
+    if metrics:
+        body["metrics"] = metrics
     log_path = workdir / LOG_NAME if workdir is not None else None
     if log_path is not None and log_path.is_file() and not log_path.is_symlink():
         try:

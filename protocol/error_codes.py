@@ -38,6 +38,9 @@ class PilotErrorCode(enum.IntEnum):
     """The pilot received SIGTERM/SIGINT (batch eviction) and stopped the payload."""
     WALLTIME_EXCEEDED = 1213
     """The payload ran past the job's walltime and was killed."""
+    RANK_FAILED = 1308
+    """A rank of a multi-node job exited non-zero (or could not start); every other rank
+    was stopped. The diagnostics name the ranks and their nodes."""
     LOST_HEARTBEAT = 1100
     """The harvester heard nothing from the pilot for longer than the timeout."""
     WORKER_VANISHED = 1101

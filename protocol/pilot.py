@@ -20,6 +20,9 @@ class AcquireRequest(RequestBody):
     cores: int | None = Field(None, ge=1, le=MAX_ID)
     memory_mb: int | None = Field(None, ge=1, le=MAX_ID)
     gpus: int = Field(0, ge=0, le=64, description="GPUs the pilot's node offers")
+    nodes: int = Field(
+        1, ge=1, le=1024, description="nodes of the pilot's allocation: it takes jobs of as many"
+    )
     wait_s: float = Field(
         0.0,
         ge=0,
@@ -72,6 +75,10 @@ class JobSpec(BaseModel):
     sandbox: InputFile | None = None
     """The user's work directory (a gzipped tar) to unpack into the work dir first."""
     cores: int = 1
+    """Cores per node; for a job of several nodes, also its ranks per node."""
+    nodes: int = 1
+    """Nodes of the job's allocation: above 1, the pilot starts ``nodes * cores`` ranks,
+    one container each, on every node of its allocation (``pilot/ranks.py``)."""
     memory_mb: int
     walltime_s: int
     gpus: int = 0

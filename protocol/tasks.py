@@ -15,6 +15,10 @@ from protocol.states import TaskStatus
 MAX_EXEC_LENGTH = 65_536
 
 
+MAX_NODES = 1024
+"""The most nodes one job may ask for."""
+
+
 class TaskParameters(BaseModel):
     """A task's parameters: what pcontainer, pfit and phpo send, and what the harvester
     keeps and reads back. Every field and its default is stated here, once.
@@ -63,6 +67,10 @@ class TaskParameters(BaseModel):
     ``JobSpec.cores`` (``protocol.pilot``) → the pilot sets ``OMP_NUM_THREADS`` and the
     other BLAS thread variables (``pilot.job.THREAD_VARIABLES``) to it in the container.
     """
+    nodes: int = Field(1, ge=1, le=MAX_NODES, alias="nNodes")
+    """Nodes per job (``pcontainer --nNodes``): above 1, one gang-scheduled allocation of
+    that many nodes, with ``cores`` ranks on each (one container per rank); only queues
+    whose ``maxNodes`` is at least this take it."""
     memory_mb: int | None = Field(
         None,
         ge=1,

@@ -85,6 +85,7 @@ IMAGES_BY_TEST_FILE = {
     "test_fit.py": ("pyhf.def", "pyhf"),
     "test_fit_truth.py": ("pyhf.def", "pyhf"),
     "test_phpo.py": ("hpo.def", "hpo"),
+    "test_multinode.py": ("mpi.def", "mpi"),
 }
 """The large images some test files need: built in the background from the start of the
 session (``tests.helpers.prebuild_image``), while the tests before them run."""
@@ -305,3 +306,24 @@ def module_database_env(request: pytest.FixtureRequest) -> Iterator[dict[str, st
 def postgres_database_url(postgres_databases: Callable[[], str]) -> str:
     """A fresh PostgreSQL database for a test that needs PostgreSQL whatever ``--database``."""
     return postgres_databases()
+
+
+SLURM_DIR = Path(os.environ.get("HPCAF_SLURM_DIR", "/tmp/hpcaf-slurm-tests"))
+
+
+@pytest.fixture(scope="session")
+def slurm_conf() -> Iterator[Path]:
+    """The Slurm dev cluster (two nodes), up for the session: its ``slurm.conf``."""
+    env = {**os.environ, "HPCAF_SLURM_DIR": str(SLURM_DIR)}
+    up = subprocess.run(
+        [str(REPO / "scripts" / "slurm-cluster"), "up"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert up.returncode == 0, up.stdout + up.stderr
+    yield SLURM_DIR / "slurm.conf"
+    subprocess.run(
+        [str(REPO / "scripts" / "slurm-cluster"), "down"], env=env, capture_output=True, timeout=120
+    )

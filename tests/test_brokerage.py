@@ -131,3 +131,39 @@ def test_gpu_request_survives_the_task_row(value: str) -> None:
 def test_architecture_malformed(value: str) -> None:
     with pytest.raises(InvalidRequest):
         parse_architecture(value)
+
+
+def test_multi_node_allocations_share_the_queue_caps() -> None:
+    """Workers are asked per allocation size (a 2-node job gets a 2-node worker of its
+    own), within the queue's caps counted over all of its workers."""
+    from harvester.agents.adjuster import new_workers_by_nodes
+
+    queue = QueueConfig(
+        name="Q", provider="slurm", cores=2, maxNodes=2, allow_network=True, maxWorkers=4
+    )
+    loads = {
+        1: QueueLoad(activated_jobs=3, queued_workers=0, running_workers=1),
+        2: QueueLoad(activated_jobs=2, queued_workers=1, running_workers=0),
+    }
+    # room: 4 - 2 = 2 workers; one-node jobs first (3 wanted), nothing left for 2 nodes
+    assert new_workers_by_nodes(queue, ON, loads) == {1: 2}
+    loads[1] = QueueLoad(activated_jobs=1, queued_workers=1, running_workers=0)
+    # one-node demand met by the queued worker; the 2-node jobs get one more allocation
+    assert new_workers_by_nodes(queue, ON, loads) == {2: 1}
+
+
+def test_multi_node_jobs_only_where_an_allocation_holds_them() -> None:
+    queues = [
+        (q("ONE", cores=8, maxWorkers=4), ON),
+        (
+            QueueConfig(
+                name="MPI", provider="slurm", cores=8, maxNodes=4, allow_network=True, maxWorkers=1
+            ),
+            ON,
+        ),
+    ]
+    assert choose_queue(queues, needs(nodes=4, cores=8), {"MPI": 5})[0] == "MPI"
+    name, why = choose_queue(queues, needs(nodes=8), {})
+    assert name is None
+    assert "ONE: at most 1 nodes per allocation < 8" in why
+    assert "MPI: at most 4 nodes per allocation < 8" in why

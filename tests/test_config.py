@@ -36,6 +36,9 @@ maxNewWorkersPerCycle = 1
         ('provider = "local"\ncores = 64', "queue ANALY_X: field cores: 64 cores per slot"),
         ('provider = "local"\nmaxWalltime = 10', "queue ANALY_X: field maxWalltime"),
         ('provider = "local"\ncolour = "red"', "queue ANALY_X: field colour"),
+        ('provider = "local"\nmaxNodes = 2', "maxNodes > 1 needs the slurm provider"),
+        ('provider = "slurm"\nmaxNodes = 2', "the ranks of a multi-node job talk"),
+        ('provider = "slurm"\nmaxNodes = 0', "queue ANALY_X: field maxNodes"),
     ],
 )
 def test_errors_name_queue_and_field(table: str, message: str) -> None:

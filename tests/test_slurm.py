@@ -1,4 +1,4 @@
-"""Workers on a real one-node Slurm cluster (scripts/slurm-cluster), end to end."""
+"""Workers on the real Slurm dev cluster (scripts/slurm-cluster), end to end."""
 
 from __future__ import annotations
 
@@ -15,28 +15,9 @@ import httpx
 import pytest
 
 from protocol.states import WorkerStatus
-from tests.helpers import REPO, Harvester, wait_for
+from tests.helpers import Harvester, wait_for
 
 pytestmark = pytest.mark.e2e
-
-SLURM_DIR = Path(os.environ.get("HPCAF_SLURM_DIR", "/tmp/hpcaf-slurm-tests"))
-
-
-@pytest.fixture(scope="session")
-def slurm_conf() -> Iterator[Path]:
-    env = {**os.environ, "HPCAF_SLURM_DIR": str(SLURM_DIR)}
-    up = subprocess.run(
-        [str(REPO / "scripts" / "slurm-cluster"), "up"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert up.returncode == 0, up.stdout + up.stderr
-    yield SLURM_DIR / "slurm.conf"
-    subprocess.run(
-        [str(REPO / "scripts" / "slurm-cluster"), "down"], env=env, capture_output=True, timeout=120
-    )
 
 
 def slurm(conf: Path, *args: str) -> str:

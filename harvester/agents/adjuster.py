@@ -43,3 +43,24 @@ def new_workers(queue: QueueConfig, status: QueueStatus, load: QueueLoad) -> int
     room = queue.max_workers - (load.queued_workers + load.running_workers)
     queue_room = queue.queue_limit - load.queued_workers
     return max(0, min(demand, room, queue_room, queue.max_new_workers_per_cycle))
+
+
+def new_workers_by_nodes(
+    queue: QueueConfig, status: QueueStatus, loads: dict[int, QueueLoad]
+) -> dict[int, int]:
+    """New workers per allocation size (nodes): each size's demand by :func:`new_workers`,
+    the queue's caps applied to all of its workers together, one-node workers first."""
+    queued = sum(load.queued_workers for load in loads.values())
+    running = sum(load.running_workers for load in loads.values())
+    room = min(
+        queue.max_workers - (queued + running),
+        queue.queue_limit - queued,
+        queue.max_new_workers_per_cycle,
+    )
+    plan: dict[int, int] = {}
+    for nodes in sorted(loads):
+        n_new = max(0, min(new_workers(queue, status, loads[nodes]), room))
+        if n_new:
+            plan[nodes] = n_new
+            room -= n_new
+    return plan

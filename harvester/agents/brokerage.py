@@ -38,6 +38,8 @@ class JobNeeds:
     sites: frozenset[str]
     """The queues the task names (``--site A,B``); empty: any."""
     excluded: frozenset[str]
+    nodes: int = 1
+    """Nodes of one allocation (a gang-scheduled job when above 1)."""
 
 
 def rejection(queue: QueueConfig, status: QueueStatus, needs: JobNeeds) -> str | None:
@@ -50,6 +52,8 @@ def rejection(queue: QueueConfig, status: QueueStatus, needs: JobNeeds) -> str |
         return "offline"
     if status is QueueStatus.TEST and queue.name not in needs.sites:
         return "in test (only for tasks that name it)"
+    if needs.nodes > queue.max_nodes:
+        return f"at most {queue.max_nodes} nodes per allocation < {needs.nodes}"
     if needs.cores > queue.cores:
         return f"{queue.cores} cores per slot < {needs.cores}"
     if needs.memory_mb and needs.memory_mb > queue.memory_mb:
@@ -172,6 +176,7 @@ class Brokerage(Agent):
                     )
                     continue
                 needs = JobNeeds(
+                    nodes=job.nodes,
                     cores=job.cores,
                     memory_mb=job.memory_mb,
                     walltime_s=job.walltime_s,

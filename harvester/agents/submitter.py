@@ -18,7 +18,7 @@ from db.leases import queue_lease
 from db.models import Job, QueueStatus, Worker
 from db.queue import job_memory_mb, record_creation, transition
 from harvester import telemetry
-from harvester.agents.adjuster import QueueLoad, new_workers
+from harvester.agents.adjuster import QueueLoad, new_workers_by_nodes
 from harvester.agents.base import Agent
 from harvester.config import QueueConfig
 from harvester.context import HarvesterContext
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 600.0
 
 
-def pilot_command(ctx: HarvesterContext, queue: QueueConfig, worker_id: int) -> str:
+def pilot_command(ctx: HarvesterContext, queue: QueueConfig, worker_id: int, nodes: int = 1) -> str:
     """The shell command a slot runs: the pilot, told how to reach the harvester (its URL,
     or the messenger folder on a queue without a network), its queue and worker id."""
     token_file = ctx.settings.home / "pilot.token"
@@ -66,6 +66,8 @@ def pilot_command(ctx: HarvesterContext, queue: QueueConfig, worker_id: int) -> 
         args += ["--max-jobs", str(queue.jobs_per_pilot)]
     if queue.compile_cache:
         args += ["--compile-cache", queue.compile_cache]
+    if nodes > 1:
+        args += ["--nodes", str(nodes)]
     args += queue.pilot_options
     return shlex.join(args)
 
@@ -99,44 +101,54 @@ class Submitter(Agent):
             status = queue_status(session, queue.name)
             if status is QueueStatus.OFFLINE:
                 return
-            activated, activated_cores, activated_memory = session.execute(
+            activated = session.execute(
                 select(
+                    Job.nodes,
                     func.count(),
                     func.coalesce(func.sum(Job.cores), 0),
                     func.coalesce(func.sum(job_memory_mb(queue.memory_per_core)), 0),
                 )
-                .select_from(Job)
                 .where(Job.status == JobStatus.ACTIVATED, Job.queue == queue.name)
-            ).one()
-            if activated == 0:
+                .group_by(Job.nodes)
+            ).all()
+            if not activated:
                 return
-            counts = dict(
-                session.execute(
-                    select(Worker.status, func.count())
+            counts = {
+                (nodes, worker_status): n
+                for nodes, worker_status, n in session.execute(
+                    select(Worker.nodes, Worker.status, func.count())
                     .where(
                         Worker.queue == queue.name,
                         Worker.status.in_([WorkerStatus.SUBMITTED, WorkerStatus.RUNNING]),
                     )
-                    .group_by(Worker.status)
+                    .group_by(Worker.nodes, Worker.status)
                 ).all()
-            )
-            load = QueueLoad(
-                activated_jobs=activated,
-                activated_cores=activated_cores,
-                activated_memory_mb=activated_memory,
-                queued_workers=counts.get(WorkerStatus.SUBMITTED, 0),
-                running_workers=counts.get(WorkerStatus.RUNNING, 0),
-            )
-            n_new = new_workers(queue, status, load)
-        for _ in range(n_new):
-            if not self._submit_one(queue):
-                break
+            }
+            loads = {
+                nodes: QueueLoad(
+                    activated_jobs=n_jobs,
+                    # a multi-node job has an allocation of its own: no packing
+                    activated_cores=cores if nodes == 1 else None,
+                    activated_memory_mb=memory if nodes == 1 else None,
+                    queued_workers=counts.get((nodes, WorkerStatus.SUBMITTED), 0),
+                    running_workers=counts.get((nodes, WorkerStatus.RUNNING), 0),
+                )
+                for nodes, n_jobs, cores, memory in activated
+            }
+            plan = new_workers_by_nodes(queue, status, loads)
+        for nodes, n_new in sorted(plan.items()):
+            for _ in range(n_new):
+                if not self._submit_one(queue, nodes):
+                    return
 
-    def _submit_one(self, queue: QueueConfig) -> bool:
+    def _submit_one(self, queue: QueueConfig, nodes: int = 1) -> bool:
         provider = self.providers[queue.name]
         with self.ctx.sessions.begin() as session:
             worker = Worker(
-                queue=queue.name, provider=queue.provider, status=WorkerStatus.SUBMITTED
+                queue=queue.name,
+                provider=queue.provider,
+                status=WorkerStatus.SUBMITTED,
+                nodes=nodes,
             )
             session.add(worker)
             session.flush()
@@ -149,10 +161,11 @@ class Submitter(Agent):
             memory_mb=queue.memory_mb,
             walltime_s=queue.walltime_s,
             gpus=queue.gpus,
+            nodes=nodes,
         )
         try:
             batch_id = provider.submit(
-                pilot_command(self.ctx, queue, worker_id),
+                pilot_command(self.ctx, queue, worker_id, nodes),
                 resources,
                 f"hpcaf-{queue.name}-{worker_id}",
                 Path(workdir),

@@ -52,7 +52,16 @@ def main(
         str | None, typer.Option("--architecture", help="e.g. nvidia-gpu or '#&nvidia'")
     ] = None,
     nJobs: Annotated[int | None, typer.Option("--nJobs", help="number of jobs")] = None,
-    cores: Annotated[int | None, typer.Option("--nCore", help="cores per job")] = None,
+    cores: Annotated[
+        int | None, typer.Option("--nCore", help="cores per job (per node, with --nNodes)")
+    ] = None,
+    nodes: Annotated[
+        int | None,
+        typer.Option(
+            "--nNodes",
+            help="nodes per job: one gang-scheduled allocation, --nCore ranks on each node",
+        ),
+    ] = None,
     memory: Annotated[
         int | None, typer.Option("--memory", help="MB per core (panda-client's unit)")
     ] = None,
@@ -108,6 +117,7 @@ def main(
             architecture=architecture,
             nJobs=nJobs,
             cores=cores,
+            nodes=nodes,
             memory_mb=memory_mb,
             walltime_s=walltime_s,
             priority=priority,
@@ -123,6 +133,8 @@ def main(
         raise fail("--exec is required and must not be empty")
     if params.get("nJobs") is not None and int(params["nJobs"]) < 1:
         raise fail("--nJobs must be at least 1")
+    if params.get("nNodes") is not None and int(params["nNodes"]) < 1:
+        raise fail("--nNodes must be at least 1")
     if dumpJson:
         dumpJson.write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
         err.print(f"task parameters written to {dumpJson}")

@@ -32,6 +32,8 @@ class TaskOptions(TypedDict, total=False):
     maxAttempt: int | None
     cores: int | None
     """``--nCore``: cores per job (the chain to ``OMP_NUM_THREADS``: ``TaskParameters.cores``)."""
+    nodes: int | None
+    """``--nNodes``: nodes per job, one allocation (``TaskParameters.nodes``)."""
     memory_mb: int | None
     """MiB per job: ``--memory`` (MB per core, as in panda-client) times the cores."""
     walltime_s: int | None
@@ -40,6 +42,7 @@ class TaskOptions(TypedDict, total=False):
 
 WIRE_NAMES: dict[str, str] = {
     "cores": "coreCount",
+    "nodes": "nNodes",
     "memory_mb": "ramCount",
     "walltime_s": "maxWalltime",
 }

@@ -26,6 +26,8 @@ class WorkerResources:
     memory_mb: int = 2000
     walltime_s: int = 3600
     gpus: int = 0
+    nodes: int = 1
+    """Nodes of one allocation: above 1, ``cores`` and ``memory_mb`` are per node."""
 
 
 @dataclass(frozen=True)

@@ -151,9 +151,7 @@ class SlurmProvider(Provider):
         lines = [
             f"--job-name={name}",
             f"--partition={o.partition}",
-            "--nodes=1",
-            "--ntasks=1",
-            f"--cpus-per-task={resources.cores}",
+            *_layout(resources),
             f"--mem={resources.memory_mb}M",
             f"--time={minutes}",
             f"--output={workdir}/stdout",
@@ -304,3 +302,15 @@ def _exit_code(field: str) -> int | None:
 
 def slurm_options(raw: dict[str, Any]) -> SlurmOptions:
     return SlurmOptions(**raw)
+
+
+def _layout(resources: WorkerResources) -> list[str]:
+    """One task of the slot's cores on one node; for a multi-node allocation, a task per
+    core on every node (the ranks the pilot's ``srun`` starts)."""
+    if resources.nodes > 1:
+        return [
+            f"--nodes={resources.nodes}",
+            f"--ntasks-per-node={resources.cores}",
+            "--cpus-per-task=1",
+        ]
+    return ["--nodes=1", "--ntasks=1", f"--cpus-per-task={resources.cores}"]

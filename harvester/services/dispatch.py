@@ -48,7 +48,7 @@ def _require_pilot(principal: Principal) -> None:
 
 
 def poll_key(req: AcquireRequest) -> PollKey:
-    return (req.queue, req.cores, req.memory_mb, req.gpus)
+    return (req.queue, req.cores, req.memory_mb, req.gpus, req.nodes)
 
 
 def _check_poll(ctx: HarvesterContext, principal: Principal, req: AcquireRequest) -> None:
@@ -93,6 +93,7 @@ def worth_claiming(
         max_memory_mb=req.memory_mb,
         max_gpus=req.gpus,
         memory_per_core=ctx.queues[req.queue].memory_per_core,
+        nodes=req.nodes,
     )
 
 
@@ -118,6 +119,7 @@ def acquire_jobs(
         max_memory_mb=req.memory_mb,
         max_gpus=req.gpus,
         memory_per_core=ctx.queues[req.queue].memory_per_core,
+        nodes=req.nodes,
     )
     if not jobs:
         return []
@@ -185,6 +187,7 @@ def _job_spec(ctx: HarvesterContext, job: Job, task: Task, image: ImageInfo | No
         inputs=list(parameters.inputs),
         sandbox=parameters.sandbox,
         cores=job.cores,
+        nodes=job.nodes,
         # unspecified: the job's cores' share of the slot, as the claim booked it
         memory_mb=job.memory_mb or (queue.memory_per_core * job.cores if queue else 2000),
         walltime_s=job.walltime_s or (queue.walltime_s if queue else 3600),

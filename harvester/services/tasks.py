@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session, aliased
@@ -86,6 +87,7 @@ def submit_task(
     for name in params.excludedSite:
         if name not in ctx.queues:
             raise InvalidRequest(f"unknown site {name!r} in excludedSite")
+    check_nodes(ctx, params.nodes, sites, params.excludedSite)
     seen: set[str] = set()
     for name in params.outputs:
         check_file_name(name, what="output name")
@@ -144,6 +146,7 @@ def submit_task(
         site=site,
         excluded_sites=list(params.excludedSite),
         cores=params.cores,
+        nodes=params.nodes,
         memory_mb=params.memory_mb or 0,  # 0: what the queue's slot has
         walltime_s=params.walltime_s or 0,  # 0: up to the queue's maximum
         out_ds=params.outDS,
@@ -155,6 +158,27 @@ def submit_task(
     session.flush()
     record_creation(session, task, reason="submitted", actor=owner)
     return task
+
+
+def check_nodes(
+    ctx: HarvesterContext, nodes: int, sites: Sequence[str], excluded: Sequence[str]
+) -> None:
+    """A job of ``nodes`` nodes needs a queue whose allocations are that large, among the
+    queues the task may use; refused here, naming the largest, rather than left waiting."""
+    if nodes == 1:
+        return
+    allowed = [
+        q for q in ctx.queues.values() if (not sites or q.name in sites) and q.name not in excluded
+    ]
+    largest = max(allowed, key=lambda q: q.max_nodes, default=None)
+    if largest is None or largest.max_nodes < nodes:
+        offer = (
+            f"the largest allocation a queue offers is {largest.max_nodes} "
+            f"node{'s' if largest.max_nodes > 1 else ''} ({largest.name})"
+            if largest is not None
+            else "no queue is allowed"
+        )
+        raise InvalidRequest(f"nNodes={nodes}: {offer}")
 
 
 def check_image(ctx: HarvesterContext, name: str) -> str:

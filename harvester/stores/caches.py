@@ -85,8 +85,8 @@ class TokenCache:
         self._memory.clear()
 
 
-PollKey = tuple[str, int | None, int | None, int | None]
-"""A poll's queue and resource limits (cores, memory MB, GPUs)."""
+PollKey = tuple[str, int | None, int | None, int | None, int]
+"""A poll's queue and resource limits (cores, memory MB, GPUs, nodes of its allocation)."""
 
 
 class IdleQueues:

@@ -1,0 +1,205 @@
+"""A multi-node job's payload: one container per rank on every node, through ``srun``.
+
+The pilot runs on the first node of its allocation (a Slurm job of ``nodes``
+nodes). For a job of ``nodes`` nodes and ``cores`` cores per node it starts
+one job step, ``srun --nodes N --ntasks-per-node C``, as sites launch MPI:
+Slurm starts ``python -m pilot.rank`` for each rank on its node, and each
+starts that rank's container (``pilot/rank.py``). ``--mpi=pmix`` gives the
+ranks Slurm's PMIx server, through which OpenMPI's ranks (and ``dask-mpi``)
+find each other; ``--kill-on-bad-exit`` ends every rank as soon as one
+fails, so no rank is left running after a failure. The pilot then reads every
+rank's exit code and reports the job once: finished when all exited 0, else
+failed with ``RANK_FAILED`` and the ranks that failed named.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pilot.execution import PayloadNotStarted
+from pilot.outcome import LOG_NAME, Outcome
+from pilot.processes import terminate
+from pilot.runtimes.base import ContainerRequest, ContainerRuntime
+from protocol.error_codes import PilotErrorCode
+from protocol.pilot import JobSpec
+
+log = logging.getLogger(__name__)
+
+RANKS_FOLDER = ".hpcaf-ranks"
+"""In the job's work dir (on the shared filesystem): the plan and each rank's exit code."""
+STEP_COMMAND_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class RankEnd:
+    """How one rank ended: its exit code, or ``None`` when it was stopped (by a signal,
+    after another rank failed) before it could say."""
+
+    rank: int
+    node: str | None
+    exit_code: int | None
+
+
+class RankedPayload:
+    """The job step of all ranks, as the supervisor sees a payload."""
+
+    died = "the job step gave no exit code"
+
+    def __init__(self, process: subprocess.Popen[bytes], spec: JobSpec, ranks_dir: Path) -> None:
+        self.process = process
+        self.spec = spec
+        self.ranks_dir = ranks_dir
+
+    @classmethod
+    def start(
+        cls, spec: JobSpec, request: ContainerRequest, runtime: ContainerRuntime, header: str
+    ) -> RankedPayload:
+        srun = shutil.which("srun")
+        if srun is None or not os.environ.get("SLURM_JOB_ID"):
+            raise PayloadNotStarted(
+                PilotErrorCode.CONTAINER_FAILED,
+                f"a job of {spec.nodes} nodes needs a Slurm allocation (srun and SLURM_JOB_ID)",
+            )
+        ranks_dir = request.workdir / RANKS_FOLDER
+        ranks_dir.mkdir(exist_ok=True)
+        plan = ranks_dir / "plan.json"
+        plan.write_text(
+            json.dumps(
+                {
+                    "runtime": runtime.name,
+                    "ranks_dir": str(ranks_dir),
+                    "request": request_document(request),
+                }
+            )
+        )
+        command = [
+            srun,
+            f"--nodes={spec.nodes}",
+            f"--ntasks-per-node={spec.cores}",
+            "--cpus-per-task=1",
+            "--kill-on-bad-exit=1",
+            "--mpi=pmix",
+            "--label",
+            f"--job-name={step_name(spec.job_id)}",
+            sys.executable,
+            "-m",
+            "pilot.rank",
+            str(plan),
+        ]
+        log.info("job %s: %s", spec.job_id, " ".join(command))
+        with (request.workdir / LOG_NAME).open("wb") as log_file:
+            log_file.write(header.encode())
+            log_file.write(
+                f"=== {spec.nodes} nodes x {spec.cores} ranks, one {runtime.name} container "
+                f"per rank\n".encode()
+            )
+            log_file.flush()
+            try:
+                process = subprocess.Popen(
+                    command,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise PayloadNotStarted(
+                    PilotErrorCode.CONTAINER_FAILED, f"cannot start srun: {exc}"
+                ) from exc
+        return cls(process, spec, ranks_dir)
+
+    def wait(self, timeout_s: float) -> int | None:
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self) -> int | None:
+        terminate(self.process)
+        return self.process.wait()
+
+    def finish(self) -> None:
+        """The step is over, however it ended: cancel what may be left of it (srun killed
+        before its ranks), so no rank outlives the job."""
+        job_id = os.environ.get("SLURM_JOB_ID")
+        if not job_id:
+            return
+        try:
+            steps = subprocess.run(
+                ["squeue", "-h", "-s", "-j", job_id, "-o", "%i %j"],
+                capture_output=True,
+                text=True,
+                timeout=STEP_COMMAND_TIMEOUT_S,
+                check=False,
+            ).stdout.split("\n")
+            for line in steps:
+                step, _, name = line.strip().partition(" ")
+                if name == step_name(self.spec.job_id):
+                    subprocess.run(
+                        ["scancel", "--signal=KILL", step],
+                        capture_output=True,
+                        timeout=STEP_COMMAND_TIMEOUT_S,
+                        check=False,
+                    )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("job %s: cannot check the job step's end: %s", self.spec.job_id, exc)
+
+    def rank_ends(self) -> list[RankEnd]:
+        """Every rank, in order, as it ended."""
+        ends = []
+        for rank in range(self.spec.nodes * self.spec.cores):
+            path = self.ranks_dir / f"{rank}.json"
+            try:
+                record = json.loads(path.read_text())
+                ends.append(RankEnd(rank, record.get("node"), int(record["exit_code"])))
+            except (OSError, ValueError, KeyError, TypeError):
+                ends.append(RankEnd(rank, None, None))
+        return ends
+
+
+def step_name(job_id: int) -> str:
+    return f"hpcaf-job-{job_id}"
+
+
+def rank_outcome(code: int, elapsed_s: float, ends: list[RankEnd]) -> Outcome | None:
+    """``None`` when every rank exited 0; else the job's failure, naming the ranks."""
+    failed = [e for e in ends if e.exit_code not in (0, None)]
+    stopped = [e for e in ends if e.exit_code is None]
+    if code == 0 and not failed and not stopped:
+        return None
+    if failed:
+        first = failed[0]
+        where = f" on {first.node}" if first.node else ""
+        diagnostics = f"rank {first.rank}{where} exited with code {first.exit_code}"
+        if len(failed) > 1:
+            diagnostics += f" (and ranks {', '.join(str(e.rank) for e in failed[1:])})"
+    else:
+        diagnostics = f"the job step exited with code {code}"
+    if stopped:
+        diagnostics += f"; ranks {', '.join(str(e.rank) for e in stopped)} were stopped"
+    return Outcome(
+        "failed",
+        exit_code=failed[0].exit_code if failed else code,
+        error_code=PilotErrorCode.RANK_FAILED,
+        diagnostics=f"{diagnostics} after {elapsed_s:.1f}s",
+    )
+
+
+def ranks_metrics(ends: list[RankEnd]) -> dict[str, Any]:
+    """Every rank's node and exit code, for the job's metrics."""
+    return {"ranks": [asdict(e) for e in ends]}
+
+
+def request_document(request: ContainerRequest) -> dict[str, Any]:
+    document = asdict(request)
+    for key in ("image", "workdir", "transforms_dir"):
+        document[key] = str(document[key])
+    return document
