@@ -139,89 +139,109 @@ class StructureMismatch(Exception):
     """Models that were expected to share a structure do not."""
 
 
-def _walk(
-    obj: Any, path: Path, seen: set[int], leaves: list[tuple[Path, Any]], key: list[Any]
-) -> None:
+def _walk(obj: Any, leaves: list[tuple[Path, Any]], key: list[Any]) -> None:
     """Collect ``obj``'s array leaves, and every other value of it into ``key``.
 
     Floating-point arrays are leaves: they are passed to the compiled objective as
     arguments. Everything else (integer and boolean arrays, which index and mask,
     floats, lists of numbers, strings, slices, …) is written into the key *by
-    value*, so that two models with one key differ only in their leaves.
+    value*, so that two models with one key differ only in their leaves. The key
+    is the walk in order: each value, each attribute, index or dict key on the way
+    down, and where every container opens and closes, which names each value's
+    place as a path would, without repeating the path at every one of a model's
+    twenty thousand nodes.
     """
     import jax
 
-    _Walk(jax.Array, _build_only_sources(), seen, leaves, key).walk(obj, path)
+    _Walk(jax.Array, _build_only_sources(), leaves, key).walk(obj, [])
 
 
 _SCALARS = (str, int, bool, type(None), np.integer, np.bool_, slice)
+_OPEN = "("
+_CLOSE = (")",)
+_SEEN = ("seen",)
+"""Markers of the key: tuples, as every entry is, whose first items no value's are."""
 
 
 class _Walk:
-    """:func:`_walk`'s recursion, with what every node needs looked up once per model
-    (a model has some twenty thousand nodes)."""
+    """:func:`_walk`'s recursion, with what every node needs looked up once per model."""
 
     def __init__(
         self,
         jax_array: type,
         build_only: frozenset[tuple[str, str]],
-        seen: set[int],
         leaves: list[tuple[Path, Any]],
         key: list[Any],
     ) -> None:
         self.arrays: tuple[type, ...] = (np.ndarray, jax_array)
         self.build_only = build_only
-        self.seen = seen
+        self.seen: set[int] = set()
         self.leaves = leaves
         self.key = key
 
-    def walk(self, obj: Any, path: Path) -> None:
+    def walk(self, obj: Any, path: list[tuple[str, Any]]) -> None:
+        """``obj`` at ``path`` (a stack of steps, copied only for a leaf)."""
         key = self.key
         if isinstance(obj, self.arrays):
             array: Any = obj
-            if array.dtype.kind in "fc":  # numbers: a leaf, passed in
-                self.leaves.append((path, array))
-                key.append((path, tuple(array.shape), str(array.dtype)))
+            dtype = array.dtype
+            if dtype.kind in "fc":  # numbers: a leaf, passed in
+                self.leaves.append((tuple(path), array))
+                key.append(("leaf", tuple(array.shape), dtype.str))
             else:  # indices and masks: structure, compiled in, so keyed by value
                 host = np.asarray(obj)
                 digest = hashlib.sha256(host.tobytes()).hexdigest()
-                key.append((path, host.shape, str(host.dtype), digest))
+                key.append(("array", host.shape, host.dtype.str, digest))
             return
         if isinstance(obj, (float, np.floating)):
-            key.append((path, "float", float(obj).hex()))
+            key.append(("float", float(obj).hex()))
             return
         if isinstance(obj, _SCALARS):
-            key.append((path, repr(obj)))
+            kind = type(obj)
+            key.append((kind.__name__, obj if kind is str or kind is int else repr(obj)))
             return
         if id(obj) in self.seen:
-            key.append((path, "seen"))
+            key.append(_SEEN)
             return
         self.seen.add(id(obj))
         if isinstance(obj, (list, tuple)):
             if obj and _numeric(obj):
                 numbers = np.asarray(obj, dtype=np.float64)
                 digest = hashlib.sha256(numbers.tobytes()).hexdigest()
-                key.append((path, "numbers", numbers.shape, digest))
+                key.append(("numbers", numbers.shape, digest))
                 return
+            key.append((_OPEN, type(obj).__name__, len(obj)))
             for i, value in enumerate(obj):
-                self.walk(value, (*path, ("i", i)))
+                path.append(("i", i))
+                self.walk(value, path)
+                path.pop()
         elif isinstance(obj, dict):
+            key.append((_OPEN, "dict", len(obj)))
             for k in sorted(obj, key=repr):
-                self.walk(obj[k], (*path, ("k", k)))
+                key.append(("k", repr(k)))
+                path.append(("k", k))
+                self.walk(obj[k], path)
+                path.pop()
         elif hasattr(obj, "__dict__") and type(obj).__module__.startswith("pyhf"):
             owner = type(obj).__name__
+            key.append((_OPEN, type(obj).__module__, owner))
             for name, value in sorted(vars(obj).items()):
                 if name == "spec" or (owner, name) in self.build_only:
                     continue
-                self.walk(value, (*path, ("a", name)))
+                key.append(("a", name))
+                path.append(("a", name))
+                self.walk(value, path)
+                path.pop()
         elif callable(obj) and not hasattr(obj, "__dict__"):
-            key.append((path, "callable", repr(obj)))  # a builtin or a ufunc: no values
+            key.append(("callable", repr(obj)))  # a builtin or a ufunc: no values
+            return
         else:
             # An object this walk cannot look inside may hold values that would then be
             # compiled into a template and carried to another patch: never share it.
             raise StructureMismatch(
                 f"cannot see inside {type(obj).__module__}.{type(obj).__name__}"
             )
+        key.append(_CLOSE)
 
 
 def _build_only_sources() -> frozenset[tuple[str, str]]:
@@ -247,7 +267,7 @@ def analyse(model: Any) -> tuple[str, list[tuple[Path, Any]]]:
     """(structure key, array leaves) of a pyhf model."""
     leaves: list[tuple[Path, Any]] = []
     key: list[Any] = []
-    _walk(model, (), set(), leaves, key)
+    _walk(model, leaves, key)
     return hashlib.sha256(repr(key).encode()).hexdigest(), leaves
 
 
