@@ -270,7 +270,7 @@ class Job(Base):
 
 
 # The claim's order (priority first, then oldest) read straight off the index.
-Index("ix_jobs_claim", Job.status, Job.queue, Job.priority.desc(), Job.id)
+Index("ix_jobs_claim", Job.status, Job.queue, Job.nodes, Job.priority.desc(), Job.id)
 
 
 class Worker(Base):

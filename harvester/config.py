@@ -95,6 +95,11 @@ class QueueConfig(BaseModel):
                     "maxNodes > 1: the ranks of a multi-node job talk to each other over the "
                     "network; set allow_network = true"
                 )
+            if self.gpus:
+                raise ValueError(
+                    "maxNodes > 1 with gpus: GPUs are given to single-node jobs only (a "
+                    "rank on another node would see the first node's devices)"
+                )
         return self
 
     @model_validator(mode="after")

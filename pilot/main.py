@@ -234,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ServerError as exc:
         log.error("cannot register with %s: %s", server.where, exc)
+        server.close()
         return EXIT_SERVER
     heartbeat = Heartbeat(
         server,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import shutil
 import threading
 import time
@@ -38,6 +37,10 @@ from protocol.messenger import (
     CallKind,
     Reply,
     Request,
+    copy_whole,
+    delivered_name,
+    make_folder,
+    open_regular,
     pilot_folder_name,
     seq_name,
     write_whole,
@@ -70,8 +73,11 @@ class SharedFsLink:
             raise ServerError(f"the messenger folder {root} does not exist (is it mounted?)")
         self.root = root
         self.mailbox = root / PILOTS / pilot_folder_name(pilot_id)
-        for folder in MAILBOX_FOLDERS:
-            (self.mailbox / folder).mkdir(parents=True, exist_ok=True)
+        try:
+            for folder in MAILBOX_FOLDERS:
+                make_folder(self.mailbox / folder)
+        except OSError as exc:
+            raise ServerError(f"cannot make a mailbox in {root}: {exc}") from exc
         self._token = token
         self._stop = stop or threading.Event()
         self._poll_s = poll_s
@@ -91,15 +97,16 @@ class SharedFsLink:
     def acquire_jobs(
         self, body: dict[str, Any], *, retry_for_s: float = 120.0
     ) -> list[JobSpec | UnreadableJob]:
-        """Claim jobs; each is read into its ``JobSpec`` here, where it arrives."""
-        reply = self._call("acquire_jobs", body, retry_for_s=retry_for_s)
+        """Claim jobs; each is read into its ``JobSpec`` here, where it arrives. A pilot
+        told to stop stops waiting for the answer (its request is withdrawn)."""
+        reply = self._call("acquire_jobs", body, retry_for_s=retry_for_s, interruptible=True)
         jobs = reply.body.get("jobs") if isinstance(reply.body, dict) else None
         if not isinstance(jobs, list):
             raise ServerError(f"acquire_jobs: an answer without a list of jobs: {reply.body!r}")
         return [read_job(raw) for raw in jobs]
 
     def heartbeat(self, body: dict[str, Any]) -> dict[str, str]:
-        reply = self._call("heartbeat", body, retry_for_s=0)
+        reply = self._call("heartbeat", body, retry_for_s=0, interruptible=True)
         commands = reply.body.get("commands", {}) if isinstance(reply.body, dict) else {}
         return {str(job_id): str(command) for job_id, command in commands.items()}
 
@@ -121,9 +128,10 @@ class SharedFsLink:
     def download(self, sha256: str, target: Path, *, retry_for_s: float = 300.0) -> None:
         """A file by checksum into ``target``, verified here."""
         reply = self._call("download", {"sha256": sha256}, retry_for_s=retry_for_s)
-        if reply.file is None:
-            raise ServerError(f"download {sha256}: the answer names no file")
-        delivered = self.mailbox / INCOMING / Path(reply.file).name
+        name = delivered_name(reply)  # a sequence number's, never a path elsewhere
+        if name is None:
+            raise ServerError(f"download {sha256}: the answer names no file of its own")
+        delivered = self.mailbox / INCOMING / name
         try:
             shutil.move(delivered, target)
         except OSError as exc:
@@ -142,14 +150,20 @@ class SharedFsLink:
         *,
         retry_for_s: float,
         upload: Path | None = None,
+        interruptible: bool = False,
     ) -> Reply:
         """Ask until answered: a 4xx is final; no answer, or a 5xx, is asked again with
-        back-off while ``retry_for_s`` lasts."""
+        back-off while ``retry_for_s`` lasts. The shared folder failing (full, gone) is
+        the same as no answer. ``interruptible``: the pilot's stop ends the wait (not
+        for reports: a final report waits for its answer)."""
         deadline = time.monotonic() + retry_for_s
         delay = 0.5
         while True:
             wait = max(ANSWER_WAIT_S, deadline - time.monotonic())
-            reply = self._exchange(kind, body, wait, upload)
+            try:
+                reply = self._exchange(kind, body, wait, upload, interruptible)
+            except OSError as exc:
+                reply = Reply(status=503, detail=f"the shared folder {self.root}: {exc}")
             if reply is None:
                 problem = f"no answer from the relay at {self.root} in {wait:.0f}s"
             elif reply.status < 400:
@@ -166,40 +180,51 @@ class SharedFsLink:
             delay = min(delay * 2, 15.0)
 
     def _exchange(
-        self, kind: CallKind, body: dict[str, Any], wait_s: float, upload: Path | None
+        self,
+        kind: CallKind,
+        body: dict[str, Any],
+        wait_s: float,
+        upload: Path | None,
+        interruptible: bool,
     ) -> Reply | None:
-        """One request and its reply; ``None`` when nobody answered within ``wait_s`` and
-        the request was withdrawn unhandled."""
+        """One request and its reply; ``None`` when nobody answered within ``wait_s`` (or
+        before the pilot's stop, when ``interruptible``) and the request was withdrawn
+        unhandled."""
         with self._seq_lock:
             seq = next(self._seq)
         request_path = self.mailbox / REQUESTS / seq_name(seq)
         data_path = self.mailbox / OUTGOING / seq_name(seq, DATA_SUFFIX)
         if upload is not None:
-            _copy_whole(upload, data_path)
+            copy_whole(upload, data_path)
         envelope = Request(kind=kind, token=self._token, body=body)
         write_whole(request_path, envelope.model_dump_json().encode())
         reply_path = self.mailbox / REPLIES / seq_name(seq)
-        reply = self._await(reply_path, time.monotonic() + wait_s)
+        stop = self._stop if interruptible else None
+        reply = self._await(reply_path, time.monotonic() + wait_s, stop)
         if reply is None:
             try:
                 request_path.unlink()
             except FileNotFoundError:  # claimed by the relay: the answer comes
                 log.info("%s %s: claimed by the relay; waiting for its answer", kind, seq)
-                reply = self._await(reply_path, time.monotonic() + CLAIMED_WAIT_S)
+                reply = self._await(reply_path, time.monotonic() + CLAIMED_WAIT_S, None)
             else:
                 data_path.unlink(missing_ok=True)
                 return None
         return reply
 
-    def _await(self, reply_path: Path, deadline: float) -> Reply | None:
+    def _await(
+        self, reply_path: Path, deadline: float, stop: threading.Event | None
+    ) -> Reply | None:
         """The reply once it is there (read once, then removed), or ``None`` at the
-        deadline. Polled: a shared filesystem tells no other node when a file appears."""
+        deadline or the stop. Polled: a shared filesystem tells no other node when a file
+        appears."""
         pause = 0.005
         while True:
             try:
-                raw = reply_path.read_bytes()
+                with open_regular(reply_path) as fh:
+                    raw = fh.read(MAX_ENVELOPE_BYTES + 1)
             except FileNotFoundError:
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
                     return None
                 time.sleep(pause)
                 pause = min(self._poll_s, pause * 1.5)
@@ -218,13 +243,3 @@ def _read_reply(path: Path, raw: bytes) -> Reply:
     except (ValueError, ValidationError) as exc:
         log.warning("unreadable reply %s: %s", path.name, str(exc)[:300])
         return Reply(status=502, detail=f"unreadable reply {path.name}")
-
-
-def _copy_whole(source: Path, target: Path) -> None:
-    """``source`` copied to ``target`` under a hidden name, then renamed into place."""
-    hidden = target.with_name(f".{target.name}.{os.getpid()}")
-    try:
-        shutil.copyfile(source, hidden)
-        os.replace(hidden, target)
-    finally:
-        hidden.unlink(missing_ok=True)

@@ -180,11 +180,11 @@ def rank_outcome(code: int, elapsed_s: float, ends: list[RankEnd]) -> Outcome | 
         where = f" on {first.node}" if first.node else ""
         diagnostics = f"rank {first.rank}{where} exited with code {first.exit_code}"
         if len(failed) > 1:
-            diagnostics += f" (and ranks {', '.join(str(e.rank) for e in failed[1:])})"
+            diagnostics += f" (and ranks {_ranges([e.rank for e in failed[1:]])})"
     else:
         diagnostics = f"the job step exited with code {code}"
     if stopped:
-        diagnostics += f"; ranks {', '.join(str(e.rank) for e in stopped)} were stopped"
+        diagnostics += f"; ranks {_ranges([e.rank for e in stopped])} were stopped"
     return Outcome(
         "failed",
         exit_code=failed[0].exit_code if failed else code,
@@ -193,9 +193,34 @@ def rank_outcome(code: int, elapsed_s: float, ends: list[RankEnd]) -> Outcome | 
     )
 
 
+MAX_RANKS_IN_METRICS = 1024
+"""Ranks listed one by one in a job's metrics; a larger job lists those that did not exit
+0 (the first ``MAX_RANKS_IN_METRICS``) and counts the rest, so a report stays small."""
+
+
 def ranks_metrics(ends: list[RankEnd]) -> dict[str, Any]:
     """Every rank's node and exit code, for the job's metrics."""
-    return {"ranks": [asdict(e) for e in ends]}
+    if len(ends) <= MAX_RANKS_IN_METRICS:
+        return {"ranks": [asdict(e) for e in ends]}
+    not_ok = [e for e in ends if e.exit_code != 0]
+    return {
+        "ranks": [asdict(e) for e in not_ok[:MAX_RANKS_IN_METRICS]],
+        "ranks_total": len(ends),
+        "ranks_exited_0": len(ends) - len(not_ok),
+    }
+
+
+def _ranges(ranks: list[int]) -> str:
+    """``0-3, 7, 9-12``: rank numbers as ranges, so that a diagnostic naming thousands of
+    ranks stays within what a report may carry."""
+    runs: list[list[int]] = []
+    for rank in sorted(ranks):
+        if runs and rank == runs[-1][1] + 1:
+            runs[-1][1] = rank
+        else:
+            runs.append([rank, rank])
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+    return text if len(text) <= 2000 else f"{text[:2000]}… ({len(ranks)} in all)"
 
 
 def request_document(request: ContainerRequest) -> dict[str, Any]:

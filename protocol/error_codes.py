@@ -22,6 +22,9 @@ class PilotErrorCode(enum.IntEnum):
     IMAGE_PULL_FAILED = 1307
     """The registry refused the task's image (unknown repository, tag or digest, a
     digest mismatch, access denied); the diagnostics are the registry's message."""
+    RANK_FAILED = 1308
+    """A rank of a multi-node job exited non-zero (or could not start); every other rank
+    was stopped. The diagnostics name the ranks and their nodes."""
     CONTAINER_FAILED = 1302
     """The container runtime could not start the payload."""
     RUNTIME_MISSING = 1303
@@ -38,9 +41,6 @@ class PilotErrorCode(enum.IntEnum):
     """The pilot received SIGTERM/SIGINT (batch eviction) and stopped the payload."""
     WALLTIME_EXCEEDED = 1213
     """The payload ran past the job's walltime and was killed."""
-    RANK_FAILED = 1308
-    """A rank of a multi-node job exited non-zero (or could not start); every other rank
-    was stopped. The diagnostics name the ranks and their nodes."""
     LOST_HEARTBEAT = 1100
     """The harvester heard nothing from the pilot for longer than the timeout."""
     WORKER_VANISHED = 1101

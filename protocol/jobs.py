@@ -27,6 +27,8 @@ class JobPublic(BaseModel):
     pilot_error_diag: str | None
     brokerage_message: str | None
     gpus: int = 0
+    nodes: int = 1
+    """Nodes of the job's allocation (``pcontainer --nNodes``)."""
     created_at: datetime
     started_at: datetime | None
     ended_at: datetime | None

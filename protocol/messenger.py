@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -101,18 +102,97 @@ def seq_name(seq: int, suffix: str = REQUEST_SUFFIX) -> str:
     return f"{seq:08d}{suffix}"
 
 
+def data_name(request_name: str) -> str:
+    """The file that travels with call ``<seq>.json``: ``<seq>.data``."""
+    return request_name.removesuffix(REQUEST_SUFFIX) + DATA_SUFFIX
+
+
+def delivered_name(reply: Reply) -> str | None:
+    """The only name a download's answer may give its file: a sequence number's."""
+    name = reply.file
+    if name is None or not SEQ_PATTERN.match(name.removesuffix(DATA_SUFFIX)):
+        return None
+    return name
+
+
+FOLDER_MODE = 0o700
+FILE_MODE = 0o600
+"""Modes of everything in the messenger folder: the requests carry the pilots' token, so
+only the site account that runs the harvester and its pilots may read them."""
+
+
+def make_folder(path: Path) -> None:
+    """``path``, and the parents it lacks, readable by the owner alone (``mkdir``'s
+    ``parents`` would make those with the default mode)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=FOLDER_MODE, exist_ok=True)
+
+
 def write_whole(path: Path, data: bytes) -> None:
     """Write ``path`` under a hidden name in the same folder and rename it into place:
-    readers see nothing, then all of it (never a prefix)."""
-    hidden = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}")
+    readers see nothing, then all of it (never a prefix). Never through a link."""
+    hidden = _hidden(path)
     try:
-        with hidden.open("wb") as fh:
+        with os.fdopen(_create(hidden), "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(hidden, path)
     finally:
         hidden.unlink(missing_ok=True)
+
+
+def copy_whole(source: Path, target: Path, limit: int | None = None) -> int:
+    """``source`` (a regular file, not a link) copied to ``target`` as :func:`write_whole`
+    writes; its size. Over ``limit`` bytes: ``ValueError``, nothing written."""
+    hidden = _hidden(target)
+    copied = 0
+    try:
+        with open_regular(source) as src, os.fdopen(_create(hidden), "wb") as out:
+            while chunk := src.read(1 << 20):
+                copied += len(chunk)
+                if limit is not None and copied > limit:
+                    raise ValueError(f"{source.name} is over the limit of {limit} bytes")
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(hidden, target)
+        return copied
+    finally:
+        hidden.unlink(missing_ok=True)
+
+
+def open_regular(path: Path) -> Any:
+    """``path`` opened for reading, refused (``OSError``) if it is a link or not a regular
+    file: nothing in the folder may send a reader elsewhere."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path.name} is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def is_real_folder(path: Path) -> bool:
+    """A folder, and not a link to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _hidden(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+
+
+def _create(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
 
 
 def is_listed(name: str, suffix: str = REQUEST_SUFFIX) -> bool:

@@ -33,6 +33,8 @@ class WorkerPublic(BaseModel):
     diagnostics: str | None
     exit_code: int | None
     node: str | None
+    nodes: int = 1
+    """Nodes of the worker's allocation."""
     submitted_at: datetime
     started_at: datetime | None
     ended_at: datetime | None

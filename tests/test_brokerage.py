@@ -146,10 +146,13 @@ def test_multi_node_allocations_share_the_queue_caps() -> None:
         2: QueueLoad(activated_jobs=2, queued_workers=1, running_workers=0),
     }
     # room: 4 - 2 = 2 workers; one-node jobs first (3 wanted), nothing left for 2 nodes
-    assert new_workers_by_nodes(queue, ON, loads) == {1: 2}
+    assert new_workers_by_nodes(queue, ON, loads, queued=1, running=1) == {1: 2}
     loads[1] = QueueLoad(activated_jobs=1, queued_workers=1, running_workers=0)
     # one-node demand met by the queued worker; the 2-node jobs get one more allocation
-    assert new_workers_by_nodes(queue, ON, loads) == {2: 1}
+    assert new_workers_by_nodes(queue, ON, loads, queued=2, running=0) == {2: 1}
+    # workers of a size no activated job needs count against the caps too
+    del loads[1]
+    assert new_workers_by_nodes(queue, ON, loads, queued=1, running=3) == {}
 
 
 def test_multi_node_jobs_only_where_an_allocation_holds_them() -> None:

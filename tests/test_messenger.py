@@ -8,6 +8,7 @@ folder and the site's image cache, as on a compute node of Titan or Summit.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -397,19 +398,24 @@ def test_relay_carries_files_both_ways(relay_site: Any, tmp_path: Path) -> None:
 
 def test_relay_answers_calls_it_claimed_before_a_restart(relay_site: Any) -> None:
     """A call claimed (in ``taken/``) when the harvester stopped is answered by the next
-    relay: the pilot waiting for it is not left waiting."""
-    from harvester.agents.relay import MessengerRelay
+    relay once the claim is stale, and not while another relay may still hold it."""
+    from harvester.agents.relay import STALE_CLAIM_S, MessengerRelay
 
     ctx, relay, folder, tokens = relay_site
     mailbox = folder / PILOTS / "node_1.abcd"
     for sub in ("requests", "taken", "replies", "outgoing", "incoming"):
         (mailbox / sub).mkdir(parents=True)
     call = {"kind": "worker_node", "token": tokens["pilot"], "body": {"pilot_id": "p", "node": "n"}}
-    write_whole(mailbox / TAKEN / "00000001.json", json.dumps(call).encode())
-    relay.run_once()  # this relay did not claim it (and it is fresh): not its own to redo
-    time.sleep(0.2)
-    assert not (mailbox / REPLIES / "00000001.json").exists()
+    claimed = mailbox / TAKEN / "00000001.json"
+    write_whole(claimed, json.dumps(call).encode())
+    relay.run_once()  # a fresh claim is another relay's, alive: not this one's to redo
     restarted = MessengerRelay(ctx, [folder])
+    restarted.run_once()
+    time.sleep(0.3)
+    assert not (mailbox / REPLIES / "00000001.json").exists(), "handled twice"
+    # the relay that claimed it stopped: nobody touches the claim any more
+    stale = time.time() - STALE_CLAIM_S - 1
+    os.utime(claimed, (stale, stale))
     restarted.run_once()
     reply = wait_for(
         lambda: (
@@ -422,3 +428,37 @@ def test_relay_answers_calls_it_claimed_before_a_restart(relay_site: Any) -> Non
     assert reply.status == 204
     assert not (mailbox / TAKEN / "00000001.json").exists()
     restarted.stop()
+
+
+def test_the_relay_follows_no_link_and_shares_nothing(relay_site: Any, tmp_path: Path) -> None:
+    """A mailbox's files are the site account's alone (the requests carry the pilots'
+    token), and an upload whose file is a link to a harvester file is refused, not read."""
+    ctx, relay, folder, tokens = relay_site
+    link = SharedFsLink(folder, tokens["pilot"], "node:1:x")
+    secret = tmp_path / "home" / "secret.txt"
+    secret.write_text("the harvester's own file")
+    stop = _scanning(relay)
+    try:
+        link.worker_node({"pilot_id": "p", "node": "n"})
+        for path in [link.mailbox, *link.mailbox.iterdir()]:
+            assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+        # a request whose data file is a symlink to a file of the harvester's
+        outgoing = link.mailbox / "outgoing" / "00000099.data"
+        outgoing.symlink_to(secret)
+        sha = hashlib.sha256(secret.read_bytes()).hexdigest()
+        request = {"kind": "upload", "token": tokens["pilot"], "body": {"name": "x", "sha256": sha}}
+        write_whole(link.mailbox / REQUESTS / "00000099.json", json.dumps(request).encode())
+        answer = wait_for(
+            lambda: (
+                (link.mailbox / REPLIES / "00000099.json").exists()
+                and Reply.model_validate_json(
+                    (link.mailbox / REPLIES / "00000099.json").read_bytes()
+                )
+            ),
+            10,
+            "the answer",
+        )
+        assert answer.status == 400 and "00000099.data" in (answer.detail or "")
+        assert not ctx.files.exists(sha), "the linked file was not stored"
+    finally:
+        stop()

@@ -46,12 +46,16 @@ def new_workers(queue: QueueConfig, status: QueueStatus, load: QueueLoad) -> int
 
 
 def new_workers_by_nodes(
-    queue: QueueConfig, status: QueueStatus, loads: dict[int, QueueLoad]
+    queue: QueueConfig,
+    status: QueueStatus,
+    loads: dict[int, QueueLoad],
+    *,
+    queued: int,
+    running: int,
 ) -> dict[int, int]:
     """New workers per allocation size (nodes): each size's demand by :func:`new_workers`,
-    the queue's caps applied to all of its workers together, one-node workers first."""
-    queued = sum(load.queued_workers for load in loads.values())
-    running = sum(load.running_workers for load in loads.values())
+    the queue's caps applied to all of its workers together (``queued`` and ``running``:
+    of every size, those of sizes no activated job needs included), one-node first."""
     room = min(
         queue.max_workers - (queued + running),
         queue.queue_limit - queued,

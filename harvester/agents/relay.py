@@ -18,6 +18,7 @@ starts again, so a pilot waiting for it gets its answer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -42,8 +43,8 @@ from harvester.outage import is_conflict
 from harvester.services import dispatch, pilot_calls
 from harvester.stores.files import check_file_name, check_sha256
 from protocol.messenger import (
-    DATA_SUFFIX,
     INCOMING,
+    MAILBOX_FOLDERS,
     MAX_ENVELOPE_BYTES,
     OUTGOING,
     PILOTS,
@@ -55,7 +56,12 @@ from protocol.messenger import (
     Reply,
     Request,
     UploadBody,
+    copy_whole,
+    data_name,
     is_listed,
+    is_real_folder,
+    make_folder,
+    open_regular,
     write_whole,
 )
 from protocol.pilot import AcquireRequest, HeartbeatRequest, UpdateJobRequest, WorkerReport
@@ -64,9 +70,13 @@ log = logging.getLogger(__name__)
 
 RELAY_THREADS = 8
 """Calls handled at once: a slow one (a large upload) does not hold up the others."""
-STALE_CLAIM_S = 300.0
-"""A claimed call no thread of this process handles, this old, was left by a relay that
-stopped (this instance before a restart, or another that lost the lease): handled again."""
+STALE_CLAIM_S = 10.0
+"""A relay touches the calls it has claimed at every scan; a claimed call untouched this
+long was left by a relay that stopped (this instance before a restart, or another that
+lost the agents' lease) and is handled again."""
+MAILBOX_IDLE_S = 3600.0
+"""A mailbox with no call, whose pilot has sent nothing for this long (a live pilot
+heartbeats or polls every half minute at most), belongs to a pilot that died: removed."""
 
 MAX_REMEMBERED_BAD = 1000
 """Unreadable files remembered (so each is logged once); those gone are then forgotten."""
@@ -100,7 +110,7 @@ class MessengerRelay(Agent):
         self._in_flight: set[Path] = set()
         self._held: list[_Call] = []
         self._logged_bad: dict[Path, tuple[int, int]] = {}
-        self._resumed = False
+        self._logged_errors: set[str] = set()
 
     def stop(self) -> None:
         """Calls not yet started stay claimed in ``taken/``: the next start handles them."""
@@ -109,14 +119,44 @@ class MessengerRelay(Agent):
     # -- scanning ------------------------------------------------------------------
 
     def run_once(self) -> None:
+        self._touch_claims()
         for folder in self.folders:
-            (folder / PILOTS).mkdir(parents=True, exist_ok=True)
+            make_folder(folder / PILOTS)
             for mailbox in _subfolders(folder / PILOTS):
-                self._resume_claimed(mailbox)
-                for name in _listed(mailbox / REQUESTS):
-                    self._claim(mailbox, name)
-        self._resumed = True
+                try:
+                    self._scan(mailbox)
+                except OSError as exc:  # one mailbox in trouble: the others go on
+                    self._log_once(f"relay: cannot read the mailbox {mailbox}: {exc}")
         self._look_at_held()
+
+    def _scan(self, mailbox: Path) -> None:
+        if not all(is_real_folder(mailbox / sub) for sub in MAILBOX_FOLDERS):
+            self._log_once(f"relay: skipping {mailbox}: not a mailbox of real folders")
+            return
+        self._resume_claimed(mailbox)
+        names = _listed(mailbox / REQUESTS)
+        for name in names:
+            self._claim(mailbox, name)
+        if not names and not _listed(mailbox / TAKEN):
+            self._sweep_if_idle(mailbox)
+
+    def _touch_claims(self) -> None:
+        """Mark the calls this relay handles or holds as alive (see ``STALE_CLAIM_S``)."""
+        with self._lock:
+            claimed = list(self._in_flight)
+        for path in claimed:
+            with contextlib.suppress(OSError):
+                os.utime(path)
+
+    def _sweep_if_idle(self, mailbox: Path) -> None:
+        if time.time() - (mailbox / REQUESTS).stat().st_mtime > MAILBOX_IDLE_S:
+            log.info("relay: removing %s, idle for over %.0fs", mailbox, MAILBOX_IDLE_S)
+            shutil.rmtree(mailbox, ignore_errors=True)
+
+    def _log_once(self, message: str) -> None:
+        if message not in self._logged_errors:
+            self._logged_errors.add(message)
+            log.warning("%s", message)
 
     def _claim(self, mailbox: Path, name: str) -> None:
         """Read a request and, when it is one, claim it (a withdrawn one is gone: skipped)."""
@@ -133,18 +173,17 @@ class MessengerRelay(Agent):
         self._start(_Call(mailbox, name, request))
 
     def _resume_claimed(self, mailbox: Path) -> None:
-        """Claimed calls no thread handles: all of them at the first scan, stale ones later."""
+        """Claimed calls no relay handles any more (untouched for ``STALE_CLAIM_S``)."""
         for name in _listed(mailbox / TAKEN):
             path = mailbox / TAKEN / name
             with self._lock:
                 if path in self._in_flight:
                     continue
-            if self._resumed:
-                try:
-                    if time.time() - path.stat().st_mtime < STALE_CLAIM_S:
-                        continue
-                except FileNotFoundError:
-                    continue
+            try:
+                if time.time() - os.lstat(path).st_mtime < STALE_CLAIM_S:
+                    continue  # another relay's, alive
+            except FileNotFoundError:
+                continue
             request = self._read(path)
             if request is not None:
                 log.info("relay: handling %s, claimed before a restart", path)
@@ -155,12 +194,13 @@ class MessengerRelay(Agent):
         content, so that a file completed later is read again)."""
         info: os.stat_result | None = None
         try:
-            info = path.stat()
+            info = os.lstat(path)
             if not SEQ_PATTERN.match(path.name.removesuffix(".json")):
                 raise ValueError("its name is not a call's sequence number")
             if info.st_size > MAX_ENVELOPE_BYTES:
                 raise ValueError(f"{info.st_size} bytes, over {MAX_ENVELOPE_BYTES}")
-            raw = path.read_bytes()
+            with open_regular(path) as fh:
+                raw = fh.read(MAX_ENVELOPE_BYTES + 1)
             request = Request.model_validate(json.loads(raw))
         except FileNotFoundError:
             return None
@@ -207,7 +247,23 @@ class MessengerRelay(Agent):
     # -- answering -----------------------------------------------------------------
 
     def _handle(self, call: _Call) -> None:
-        """Answer one call; an acquire that is to wait for work is held instead."""
+        """Answer one call; an acquire that is to wait for work is held instead. A call
+        whose answer could not be written stays claimed: handled again once stale."""
+        answered = False
+        try:
+            answered = self._handle_once(call)
+        finally:
+            if not answered:
+                with self._lock:
+                    held = call in self._held
+                    if not held:
+                        self._in_flight.discard(call.taken)
+            if call.request.kind == "upload" and (answered or not call.taken.exists()):
+                with contextlib.suppress(OSError):  # the data travels with its call only
+                    (call.mailbox / OUTGOING / data_name(call.name)).unlink()
+
+    def _handle_once(self, call: _Call) -> bool:
+        """Whether the call was answered (``False``: held, or its answer not written)."""
         try:
             reply = self._answer(call)
         except HarvesterError as exc:
@@ -229,14 +285,23 @@ class MessengerRelay(Agent):
         if reply is None:
             with self._lock:
                 self._held.append(call)
-            return
-        try:
-            write_whole(call.mailbox / REPLIES / call.name, reply.model_dump_json().encode())
-        except FileNotFoundError:
+            return False
+        replies = call.mailbox / REPLIES
+        if not replies.exists():
             log.info("relay: %s has no mailbox any more; answer dropped", call.mailbox.name)
+        elif not is_real_folder(replies):
+            self._log_once(f"relay: {replies} is not a real folder; answers not written")
+            return False
+        else:
+            try:
+                write_whole(replies / call.name, reply.model_dump_json().encode())
+            except OSError as exc:
+                self._log_once(f"relay: cannot answer in {call.mailbox}: {exc}")
+                return False
         call.taken.unlink(missing_ok=True)
         with self._lock:
             self._in_flight.discard(call.taken)
+        return True
 
     def _answer(self, call: _Call) -> Reply | None:
         request = call.request
@@ -277,11 +342,15 @@ class MessengerRelay(Agent):
     def _upload(self, call: _Call, body: UploadBody) -> Reply:
         check_file_name(body.name)
         check_sha256(body.sha256)
-        handed = call.mailbox / OUTGOING / call.name.replace(".json", DATA_SUFFIX)
-        if not handed.is_file():
-            raise InvalidRequest(f"upload {body.name}: its file {handed.name} is not there")
-        size = self.ctx.files.put_file(handed, body.sha256)
-        handed.unlink(missing_ok=True)
+        handed = call.mailbox / OUTGOING / data_name(call.name)
+        try:
+            size = self.ctx.files.put_file(handed, body.sha256)
+        except FileNotFoundError as exc:
+            raise InvalidRequest(
+                f"upload {body.name}: its file {handed.name} is not there"
+            ) from exc
+        except OSError as exc:  # a link, not a file: refused, not followed
+            raise InvalidRequest(f"upload {body.name}: {handed.name}: {exc}") from exc
         return Reply(status=201, body={"name": body.name, "sha256": body.sha256, "size": size})
 
     def _download(self, call: _Call, body: DownloadBody) -> Reply:
@@ -289,14 +358,12 @@ class MessengerRelay(Agent):
         source = self.ctx.files.path(body.sha256)
         if not source.is_file():
             raise NotFoundError(f"no file with sha256 {body.sha256}")
-        delivered = call.mailbox / INCOMING / call.name.replace(".json", DATA_SUFFIX)
-        hidden = delivered.with_name(f".{delivered.name}")
-        try:
-            shutil.copyfile(source, hidden)
-            os.replace(hidden, delivered)
-        finally:
-            hidden.unlink(missing_ok=True)
-        return Reply(status=200, body={"size": delivered.stat().st_size}, file=delivered.name)
+        incoming = call.mailbox / INCOMING
+        if not is_real_folder(incoming):
+            raise InvalidRequest(f"{incoming.name} is not a real folder")
+        name = data_name(call.name)
+        size = copy_whole(source, incoming / name)
+        return Reply(status=200, body={"size": size}, file=name)
 
 
 def _subfolders(folder: Path) -> list[Path]:

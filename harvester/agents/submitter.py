@@ -135,7 +135,13 @@ class Submitter(Agent):
                 )
                 for nodes, n_jobs, cores, memory in activated
             }
-            plan = new_workers_by_nodes(queue, status, loads)
+            plan = new_workers_by_nodes(
+                queue,
+                status,
+                loads,
+                queued=sum(n for (_, s), n in counts.items() if s is WorkerStatus.SUBMITTED),
+                running=sum(n for (_, s), n in counts.items() if s is WorkerStatus.RUNNING),
+            )
         for nodes, n_new in sorted(plan.items()):
             for _ in range(n_new):
                 if not self._submit_one(queue, nodes):

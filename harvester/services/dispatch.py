@@ -83,7 +83,7 @@ def worth_claiming(
     the pilot's next poll, as it would be had the poll come a moment earlier.
     """
     _check_poll(ctx, principal, req)
-    worker = _pilot_worker(session, req.worker_id, req.queue)
+    worker = _pilot_worker(session, req.worker_id, req.queue, req.nodes)
     if worker is not None and worker.status is WorkerStatus.SUBMITTED:
         return True  # the poll itself moves the worker to running
     return claimable_exists(
@@ -102,7 +102,7 @@ def acquire_jobs(
 ) -> list[JobSpec]:
     """Claim up to ``n_jobs`` activated jobs of the pilot's queue."""
     _check_poll(ctx, principal, req)
-    worker = _pilot_worker(session, req.worker_id, req.queue)
+    worker = _pilot_worker(session, req.worker_id, req.queue, req.nodes)
     if worker is not None:
         if worker.status is WorkerStatus.SUBMITTED:
             worker.started_at = utcnow()
@@ -147,12 +147,20 @@ def pinned_image(task: Task) -> str:
     return f"{task.image}@{task.image_digest}"
 
 
-def _pilot_worker(session: Session, worker_id: int | None, queue: str) -> Worker | None:
+def _pilot_worker(
+    session: Session, worker_id: int | None, queue: str, nodes: int | None = None
+) -> Worker | None:
+    """The pilot's worker (``None`` for a pilot started by hand); with ``nodes``, one of
+    that allocation size: a pilot takes no job its allocation cannot hold."""
     if worker_id is None:
         return None
     worker = session.get(Worker, worker_id)
     if worker is None or worker.queue != queue:
         raise InvalidRequest(f"worker {worker_id} is not a worker of queue {queue!r}")
+    if nodes is not None and worker.nodes != nodes:
+        raise InvalidRequest(
+            f"worker {worker_id} is an allocation of {worker.nodes} node(s), not {nodes}"
+        )
     return worker
 
 

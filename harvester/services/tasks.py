@@ -384,6 +384,7 @@ def _apply_retry_changes(task: Task, ctx: HarvesterContext, changes: RetryChange
         excluded = sorted(set(sites) & set(task.excluded_sites))
         if excluded:
             raise InvalidRequest(f"site {', '.join(excluded)} is in the task's excludedSite")
+        check_nodes(ctx, task.nodes, sites, task.excluded_sites)
         task.site = ",".join(sites) or None
         changed.append(f"site={task.site or 'AUTO'}")
     return changed

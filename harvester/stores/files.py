@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from harvester.errors import InvalidRequest, PayloadTooLarge
+from protocol.messenger import open_regular
 
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 SAFE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-+]{0,254}$")
@@ -101,28 +102,29 @@ class FileStore:
 
     def put_file(self, source: Path, expected_sha256: str) -> int:
         """Store a file handed over on a filesystem (the shared-filesystem messenger's
-        uploads) under an upload's rules: within the size limit, checked against its
-        declared sha256, whole and durable; its size."""
-        size = source.stat().st_size
-        if size > self.max_bytes:
-            raise PayloadTooLarge(f"file of {size} bytes is over the limit of {self.max_bytes}")
+        uploads) under an upload's rules: a regular file, not a link; within the size
+        limit, however it grows while read; checked against its declared sha256; whole
+        and durable. Its size."""
         self.root.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
+        size = 0
         fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".handed-")
         tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as fh, source.open("rb") as src:
+            with os.fdopen(fd, "wb") as fh, open_regular(source) as src:
                 while chunk := src.read(1 << 20):
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise PayloadTooLarge(f"file is over the limit of {self.max_bytes} bytes")
                     digest.update(chunk)
                     fh.write(chunk)
                 fh.flush()
                 os.fsync(fh.fileno())
-            got = digest.hexdigest()
-            if got != expected_sha256:
+            if digest.hexdigest() != expected_sha256:
                 raise InvalidRequest(
-                    f"checksum mismatch: declared sha256 {expected_sha256}, received {got}"
+                    f"the file handed over does not match its declared sha256 {expected_sha256}"
                 )
-            final = self.path(got)
+            final = self.path(expected_sha256)
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
             return size
