@@ -157,6 +157,8 @@ def _walk(obj: Any, leaves: list[tuple[Path, Any]], key: list[Any]) -> None:
 
 
 _SCALARS = (str, int, bool, type(None), np.integer, np.bool_, slice)
+_PLAIN = frozenset({str, int, bool, type(None)})
+"""Types a list of which is keyed in one entry: values with no array inside."""
 _OPEN = "("
 _CLOSE = (")",)
 _SEEN = ("seen",)
@@ -209,6 +211,11 @@ class _Walk:
                 numbers = np.asarray(obj, dtype=np.float64)
                 digest = hashlib.sha256(numbers.tobytes()).hexdigest()
                 key.append(("numbers", numbers.shape, digest))
+                return
+            if obj and {type(item) for item in obj} <= _PLAIN:
+                # masks and index lists (thousands of booleans in a model): by value at once;
+                # the key's repr tells True from 1 and 1 from '1'
+                key.append(("plain", type(obj).__name__, tuple(obj)))
                 return
             key.append((_OPEN, type(obj).__name__, len(obj)))
             for i, value in enumerate(obj):
