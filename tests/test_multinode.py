@@ -95,8 +95,22 @@ def test_mpi_allreduce_across_two_nodes(mpi_harvester: Harvester) -> None:
 
 
 def test_dask_cluster_inside_the_allocation(mpi_harvester: Harvester) -> None:
-    task_id = _submit(mpi_harvester, "python3 /opt/mpi/examples/dask_sum.py", "dask.json")
+    """Submitted from Python, as from a notebook: ``nNodes`` and ``coreCount``."""
+    import hpcaf
+
+    with hpcaf.Client(mpi_harvester.url, mpi_harvester.tokens["alice"]) as client:
+        task = client.submit_container(
+            containerImage="mpi",
+            exec="python3 /opt/mpi/examples/dask_sum.py",
+            outputs=["dask.json"],
+            site="ANALY_MN",
+            nNodes=2,
+            coreCount=2,
+        )
+        task_id = task.id
     assert mpi_harvester.wait_task(task_id, 240)["status"] == "done", mpi_harvester.jobs(task_id)
+    (job,) = mpi_harvester.jobs(task_id)
+    assert job["nodes"] == 2, "the API shows the job's allocation"
     result = _output(mpi_harvester, task_id, "dask.json")
     assert result["sum"] == result["expected"] == 499_999_500_000
     assert result["workers"] == 2, "ranks 2 and 3 are the workers"
