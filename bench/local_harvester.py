@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -46,6 +46,18 @@ def new_home(prefix: str = "hpcaf-bench-") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
 
 
+def create_token(env: dict[str, str], user: str, role: str) -> str:
+    """A token of ``role`` for ``user``, made by the admin CLI on the harvester's home."""
+    made = subprocess.run(
+        [sys.executable, "-m", "harvester.cli", "token", "create", user, "--role", role],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return made.stdout.strip().splitlines()[-1]
+
+
 @contextmanager
 def harvester(
     home: Path,
@@ -70,17 +82,7 @@ def harvester(
     if database_url:
         env["HPCAF_DATABASE_URL"] = database_url
     command = [sys.executable, "-m", "harvester.cli"]
-    token = (
-        subprocess.run(
-            [*command, "token", "create", "bench", "--role", role],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
+    token = create_token(env, "bench", role)
     with (home / "serve.log").open("wb") as log:
         server = subprocess.Popen(
             [*command, "serve", *serve_args], env=env, stdout=log, stderr=subprocess.STDOUT
@@ -119,3 +121,20 @@ maxNewWorkersPerCycle = {slots}
         config += f"compileCache = {json.dumps(str(compile_cache))}\n"  # a TOML string
     with harvester(home, config) as env:
         yield env
+
+
+TASK_ENDED = ("done", "finished", "failed", "broken", "aborted")
+
+
+def wait_for_job(client: Any, task_id: int, timeout_s: float, poll_s: float = 0.2) -> Any:
+    """The one job of a one-job task, once the task ended; ``RuntimeError`` unless the job
+    finished within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while client.task(task_id)["status"] not in TASK_ENDED:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"task {task_id} did not end in {timeout_s:.0f} s")
+        time.sleep(poll_s)
+    (job,) = client.jobs(task_id)
+    if job["status"] != "finished":
+        raise RuntimeError(f"task {task_id}: job {job['status']}: {job.get('pilot_error_diag')}")
+    return job

@@ -36,7 +36,7 @@ from typing import Any
 
 from campaign_steps import first_mark
 from dispatch import QUEUE, seed
-from local_harvester import harvester, new_home
+from local_harvester import create_token, harvester, new_home, wait_for_job
 
 from harvester.client.http import HarvesterClient
 from pilot.link import HarvesterLink
@@ -59,7 +59,6 @@ provider = "local"
 maxWorkers = 0
 {bench_messenger}
 """
-TOKEN_CREATE = [sys.executable, "-m", "harvester.cli", "token", "create"]
 PILOT = [sys.executable, "-m", "pilot.main"]
 PILOT_POLLING = ["--max-idle", "600", "--poll", "0.2", "--poll-max", "1", "--no-warm"]
 """Both latency pilots poll alike; no warm workers: every job starts its container."""
@@ -89,18 +88,7 @@ def bench_harvester(
     if seeded_jobs:
         seed(f"sqlite:///{home / 'harvester.db'}", seeded_jobs)
     with harvester(home, settings(folder, bench_via_fs)) as env:
-        pilot_token = (
-            subprocess.run(
-                [*TOKEN_CREATE, "pilots", "--role", "pilot"],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
-        yield env, folder, pilot_token
+        yield env, folder, create_token(env, "pilots", "pilot")
 
 
 # -- (a) latency per job -------------------------------------------------------------
@@ -120,15 +108,7 @@ def job_latency(client: HarvesterClient, queue: str) -> float:
     task = client.submit_task(
         {"containerImage": "base", "exec": "true", "outDS": "user.bench.messenger", "site": queue}
     )
-    task_id = task["jediTaskID"]
-    deadline = time.monotonic() + 120
-    while client.task(task_id)["status"] not in ("done", "failed", "broken", "aborted"):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"task {task_id} on {queue} did not end in 120 s")
-        time.sleep(0.05)
-    (job,) = client.jobs(task_id)
-    if job["status"] != "finished":
-        raise RuntimeError(f"task {task_id} on {queue}: job {job['status']}")
+    job = wait_for_job(client, task["jediTaskID"], 120, poll_s=0.05)
     history = client.get(f"/api/v1/jobs/{job['id']}/history")
     activated, finished = first_mark(history, "activated"), first_mark(history, "finished")
     assert activated is not None and finished is not None

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from campaign_steps import epoch, first_mark
-from local_harvester import harvester, new_home
+from local_harvester import harvester, new_home, wait_for_job
 
 from harvester.client.http import HarvesterClient
 
@@ -70,14 +70,7 @@ def one_job(client: HarvesterClient) -> dict[str, float]:
         }
     )
     task_id = reply["jediTaskID"]
-    deadline = time.monotonic() + 300
-    while client.task(task_id)["status"] not in ("done", "failed", "broken", "aborted"):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"task {task_id} did not end in 300 s")
-        time.sleep(0.2)
-    (job,) = client.jobs(task_id)
-    if job["status"] != "finished":
-        raise RuntimeError(f"task {task_id}: job {job['status']}: {job.get('pilot_error_diag')}")
+    job = wait_for_job(client, task_id, 300)
     log = client.request("GET", f"/api/v1/jobs/{job['id']}/log").text
     starts = [float(m.group(1)) for m in RANK_LINE.finditer(log)]
     if len(starts) != 4:

@@ -33,6 +33,29 @@ class PayloadNotStarted(Exception):
         self.code = code
 
 
+def start_logged(
+    job_id: int, command: list[str], workdir: Path, header: str, what: str
+) -> subprocess.Popen[bytes]:
+    """``command`` in a session of its own, its output after ``header`` in the job's log;
+    ``what`` names it in the error when it cannot start."""
+    log.info("job %s: %s", job_id, " ".join(command))
+    with (workdir / LOG_NAME).open("wb") as log_file:
+        log_file.write(header.encode())
+        log_file.flush()
+        try:
+            return subprocess.Popen(
+                command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise PayloadNotStarted(
+                PilotErrorCode.CONTAINER_FAILED, f"cannot start {what}: {exc}"
+            ) from exc
+
+
 def warm_eligible(pool: WarmPool | None, spec: JobSpec) -> bool:
     """Whether the job goes to a warm worker: the pilot keeps them, the transform
     serves, and the image has the scratch area warm workers share with the pilot."""
@@ -58,23 +81,7 @@ class ContainerPayload:
         cls, job_id: int, request: ContainerRequest, runtime: ContainerRuntime, header: str
     ) -> ContainerPayload:
         command = runtime.command(request)
-        log.info("job %s: %s", job_id, " ".join(command))
-        with (request.workdir / LOG_NAME).open("wb") as log_file:
-            log_file.write(header.encode())
-            log_file.flush()
-            try:
-                process = subprocess.Popen(
-                    command,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise PayloadNotStarted(
-                    PilotErrorCode.CONTAINER_FAILED, f"cannot start {runtime.name}: {exc}"
-                ) from exc
-        return cls(process)
+        return cls(start_logged(job_id, command, request.workdir, header, runtime.name))
 
     def wait(self, timeout_s: float) -> int | None:
         try:

@@ -183,7 +183,7 @@ class JobRunner:
             payload = WarmPayload.start(self.warm, spec, request, runtime, header, self.base_dir)
             report_after_s = WARM_RUNNING_REPORT_AFTER_S
         elif spec.nodes > 1:
-            payload = RankedPayload.start(spec, request, runtime, header)
+            payload = RankedPayload.start_ranks(spec, request, runtime, header)
         else:
             payload = ContainerPayload.start(spec.job_id, request, runtime, header)
         start.at = datetime.now(UTC)

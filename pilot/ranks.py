@@ -24,9 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pilot.execution import PayloadNotStarted
-from pilot.outcome import LOG_NAME, Outcome
-from pilot.processes import terminate
+from pilot.execution import ContainerPayload, PayloadNotStarted, start_logged
+from pilot.outcome import Outcome
 from pilot.runtimes.base import ContainerRequest, ContainerRuntime
 from protocol.error_codes import PilotErrorCode
 from protocol.pilot import JobSpec
@@ -48,18 +47,19 @@ class RankEnd:
     exit_code: int | None
 
 
-class RankedPayload:
-    """The job step of all ranks, as the supervisor sees a payload."""
+class RankedPayload(ContainerPayload):
+    """The job step of all ranks, as the supervisor sees a payload: waited for and stopped
+    as a container of its own is (``srun`` passes a stop on to every rank)."""
 
     died = "the job step gave no exit code"
 
     def __init__(self, process: subprocess.Popen[bytes], spec: JobSpec, ranks_dir: Path) -> None:
-        self.process = process
+        super().__init__(process)
         self.spec = spec
         self.ranks_dir = ranks_dir
 
     @classmethod
-    def start(
+    def start_ranks(
         cls, spec: JobSpec, request: ContainerRequest, runtime: ContainerRuntime, header: str
     ) -> RankedPayload:
         srun = shutil.which("srun")
@@ -94,37 +94,11 @@ class RankedPayload:
             "pilot.rank",
             str(plan),
         ]
-        log.info("job %s: %s", spec.job_id, " ".join(command))
-        with (request.workdir / LOG_NAME).open("wb") as log_file:
-            log_file.write(header.encode())
-            log_file.write(
-                f"=== {spec.nodes} nodes x {spec.cores} ranks, one {runtime.name} container "
-                f"per rank\n".encode()
-            )
-            log_file.flush()
-            try:
-                process = subprocess.Popen(
-                    command,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise PayloadNotStarted(
-                    PilotErrorCode.CONTAINER_FAILED, f"cannot start srun: {exc}"
-                ) from exc
+        layout = (
+            f"=== {spec.nodes} nodes x {spec.cores} ranks, one {runtime.name} container per rank\n"
+        )
+        process = start_logged(spec.job_id, command, request.workdir, header + layout, "srun")
         return cls(process, spec, ranks_dir)
-
-    def wait(self, timeout_s: float) -> int | None:
-        try:
-            return self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def stop(self) -> int | None:
-        terminate(self.process)
-        return self.process.wait()
 
     def finish(self) -> None:
         """The step is over, however it ended: cancel what may be left of it (srun killed

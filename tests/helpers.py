@@ -307,6 +307,19 @@ def database_dump(url: str) -> str:
         engine.dispose()
 
 
+def process_running(needle: str) -> bool:
+    """Whether any live process's command line holds ``needle`` (a payload that must be
+    gone after a kill or a failed rank)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+                    return True
+            except OSError:
+                continue
+    return False
+
+
 def _kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)

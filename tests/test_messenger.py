@@ -30,7 +30,7 @@ from pilot import messenger as pilot_messenger
 from pilot.link import ServerError
 from pilot.messenger import SharedFsLink
 from protocol.messenger import PILOTS, REPLIES, REQUESTS, TAKEN, Reply, write_whole
-from tests.helpers import Harvester, harvester_settings, wait_for
+from tests.helpers import Harvester, harvester_settings, process_running, wait_for
 
 NONET_QUEUE = """
 [queues.ANALY_NONET]
@@ -269,7 +269,7 @@ def test_pilot_without_network_runs_tasks_through_the_shared_folder(
     )
     wait_for(lambda: harvester.job_status(killed) == "running", 60, "the job to run")
     assert harvester.pbook("kill", str(killed)).returncode == 0
-    wait_for(lambda: not _processes_running("sleep 307"), 30, "the payload to be stopped")
+    wait_for(lambda: not process_running("sleep 307"), 30, "the payload to be stopped")
     assert harvester.jobs(killed)[0]["status"] == "cancelled"
     assert "is to be killed" in log.read_text()
 
@@ -295,17 +295,6 @@ def test_pilot_without_network_runs_tasks_through_the_shared_folder(
     (job,) = harvester.jobs(restarted)
     assert job["status"] == "finished" and job["attempt_nr"] == 1, "reported once, not retried"
     assert pilot.poll() is None, "the pilot lived through the restart"
-
-
-def _processes_running(needle: str) -> bool:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if needle in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
-                    return True
-            except OSError:
-                continue
-    return False
 
 
 # -- the relay in this process: claims left by a restart, refusals, files ------------

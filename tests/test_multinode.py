@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.helpers import Harvester, ensure_image, wait_for
+from tests.helpers import Harvester, ensure_image, process_running, wait_for
 from tests.test_slurm import clear_cluster, queue
 
 pytestmark = pytest.mark.e2e
@@ -58,13 +59,13 @@ def _submit(harvester: Harvester, exec_: str, output: str | None, *extra: str) -
     )
 
 
-def _output(harvester: Harvester, task_id: int, name: str) -> dict[str, object]:
+def _output(harvester: Harvester, job_id: int, name: str) -> dict[str, object]:
     (sha,) = (
         r[0]
         for r in harvester.query(
             "SELECT f.sha256 FROM files f JOIN jobs j ON f.job_id = j.id "
-            "WHERE j.task_id = :t AND f.kind = 'output' AND f.name LIKE '%.' || :n",
-            t=task_id,
+            "WHERE j.id = :j AND f.kind = 'output' AND f.name LIKE '%.' || :n",
+            j=job_id,
             n=name,
         )
     )
@@ -73,12 +74,24 @@ def _output(harvester: Harvester, task_id: int, name: str) -> dict[str, object]:
     return document
 
 
+def _finished_attempt(harvester: Harvester, task_id: int) -> dict[str, Any]:
+    """The job's finished attempt. OpenMPI's TCP start-up, with every rank of the dev
+    cluster on one host and one address, now and then crashes a rank (a segfault in its
+    connection race, seen once in about ten runs): that attempt fails ``rank_failed``,
+    as it must, and the retry runs; any other failure fails the test."""
+    attempts = harvester.jobs(task_id)
+    for failed in attempts[:-1]:
+        assert failed["pilot_error_code"] == 1308, failed
+    assert attempts[-1]["status"] == "finished", attempts
+    return attempts[-1]
+
+
 def test_mpi_allreduce_across_two_nodes(mpi_harvester: Harvester) -> None:
     task_id = _submit(mpi_harvester, "python3 /opt/mpi/examples/allreduce.py", "allreduce.json")
     task = mpi_harvester.wait_task(task_id, 240)
-    (job,) = mpi_harvester.jobs(task_id)
+    job = _finished_attempt(mpi_harvester, task_id)
     assert task["status"] == "done", job
-    assert _output(mpi_harvester, task_id, "allreduce.json") == {
+    assert _output(mpi_harvester, job["id"], "allreduce.json") == {
         "size": 4,
         "sum": 1 + 2 + 3 + 4,
         "nodes": ["hpcaf-n1", "hpcaf-n1", "hpcaf-n2", "hpcaf-n2"],
@@ -109,9 +122,9 @@ def test_dask_cluster_inside_the_allocation(mpi_harvester: Harvester) -> None:
         )
         task_id = task.id
     assert mpi_harvester.wait_task(task_id, 240)["status"] == "done", mpi_harvester.jobs(task_id)
-    (job,) = mpi_harvester.jobs(task_id)
+    job = _finished_attempt(mpi_harvester, task_id)
     assert job["nodes"] == 2, "the API shows the job's allocation"
-    result = _output(mpi_harvester, task_id, "dask.json")
+    result = _output(mpi_harvester, job["id"], "dask.json")
     assert result["sum"] == result["expected"] == 499_999_500_000
     assert result["workers"] == 2, "ranks 2 and 3 are the workers"
 
@@ -131,7 +144,7 @@ def test_a_dead_rank_ends_the_job_and_every_rank(mpi_harvester: Harvester) -> No
     assert "rank 1 on hpcaf-n1 exited with code 3" in job["pilot_error_diag"]
     ends = {r["rank"]: r["exit_code"] for r in job["metrics"]["ranks"]}
     assert ends[1] == 3 and all(ends[r] != 0 for r in (0, 2, 3)), ends
-    assert not _running("sleep 313"), "a rank outlived the job"
+    assert not process_running("sleep 313"), "a rank outlived the job"
 
 
 def test_more_nodes_than_any_queue_offers_is_refused(mpi_harvester: Harvester) -> None:
@@ -150,17 +163,6 @@ def test_more_nodes_than_any_queue_offers_is_refused(mpi_harvester: Harvester) -
         refused.output
     )
     assert mpi_harvester.query("SELECT count(*) FROM tasks") == [(0,)], "nothing was stored"
-
-
-def _running(needle: str) -> bool:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if needle in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
-                    return True
-            except OSError:
-                continue
-    return False
 
 
 def test_rank_plan_round_trip(tmp_path: Path) -> None:
