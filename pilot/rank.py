@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -69,7 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rank {mine.env['HPCAF_RANK']}: cannot start the container: {exc}", flush=True)
         code = 127
     rank = int(mine.env["HPCAF_RANK"])
-    record = {"rank": rank, "node": mine.env["HPCAF_NODE"], "exit_code": code}
+    record = {
+        "rank": rank,
+        "node": mine.env["HPCAF_NODE"],
+        "exit_code": code,
+        "ended_at": time.time(),
+    }
     (ranks_dir / f"{rank}.json").write_text(json.dumps(record))
     return code if code >= 0 else 128 - code
 

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -39,12 +40,27 @@ STEP_COMMAND_TIMEOUT_S = 30.0
 
 @dataclass(frozen=True)
 class RankEnd:
-    """How one rank ended: its exit code, or ``None`` when it was stopped (by a signal,
-    after another rank failed) before it could say."""
+    """How one rank ended: its exit code (negative: the signal that killed it), or
+    ``None`` when it was stopped before it could say; and when, by the node's clock."""
 
     rank: int
     node: str | None
     exit_code: int | None
+    ended_at: float | None = None
+
+    @property
+    def stopped(self) -> bool:
+        """Ended by what ``srun`` and ``scancel`` send to stop a step, not by itself."""
+        return self.exit_code is None or -self.exit_code in STOP_SIGNALS
+
+    def describe(self) -> str:
+        where = f" on {self.node}" if self.node else ""
+        if self.exit_code is not None and self.exit_code < 0:
+            return f"rank {self.rank}{where} was killed by signal {-self.exit_code}"
+        return f"rank {self.rank}{where} exited with code {self.exit_code}"
+
+
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP})
 
 
 class RankedPayload(ContainerPayload):
@@ -133,7 +149,15 @@ class RankedPayload(ContainerPayload):
             path = self.ranks_dir / f"{rank}.json"
             try:
                 record = json.loads(path.read_text())
-                ends.append(RankEnd(rank, record.get("node"), int(record["exit_code"])))
+                ended_at = record.get("ended_at")
+                ends.append(
+                    RankEnd(
+                        rank,
+                        record.get("node"),
+                        int(record["exit_code"]),
+                        float(ended_at) if ended_at is not None else None,
+                    )
+                )
             except (OSError, ValueError, KeyError, TypeError):
                 ends.append(RankEnd(rank, None, None))
         return ends
@@ -144,27 +168,37 @@ def step_name(job_id: int) -> str:
 
 
 def rank_outcome(code: int, elapsed_s: float, ends: list[RankEnd]) -> Outcome | None:
-    """``None`` when every rank exited 0; else the job's failure, naming the ranks."""
-    failed = [e for e in ends if e.exit_code not in (0, None)]
-    stopped = [e for e in ends if e.exit_code is None]
-    if code == 0 and not failed and not stopped:
+    """``None`` when every rank exited 0; else the job's failure, naming first the rank
+    that failed on its own earliest. Once one rank fails, ``--kill-on-bad-exit`` stops the
+    others, and a stopped rank may have a lower number or record its end sooner: those
+    are listed as stopped, not as the cause. When every end was a stop (the step was
+    cancelled, or a rank was OOM-killed), the earliest stop is named."""
+    if code == 0 and all(e.exit_code == 0 for e in ends):
         return None
+    ended = [e for e in ends if e.exit_code not in (0, None)]
+    on_their_own = [e for e in ended if not e.stopped]
+    failed = on_their_own or ended
+    failed = sorted(failed, key=lambda e: (e.ended_at is None, e.ended_at or 0.0, e.rank))
+    stopped = [e for e in ends if e.stopped and e not in failed]
     if failed:
-        first = failed[0]
-        where = f" on {first.node}" if first.node else ""
-        diagnostics = f"rank {first.rank}{where} exited with code {first.exit_code}"
+        diagnostics = failed[0].describe()
         if len(failed) > 1:
-            diagnostics += f" (and ranks {_ranges([e.rank for e in failed[1:]])})"
+            diagnostics += f" (and {_ranks_named([e.rank for e in failed[1:]])})"
     else:
         diagnostics = f"the job step exited with code {code}"
     if stopped:
-        diagnostics += f"; ranks {_ranges([e.rank for e in stopped])} were stopped"
+        were = "was" if len(stopped) == 1 else "were"
+        diagnostics += f"; {_ranks_named([e.rank for e in stopped])} {were} stopped"
     return Outcome(
         "failed",
         exit_code=failed[0].exit_code if failed else code,
         error_code=PilotErrorCode.RANK_FAILED,
         diagnostics=f"{diagnostics} after {elapsed_s:.1f}s",
     )
+
+
+def _ranks_named(ranks: list[int]) -> str:
+    return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {_ranges(ranks)}"
 
 
 MAX_RANKS_IN_METRICS = 1024

@@ -204,3 +204,40 @@ def test_rank_plan_round_trip(tmp_path: Path) -> None:
     assert rank.env["HPCAF_RANK"] == "3" and rank.env["HPCAF_NODE"] == "hpcaf-n2"
     assert rank.env["PMIX_RANK"] == "3" and "HOME" not in rank.env
     assert Bind(str(server_dir), str(server_dir), writable=True) in rank.binds
+
+
+def test_the_rank_that_failed_first_is_named_not_the_ranks_stopped_after_it() -> None:
+    """``--kill-on-bad-exit`` stops the other ranks with SIGTERM, and a stopped rank may
+    record its end before the failed one does, or have a lower number: the job's message
+    names the rank that failed on its own (no Slurm; CI saw rank 0's SIGTERM named)."""
+    from pilot.ranks import RankEnd, rank_outcome
+
+    ends = [
+        RankEnd(0, "n1", -15, ended_at=12.5),
+        RankEnd(1, "n1", 3, ended_at=12.6),
+        RankEnd(2, "n2", -15, ended_at=12.4),
+        RankEnd(3, "n2", None),
+    ]
+    outcome = rank_outcome(143, 2.5, ends)
+    assert outcome is not None and outcome.exit_code == 3
+    assert (
+        outcome.diagnostics
+        == "rank 1 on n1 exited with code 3; ranks 0, 2-3 were stopped after 2.5s"
+    )
+
+    crashed_first = [
+        RankEnd(0, "n1", 2, ended_at=20.0),  # an MPI abort that followed rank 3's crash
+        RankEnd(1, "n1", -15, ended_at=20.1),
+        RankEnd(2, "n2", 0, ended_at=19.0),
+        RankEnd(3, "n2", -11, ended_at=18.0),
+    ]
+    outcome = rank_outcome(1, 4.0, crashed_first)
+    assert outcome is not None
+    assert outcome.diagnostics == (
+        "rank 3 on n2 was killed by signal 11 (and rank 0); rank 1 was stopped after 4.0s"
+    )
+
+    only_stopped = [RankEnd(0, "n1", -9, ended_at=5.0), RankEnd(1, "n2", -15, ended_at=4.0)]
+    outcome = rank_outcome(137, 1.0, only_stopped)
+    assert outcome is not None
+    assert outcome.diagnostics == ("rank 1 on n2 was killed by signal 15 (and rank 0) after 1.0s")
