@@ -52,6 +52,7 @@ def n_blobs(h: Harvester) -> int:
 
 
 GOOD = {"containerImage": "base", "exec": "true", "outDS": "user.alice.ok"}
+FIT = {"transform": "pyhf_fit", "outputs": ["results.json"], "jobParameters": [{"patches": ["a"]}]}
 
 
 def nested(depth: int) -> list[object]:
@@ -90,6 +91,8 @@ def nested(depth: int) -> list[object]:
         ({"architecture": "x" * 300}, 422, "architecture"),
         ({"transformArgs": {"x": nested(500)}}, 422, "nests deeper than 32 levels"),
         ({"jobParameters": [{"x": nested(40)}]}, 422, "nests deeper than 32 levels"),
+        (FIT | {"transformArgs": {"backend": "jax", "fitter": "lbfgs"}}, 400, "fitter must be"),
+        (FIT | {"transformArgs": {"backend": "numpy", "fitter": "batched"}}, 400, "backend jax"),
     ],
 )
 def test_submit_refused(

@@ -131,7 +131,12 @@ class WarmTransform:
         )
 
     def run(
-        self, workspace: Path, patchset: Path, names: list[str], backend: str = "jax"
+        self,
+        workspace: Path,
+        patchset: Path,
+        names: list[str],
+        backend: str = "jax",
+        fitter: str = "scipy",
     ) -> tuple[int, dict[str, Any]]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.jobs += 1
@@ -144,6 +149,7 @@ class WarmTransform:
                 "backend": backend,
                 "poi_value": 1.0,
                 "test_stat": "qtilde",
+                "fitter": fitter,
             },
             "job_parameters": {"patches": names},
         }
@@ -505,3 +511,56 @@ def test_json_spec_copies_build_the_same_model_as_deepcopy(pallets: Path) -> Non
     nan = pyhf_fit.JsonCopy.deepcopy({"a": [math.nan]})
     assert math.isnan(nan["a"][0])
     assert pyhf_fit.JsonCopy.deepcopy({1: "x"}) == {1: "x"}, "an int key stays an int"
+
+
+STAUS_BATCH = [
+    "DS_100_1_Staus",  # CLs 0.22
+    "DS_120_40_Staus",
+    "DS_140_1_Staus",
+    "DS_160_100_Staus",  # CLs 0.84: the POI's free fit well inside its bounds
+    "DS_160_1_Staus",
+    "DS_160_40_Staus",
+    "DS_160_80_Staus",  # its fits end stalled, not below the gradient tolerance
+    "DS_180_1_Staus",  # CLs 5e-4
+    "DS_200_1_Staus",
+]
+"""Nine patches: a full chunk of eight and one padded to eight with copies of itself."""
+
+
+def test_batched_fits_match_pyhf_and_a_second_job_reuses_them(
+    warm: WarmTransform, pyhf_directly: Reference, pallets: Path
+) -> None:
+    """``fitter: batched``: the patches of a structure fitted together inside JAX (a BFGS
+    vectorised over patches, every Asimov free fit with the POI at its bound) give pyhf's
+    numbers; a second job in the same worker reuses the compilation with other leaves."""
+    workspace, patchset = pallet(pallets, "staus/Region-combined")
+    expected = pyhf_directly.start(workspace, patchset, STAUS_BATCH)
+    code, first = warm.run(workspace, patchset, STAUS_BATCH[:7], fitter="batched")
+    assert code == 0, first
+    code, second = warm.run(workspace, patchset, STAUS_BATCH[7:], fitter="batched")
+    assert code == 0, second
+    results = {**first, **second}
+    batched = [n for n in STAUS_BATCH if results[n].get("fitter") == "batched"]
+    assert len(batched) >= 8, results  # any other went one at a time, and is checked too
+    assert "fitted together" in warm.log(warm.tmp / "job_2")
+    assert_matches(results, expected.result())
+
+
+def test_batched_fits_that_do_not_converge_are_fitted_one_at_a_time(
+    tmp_path: Path, pyhf_directly: Reference, pallets: Path
+) -> None:
+    """Three BFGS steps are never enough: every patch falls back to pyhf's own fits, and
+    the numbers are still pyhf's."""
+    worker = WarmTransform(tmp_path, "import pyhf_batched\npyhf_batched.MAX_STEPS = 3\n")
+    try:
+        workspace, patchset = pallet(pallets, "staus/Region-combined")
+        names = STAUS_BATCH[:2]
+        expected = pyhf_directly.start(workspace, patchset, names)
+        code, results = worker.run(workspace, patchset, names, fitter="batched")
+        assert code == 0, results
+        assert all("fitter" not in results[n] for n in names), results
+        assert all(results[n]["path"] == "shared" for n in names), results
+        assert "0 of 2 patches fitted together" in worker.log(tmp_path / "job_1")
+    finally:
+        worker.close()
+    assert_matches(results, expected.result())

@@ -101,6 +101,14 @@ def main(
     poi_value: Annotated[float, typer.Option("--poi-value", help="signal strength tested")] = 1.0,
     test_stat: Annotated[str, typer.Option("--test-stat", help="qtilde or q")] = "qtilde",
     backend: Annotated[str, typer.Option("--backend", help="numpy or jax")] = "jax",
+    fitter: Annotated[
+        str,
+        typer.Option(
+            "--fitter",
+            help="scipy: each patch's fits one at a time, as pyhf; batched: the patches of "
+            "one structure fitted together inside JAX (jax only)",
+        ),
+    ] = "scipy",
     patches_per_job: Annotated[
         int | None,
         typer.Option(
@@ -202,6 +210,7 @@ def main(
                 "poi_value": poi_value,
                 "test_stat": test_stat,
                 "backend": backend,
+                "fitter": fitter,
                 "labels": checked.labels or None,
                 "require_gpu": _wants_gpu(architecture),
             },

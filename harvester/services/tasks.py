@@ -200,6 +200,7 @@ def check_image(ctx: HarvesterContext, name: str) -> str:
 
 FIT_BACKENDS = ("numpy", "jax")
 FIT_TEST_STATISTICS = ("qtilde", "q")
+FITTERS = ("scipy", "batched")
 
 
 def check_fit_parameters(params: TaskCreate, *, steered: bool = False) -> None:
@@ -211,6 +212,11 @@ def check_fit_parameters(params: TaskCreate, *, steered: bool = False) -> None:
         raise InvalidRequest(
             f"transformArgs.test_stat must be one of {', '.join(FIT_TEST_STATISTICS)}"
         )
+    fitter = args.get("fitter", "scipy")
+    if fitter not in FITTERS:
+        raise InvalidRequest(f"transformArgs.fitter must be one of {', '.join(FITTERS)}")
+    if fitter == "batched" and args.get("backend", "numpy") != "jax":
+        raise InvalidRequest("transformArgs.fitter=batched fits inside JAX: it needs backend jax")
     if "results.json" not in params.outputs:
         raise InvalidRequest("a pyhf_fit task must declare the output results.json")
     if steered:
