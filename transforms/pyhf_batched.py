@@ -165,7 +165,7 @@ def _compiled(structure: Structure) -> Any:
     and chunk shape. Kept on the object, not in a cache keyed by the structure, because
     structures of two registries in one process may compare equal with different
     templates, and a compilation has its template's values compiled in."""
-    compiled = getattr(structure, "_batched_fits", None)
+    compiled = structure.fitted_together
     if compiled is None:
         import jax
 
@@ -174,7 +174,7 @@ def _compiled(structure: Structure) -> Any:
                 _fits, structure=structure, poi_index=structure.template.config.poi_index
             )
         )
-        structure._batched_fits = compiled  # type: ignore[attr-defined]
+        structure.fitted_together = compiled
     return compiled
 
 

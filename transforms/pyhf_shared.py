@@ -319,6 +319,9 @@ class Structure:
         self.varying = varying
         self.serial = serial
         self.key = f"{model_key}:{serial}:{varying}"
+        self.fitted_together: Any = None
+        """The batched fits' compilation for this structure (:mod:`pyhf_batched`), kept on
+        the object because another registry's structure may compare equal to this one."""
         self.dtypes: list[str] = []
         self.layout: list[tuple[Path, int, int, int, tuple[int, ...]]] = []
         """Per varying leaf: (path, which flat array, offset, size, shape)."""
