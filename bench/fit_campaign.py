@@ -97,7 +97,7 @@ def parsl_htex(workspace: dict[str, Any], patches: list[dict[str, Any]], workers
 
 
 def hpcaf(
-    folder: Path, backend: str, slots: int, compile_cache: Path
+    folder: Path, backend: str, slots: int, compile_cache: Path, fitter: str = "scipy"
 ) -> tuple[float, dict[str, Any], tuple[list[tuple[str, float]], dict[str, float]]]:
     """pfit → results through a fresh harvester with one local pilot per core; the wall
     time, the results and the campaign's steps."""
@@ -114,6 +114,7 @@ def hpcaf(
                 str(folder),
                 "--backend",
                 backend,
+                *(["--fitter", fitter] if backend == "jax" else []),
                 "--outDS",
                 f"user.bench.{backend}",
                 "--wait",
@@ -145,6 +146,9 @@ def main() -> None:
     parser.add_argument("--skip-parsl", action="store_true")
     parser.add_argument("--backends", default="numpy,jax")
     parser.add_argument("--repeat", type=int, default=1, help="runs of (c); the median is shown")
+    parser.add_argument(
+        "--fitter", default="scipy", choices=("scipy", "batched"), help="pfit --fitter (jax)"
+    )
     parser.add_argument(
         "--compile-cache",
         type=Path,
@@ -178,7 +182,7 @@ def main() -> None:
         summed_runs: list[dict[str, float]] = []
         for _ in range(args.repeat):
             cache = args.compile_cache or new_home("hpcaf-bench-compilations-")
-            wall, results, (steps, summed) = hpcaf(folder, backend, cores, cache)
+            wall, results, (steps, summed) = hpcaf(folder, backend, cores, cache, args.fitter)
             walls.append(wall)
             walls_steps.append(steps)
             summed_runs.append(summed)

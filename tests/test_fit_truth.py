@@ -549,9 +549,9 @@ def test_batched_fits_match_pyhf_and_a_second_job_reuses_them(
 def test_batched_fits_that_do_not_converge_are_fitted_one_at_a_time(
     tmp_path: Path, pyhf_directly: Reference, pallets: Path
 ) -> None:
-    """Three BFGS steps are never enough: every patch falls back to pyhf's own fits, and
+    """Three evaluations are never enough: every patch falls back to pyhf's own fits, and
     the numbers are still pyhf's."""
-    worker = WarmTransform(tmp_path, "import pyhf_batched\npyhf_batched.MAX_STEPS = 3\n")
+    worker = WarmTransform(tmp_path, "import pyhf_batched\npyhf_batched.MAX_EVALUATIONS = 3\n")
     try:
         workspace, patchset = pallet(pallets, "staus/Region-combined")
         names = STAUS_BATCH[:2]

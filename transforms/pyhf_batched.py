@@ -1,4 +1,4 @@
-"""The five fits of an asymptotic CLs test for many patches at once, inside XLA.
+"""The fits of an asymptotic CLs test for many patches at once, inside XLA.
 
 pyhf's hypotest runs five fits per patch (the POI fixed at the tested value and
 free, on the observed data and on the background-only Asimov data; and the
@@ -8,15 +8,17 @@ is about a third of the time; SLSQP and the calls are the rest. Here the fits
 of a chunk of patches of one structure (:mod:`pyhf_shared`) run as one
 compiled program: a box-constrained BFGS written in JAX, vectorised over the
 patches and the fits (``jax.vmap``), with the patches' varying leaves as its
-arguments. The p-values are then pyhf's own (:class:`AsymptoticCalculator`
-given the two test statistics), so only the minimisation differs from pyhf.
+arguments. The free fit on the Asimov data is not run: its minimum is the
+fit that made the data (see :func:`_fits`). The p-values are pyhf's own
+(:class:`AsymptoticCalculator` given the two test statistics), so only the
+minimisation differs from pyhf.
 
-The minimiser stops when the projected gradient of twice the NLL is below
-:data:`GRADIENT_TOLERANCE` in every parameter; a patch any of whose fits did
-not get there (or whose numbers are not finite) is returned as ``None`` and
-fitted the plain way by the caller. The slow truth is pyhf itself: the tests
-compare every value with ``pyhf.infer.hypotest`` on real pallets, the POI at
-its bound included.
+A fit ends when the projected gradient of twice the NLL is below
+:data:`GRADIENT_TOLERANCE` in every parameter, or stalls at the precision of
+float64 with a small gradient; a patch any of whose fits did neither within
+:data:`MAX_EVALUATIONS` (or whose numbers are not finite) is returned as
+``None`` and fitted the plain way by the caller. The slow truth is pyhf itself:
+the tests compare every value with ``pyhf.infer.hypotest`` on real pallets.
 
 Runs inside the fit image: numpy, jax and pyhf only.
 """
@@ -43,13 +45,15 @@ STALLED_TOLERANCE = 1e-3
 the precision of float64 sums) has converged if its projected gradient is below this:
 its twice NLL is then within ~1e-6 of the minimum. Above it, the patch is fitted plain."""
 
-MAX_HALVINGS = 30
-"""Halvings of a step before its line search gives up (the fit has stalled)."""
+MAX_HALVINGS = 10
+"""Shortenings of a step (each to between a tenth and a half) before its line search
+gives up: the fit has stalled."""
 
-MAX_STEPS = 150
-"""BFGS steps per fit; those that converge on the pallets here take 40 to 120. Every row
-of a chunk runs until its slowest is done, so a fit that will not converge costs the
-whole chunk up to this many steps before it falls back."""
+MAX_EVALUATIONS = 200
+"""Objective evaluations per fit (steps and their shortenings). Those that converge on
+the pallets here take 60 to 180. Every row of a chunk runs until its slowest is done,
+so a fit that needs more costs the whole chunk; it stops here and its patch is fitted
+one at a time instead."""
 
 TEST_STATISTICS = ("qtilde", "q")
 """The test statistics computed here; any other is fitted the plain way."""
@@ -61,8 +65,8 @@ class TestResult:
 
     cls_obs: float
     cls_exp: list[float]
-    steps: int
-    """The most BFGS steps one of its five fits took."""
+    evaluations: int
+    """The most objective evaluations one of its five fits took."""
 
 
 def _minimise(
@@ -73,7 +77,7 @@ def _minimise(
     A parameter at a bound whose gradient points out of the box is held there for the
     step (its gradient and direction zeroed), and every step is cut to stay in the box,
     then halved until it decreases the function enough (Armijo). Returns the minimum,
-    its value, the steps taken, and whether it converged: the projected gradient below
+    its value, the objective's evaluations, and whether it converged: the projected gradient below
     :data:`GRADIENT_TOLERANCE`, or below :data:`STALLED_TOLERANCE` where no step could
     decrease the function any more.
     """
@@ -85,11 +89,14 @@ def _minimise(
         return jnp.where(held, 0.0, g), held
 
     def not_done(state: Any) -> Any:
-        steps, _, _, _, _, done, stalled = state
-        return ~done & ~stalled & (steps < MAX_STEPS)
+        _, _, _, _, done, stalled, evaluations = state
+        return ~done & ~stalled & (evaluations < MAX_EVALUATIONS)
 
     def step(state: Any) -> Any:
-        steps, x, f, g, h, _, _ = state
+        x, f, g, h, finished, stuck, evaluations = state
+        # Under vmap a finished row still runs this body (its result is dropped): its line
+        # search must not search, or every row would wait for its halvings, every step.
+        over = finished | stuck
         pg, held = projected(x, g)
         d = -(h @ pg)
         d = jnp.where(held | ((x <= lo) & (d < 0)) | ((x >= hi) & (d > 0)), 0.0, d)
@@ -107,17 +114,24 @@ def _minimise(
         def too_long(search: Any) -> Any:
             a, fa, _, halvings = search
             enough = jnp.isfinite(fa) & (fa <= f + 1e-4 * a * slope)
-            return ~enough & (halvings < MAX_HALVINGS)
+            return ~enough & (halvings < MAX_HALVINGS) & ~over
 
-        def halve(search: Any) -> Any:
-            a, _, _, halvings = search
-            fa, ga = value_and_grad(jnp.clip(x + 0.5 * a * d, lo, hi))
-            return 0.5 * a, fa, ga, halvings + 1
+        def shorten(search: Any) -> Any:
+            a, fa, _, halvings = search
+            # the minimum of the parabola through f, the slope and f(a), kept within
+            # [a/10, a/2]; a plain halving where f(a) is not finite
+            curvature = fa - f - slope * a
+            usable = jnp.isfinite(fa) & (curvature > 0)
+            guess = -slope * a * a / (2.0 * jnp.where(usable, curvature, 1.0))
+            shorter = jnp.where(usable, jnp.clip(guess, 0.1 * a, 0.5 * a), 0.5 * a)
+            a = jnp.where(halvings < 0, 0.5 * a, shorter)
+            fa, ga = value_and_grad(jnp.clip(x + a * d, lo, hi))
+            return a, fa, ga, halvings + 1
 
-        # the first trial is the full step (``halve`` of twice it), so that the
+        # the first trial is the full step (``shorten`` of twice it), so that the
         # objective is traced into the program once here, not twice
         a, f_new, g_new, halvings = lax.while_loop(
-            too_long, halve, (2.0 * first, jnp.asarray(jnp.inf, f.dtype), g, -1)
+            too_long, shorten, (2.0 * first, jnp.asarray(jnp.inf, f.dtype), g, -1)
         )
         stalled = (halvings >= MAX_HALVINGS) | ~(f_new <= f)
         x_new = jnp.where(stalled, x, jnp.clip(x + a * d, lo, hi))
@@ -135,15 +149,15 @@ def _minimise(
         )
         h = jnp.where(sy > 1e-12, updated, h)
         done = jnp.max(jnp.abs(projected(x_new, g_new)[0])) < GRADIENT_TOLERANCE
-        return steps + 1, x_new, f_new, g_new, h, done, stalled
+        return x_new, f_new, g_new, h, done, stalled, evaluations + halvings + 1
 
     f0, g0 = value_and_grad(x0)
     start_done = jnp.max(jnp.abs(projected(x0, g0)[0])) < GRADIENT_TOLERANCE
-    start = (0, x0, f0, g0, inverse_hessian, start_done, False)
-    steps, x, f, g, _, done, stalled = lax.while_loop(not_done, step, start)
+    start = (x0, f0, g0, inverse_hessian, start_done, False, 1)
+    x, f, g, _, done, stalled, evaluations = lax.while_loop(not_done, step, start)
     gradient = jnp.max(jnp.abs(projected(x, g)[0]))
     converged = done | (stalled & (gradient < STALLED_TOLERANCE))
-    return x, f, steps, converged
+    return x, f, evaluations, converged
 
 
 def _masked_inverse(hessian: Any, free: Any) -> Any:
@@ -216,17 +230,25 @@ def _fits(
     per_fit = jax.vmap(fit, in_axes=(0, 0, 0, None, None))
     per_patch = jax.vmap(per_fit, in_axes=(None, None, None, 0, 0))
     # Under vmap every row runs until the slowest is done, so each stage has only the
-    # fits it needs: the data's three (the POI at 0 makes the Asimov data), the Asimov's two.
+    # fits it needs. On the data: the POI at mu, free, and at 0 (which makes the Asimov
+    # data). On the Asimov data only the POI at mu: the Asimov data are the expected data
+    # of the fit at 0, so that fit's parameters are the free minimum on them (every
+    # Poisson and constraint term at its mode, the POI at its bound), where pyhf
+    # finds it again by a fifth fit.
     starts = jnp.stack([at_mu, init, init.at[poi_index].set(0.0)])
     frees = jnp.stack([poi_fixed, free, poi_fixed])
     inverses = jnp.stack([h_fixed, h_free, h_fixed])
-    x, f, steps, converged = per_patch(starts, frees, inverses, data, leaves)
-    asimov = jax.vmap(expected)(x[:, 2], leaves)
-    x_a, f_a, steps_a, converged_a = per_patch(starts[:2], frees[:2], inverses[:2], asimov, leaves)
+    x, f, evaluations, converged = per_patch(starts, frees, inverses, data, leaves)
+    at_zero = x[:, 2]
+    asimov = jax.vmap(expected)(at_zero, leaves)
+    _, f_a, evaluations_a, converged_a = per_patch(
+        starts[:1], frees[:1], inverses[:1], asimov, leaves
+    )
+    free_a = jax.vmap(twice_nll)(at_zero, asimov, leaves)
     return {
-        "twice_nll": jnp.concatenate([f[:, :2], f_a], axis=1),
-        "muhat": jnp.stack([x[:, 1, poi_index], x_a[:, 1, poi_index]], axis=1),
-        "steps": jnp.concatenate([steps, steps_a], axis=1),
+        "twice_nll": jnp.concatenate([f[:, :2], f_a, free_a[:, None]], axis=1),
+        "muhat": jnp.stack([x[:, 1, poi_index], at_zero[:, poi_index]], axis=1),
+        "evaluations": jnp.concatenate([evaluations, evaluations_a], axis=1),
         "converged": jnp.concatenate([converged, converged_a], axis=1),
     }
 
@@ -302,5 +324,5 @@ def _cls(
     return TestResult(
         cls_obs=float(cls_obs),
         cls_exp=[float(v) for v in cls_exp],
-        steps=int(found["steps"][row].max()),
+        evaluations=int(found["evaluations"][row].max()),
     )

@@ -150,7 +150,9 @@ def run(job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
             found = batched.get(index)
             if found is not None:
                 test, share = found
-                entry.update({"path": "shared", "fitter": "batched", "steps": test.steps})
+                entry.update(
+                    {"path": "shared", "fitter": "batched", "evaluations": test.evaluations}
+                )
                 cls_obs, cls_exp = test.cls_obs, test.cls_exp
                 start -= share
             elif slot is not None:
