@@ -5,8 +5,10 @@ On a machine with an NVIDIA GPU, in a few minutes: the pilot's GPU discovery
 against the real ``nvidia-smi``, a bubblewrap container given the GPU's device
 files, and the pfit campaigns of the chosen pallets with ``--architecture
 nvidia-gpu`` on a GPU queue, each beside the same campaign on CPU slots of the
-same machine: the device the fits ran on, the wall times, and the largest
-|ΔCLs| between the two. ``--cpu`` runs every step but the GPU ones on the CPU
+same machine, once per fitter (``--fitters``: pyhf's scipy fits, and the patches
+of a structure fitted together, which is built for a GPU): the device the fits
+ran on, the wall times, and the largest |ΔCLs| against the CPU's pyhf fits
+(the check fails above 1e-4). ``--cpu`` runs every step but the GPU ones on the CPU
 (what the test suite runs, on a sample of patches, to keep the script working
 until a GPU is lent).
 
@@ -51,6 +53,10 @@ NEEDED = (
 )
 """What the harvester, the pilot, the clients and the fit transform import."""
 GPU_IMAGE = "gpu-host"
+
+AGREEMENT = 1e-4
+"""Largest |ΔCLs_obs| allowed between a campaign and the CPU's pyhf fits (the bound of
+tests/test_fit_truth.py)."""
 
 
 def missing_modules() -> list[str]:
@@ -188,9 +194,10 @@ def container_check(env: dict[str, str], client: Any, gpu: bool) -> None:
 
 
 def campaign(
-    env: dict[str, str], client: Any, folder: Path, names: list[str], gpu: bool
+    env: dict[str, str], client: Any, folder: Path, names: list[str], gpu: bool, fitter: str
 ) -> tuple[float, dict[str, Any]]:
     args = ["--pallet", str(folder), "--backend", "jax", "--containerImage", GPU_IMAGE]
+    args += ["--fitter", fitter]
     args += (
         ["--site", "ANALY_GPU", "--architecture", "nvidia-gpu"] if gpu else ["--site", "ANALY_CPU"]
     )
@@ -198,7 +205,12 @@ def campaign(
         args += ["--patch", name]
     start = time.time()
     out = run_cli(
-        env, "harvester.client.pfit", *args, "--outDS", f"user.bench.gpucheck.{gpu}", "--wait"
+        env,
+        "harvester.client.pfit",
+        *args,
+        "--outDS",
+        f"user.bench.gpucheck.{'gpu' if gpu else 'cpu'}.{fitter}",
+        "--wait",
     )
     wall = time.time() - start
     results = client.get(f"/api/v1/tasks/{task_id_of(out)}/results").get("results") or {}
@@ -221,9 +233,22 @@ def describe(label: str, wall: float, results: dict[str, Any]) -> str:
     fit_times = [e["Fit-Time"] for e in results.values() if "Fit-Time" in e]
     median = statistics.median(fit_times) if fit_times else float("nan")
     return (
-        f"{label:10s} {wall:8.1f} s  {ok}/{len(results)} ok  device {','.join(devices)}  "
+        f"{label:12s} {wall:8.1f} s  {ok}/{len(results)} ok  device {','.join(devices)}  "
         f"median fit {median:.3f} s"
     )
+
+
+def agree(label: str, results: dict[str, Any], baseline: dict[str, Any]) -> bool:
+    """Prints the largest CLs_obs difference from the CPU's pyhf fits; whether every
+    patch is there and within :data:`AGREEMENT`."""
+    common = {k for k in set(results) & set(baseline) if "CLs_obs" in results[k]}
+    common &= {k for k in baseline if "CLs_obs" in baseline[k]}
+    delta = max(
+        (abs(results[k]["CLs_obs"] - baseline[k]["CLs_obs"]) for k in common),
+        default=float("nan"),
+    )
+    print(f"  max |dCLs_obs| {label} vs CPU scipy over {len(common)} patches: {delta:.2e}")
+    return len(common) == len(baseline) and delta <= AGREEMENT
 
 
 def run(args: argparse.Namespace) -> int:
@@ -264,23 +289,20 @@ def run(args: argparse.Namespace) -> int:
                 names = patch_names(folder, args.sample)
                 shown = f"{len(names)} patches" if names else "all patches"
                 print(f"== pallet {pallet} ({shown}):")
-                cpu_wall, cpu_results = campaign(env, client, folder, names, gpu=False)
-                print("  " + describe("CPU", cpu_wall, cpu_results))
-                if gpus:
-                    gpu_wall, gpu_results = campaign(env, client, folder, names, gpu=True)
-                    print("  " + describe("GPU", gpu_wall, gpu_results))
-                    common = set(cpu_results) & set(gpu_results)
-                    delta = max(
-                        (
-                            abs(cpu_results[k]["CLs_obs"] - gpu_results[k]["CLs_obs"])
-                            for k in common
-                        ),
-                        default=float("nan"),
-                    )
-                    print(f"  max |dCLs_obs| GPU vs CPU over {len(common)} patches: {delta:.2e}")
-                    devices = {e.get("device") for e in gpu_results.values()}
-                    failed |= devices != {"gpu"}
-                failed |= any(e.get("status") != "ok" for e in cpu_results.values())
+                baseline: dict[str, Any] = {}
+                for fitter in args.fitters.split(","):
+                    cpu_wall, cpu_results = campaign(env, client, folder, names, False, fitter)
+                    print("  " + describe(f"CPU {fitter}", cpu_wall, cpu_results))
+                    failed |= any(e.get("status") != "ok" for e in cpu_results.values())
+                    baseline = baseline or cpu_results
+                    if cpu_results is not baseline:
+                        failed |= not agree(f"CPU {fitter}", cpu_results, baseline)
+                    if gpus:
+                        gpu_wall, gpu_results = campaign(env, client, folder, names, True, fitter)
+                        print("  " + describe(f"GPU {fitter}", gpu_wall, gpu_results))
+                        failed |= not agree(f"GPU {fitter}", gpu_results, baseline)
+                        devices = {e.get("device") for e in gpu_results.values()}
+                        failed |= devices != {"gpu"}
     if failed:
         print("the check FAILED: see above (a fit that was not ok, or GPU fits not on the GPU)")
         return 1
@@ -298,6 +320,11 @@ def main() -> int:
     parser.add_argument(
         "--pallets-root",
         default=os.environ.get("HPCAF_PALLETS") or str(REPO.parent / "shared/data/pallets"),
+    )
+    parser.add_argument(
+        "--fitters",
+        default="scipy,batched",
+        help="pfit --fitter values, each run on the CPU and the GPU (the first is the baseline)",
     )
     parser.add_argument("--sample", type=int, default=0, help="fit the first N patches only")
     parser.add_argument("--cpu-slots", type=int, default=2, help="CPU pilots beside the GPU one")

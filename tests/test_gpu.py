@@ -459,6 +459,7 @@ def test_the_gpu_check_runs_in_its_cpu_mode(tmp_path: Path) -> None:
     assert "missing Python modules: none" in out
     assert "[CpuDevice(id=0)]" in out, "JAX ran inside the container"
     assert "1/1 ok  device cpu" in out
+    assert "max |dCLs_obs| CPU batched vs CPU scipy over 1 patches" in out, "both fitters ran"
     assert out.rstrip().endswith("the check passed")
 
 
