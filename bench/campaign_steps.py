@@ -96,6 +96,8 @@ def campaign_steps(
         wall += [(f"first job: {name}", phases.get(key, 0.0)) for name, key in JOB_PHASES]
     wall.append(("results back to the client", returned - done))
     summed["jobs"] = float(len(firsts))
+    ends = [first_mark(history, "finished") for history, _ in jobs]
+    summed["first_results_s"] = min((e for e in ends if e is not None), default=done) - started
     return wall, summed
 
 
@@ -111,6 +113,9 @@ def print_steps(
     print(f"\n(c) {backend}, by step (medians of the runs; {total:.1f} s end to end)")
     for name, seconds in wall:
         print(f"  {name:52s} {seconds:7.2f} s")
+    first = summed.get("first_results_s")
+    if first is not None:
+        print(f"  {'first CLs back (a job finished), after pfit started':52s} {first:7.2f} s")
     jobs = int(summed.get("jobs", 0))
     print(f"  summed over the {jobs} jobs (core-seconds):")
     for name, key in JOB_PHASES:

@@ -190,6 +190,10 @@ def main() -> None:
         if args.repeat > 1:
             shown = ", ".join(f"{w:.1f}" for w in walls)
             print(f"(c) {backend}: {shown} s; median {wall:.1f} s")
+            firsts = [run["first_results_s"] for run in summed_runs]
+            shown = ", ".join(f"{f:.1f}" for f in firsts)
+            median = statistics.median(firsts)
+            print(f"(c) {backend}, first CLs back: {shown} s; median {median:.1f} s")
         summed_median = {
             key: statistics.median(run.get(key, 0.0) for run in summed_runs)
             for key in summed_runs[0]
