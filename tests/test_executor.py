@@ -309,9 +309,15 @@ def test_a_harvester_restart_in_the_middle_of_map(site: Harvester) -> None:
     assert values == [0.4] * 24
     (task_id,) = ex.task_ids
     jobs = site.jobs(task_id)
+    attempts = site.api().get(f"/api/v1/tasks/{task_id}/jobs", params={"all_attempts": True})
+    seen = "\n".join(
+        f"job {j['id']} #{j['job_index']} attempt {j['attempt_nr']}: {j['status']} "
+        f"{j.get('pilot_error_code')} {j.get('pilot_error_diag')}"
+        for j in attempts.json()
+    )  # what a failure below shows: every attempt, and why it ended
     final = [j for j in jobs if j["status"] in ("finished", "failed", "cancelled")]
-    assert len(final) == 12 and all(j["status"] == "finished" for j in final)
-    assert sorted(j["job_index"] for j in final) == list(range(12)), "no job lost or doubled"
+    assert len(final) == 12 and all(j["status"] == "finished" for j in final), seen
+    assert sorted(j["job_index"] for j in final) == list(range(12)), "lost or doubled:\n" + seen
 
 
 def _pallets() -> Path:
