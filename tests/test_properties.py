@@ -13,6 +13,7 @@ from db.errors import IllegalTransition
 from db.states import JOB_TERMINAL, TASK_TERMINAL, WORKER_TERMINAL, allowed, check_transition
 from harvester.architecture import parse_architecture
 from harvester.client.pcontainer import build_params
+from harvester.client.pfit import FIRST_JOB_SHARE, auto_groups
 from harvester.errors import InvalidRequest
 from harvester.scans.space import check_placeholders, parse_search_space
 from protocol.states import JobStatus, TaskStatus, WorkerStatus
@@ -106,3 +107,28 @@ def test_search_spaces_parse_or_are_refused_clearly(document: Any, command: str)
         check_placeholders(command, space)
     except InvalidRequest as exc:
         assert str(exc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(min_value=1, max_value=400), slots=st.integers(min_value=1, max_value=32))
+def test_a_campaign_split_by_itself_fits_every_patch_once_a_small_job_first(
+    n: int, slots: int
+) -> None:
+    """Every patch in exactly one job, in order; no job larger than two jobs per slot's
+    share (larger jobs align larger models); where there are enough patches, one small
+    job first (dispatched first: the first CLs come early), then two per slot within one
+    patch of each other."""
+    names = [f"p{i}" for i in range(n)]
+    jobs = [job["patches"] for job in auto_groups(names, slots)]
+    assert [name for job in jobs for name in job] == names
+    assert all(jobs)
+    per_job = -(-n // (2 * slots))
+    sizes = [len(job) for job in jobs]
+    assert max(sizes) <= per_job
+    first = per_job // FIRST_JOB_SHARE
+    if first >= 1:
+        rest = sizes[1:]
+        assert sizes[0] == first < min(rest)
+        assert len(rest) == 2 * slots and max(rest) - min(rest) <= 1
+    else:
+        assert sizes[:-1] == [per_job] * (len(sizes) - 1)

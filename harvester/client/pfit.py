@@ -72,15 +72,43 @@ def group(names: list[str], per_job: int) -> list[dict[str, Any]]:
     return [{"patches": names[i : i + per_job]} for i in range(0, len(names), per_job)]
 
 
-def auto_patches_per_job(c: Any, n_patches: int, site: str | None) -> int:
-    """About two jobs per slot, so slots stay busy and compilations are shared."""
+FIRST_JOB_SHARE = 4
+"""The first job of a campaign split automatically holds a quarter of a job's patches:
+the first CLs come back after a few fits, not after a whole job."""
+
+
+def online_slots(c: Any, site: str | None) -> int:
+    """The slots of the online queues the task may go to (at least one)."""
     named = set(split_list(site)) - {"AUTO"}
     slots = sum(
         int(q["config"].get("maxWorkers", 0))
         for q in c.get("/api/v1/queues")
         if q["status"] == "online" and (not named or q["name"] in named)
     )
-    return max(1, math.ceil(n_patches / (2 * max(slots, 1))))
+    return max(slots, 1)
+
+
+def auto_groups(names: list[str], slots: int) -> list[dict[str, Any]]:
+    """The jobs of a campaign no ``--patchesPerJob`` sizes.
+
+    Two jobs per slot, as even as their count allows, so a warm worker's
+    compilations serve several jobs and the slots end together; none larger than
+    that share, since a job's patches are aligned into one model and larger jobs
+    build larger models. Before them, where there are enough patches, one small job
+    (jobs are dispatched in order): the first CLs come back after a few fits.
+    """
+    per_job = max(1, math.ceil(len(names) / (2 * slots)))
+    first = per_job // FIRST_JOB_SHARE
+    if first < 1:
+        return group(names, per_job)
+    rest = names[first:]
+    size, extra = divmod(len(rest), 2 * slots)
+    jobs, at = [{"patches": names[:first]}], 0
+    for index in range(2 * slots):
+        width = size + (1 if index < extra else 0)
+        jobs.append({"patches": rest[at : at + width]})
+        at += width
+    return jobs
 
 
 @app.command()
@@ -177,12 +205,14 @@ def main(
         me = out_ds
         if me is None:
             me = f"user.{_whoami(c)}.pfit.{int(time.time())}"
-        per_job = patches_per_job or auto_patches_per_job(c, len(names), site)
+        if patches_per_job is None:
+            job_parameters = auto_groups(names, online_slots(c, site))
+        else:
+            job_parameters = group(names, patches_per_job)
         ps_name = "patchset.json.gz" if patchset.name.endswith(".gz") else "patchset.json"
         for file, name in ((ws_file, "BkgOnly.json"), (ps_file, ps_name)):
             if not c.holds(file.sha256):  # a pallet the harvester holds is not sent again
                 c.upload_bytes(file.raw, name)
-        job_parameters = group(names, per_job)
         steering = None
         if adaptive:
             steering = adaptive_steering(checked, names, initial_patches, n_parallel)
@@ -226,7 +256,8 @@ def main(
         else:
             err.print(
                 f"{len(names)} patches in {len(job_parameters)} jobs "
-                f"({per_job} per job), backend {backend}, outDS {me}"
+                f"(up to {max(len(j['patches']) for j in job_parameters)} per job), "
+                f"backend {backend}, outDS {me}"
             )
         if not wait:
             return
