@@ -134,12 +134,19 @@ def split_mixed(names: list[str]) -> list[tuple[list[str], int]]:
 
 
 def pfit_task(
-    env: dict[str, str], folder: Path, names: list[str], per_job: int, backend: str
+    env: dict[str, str],
+    folder: Path,
+    names: list[str],
+    per_job: int,
+    backend: str,
+    fitter: str = "scipy",
 ) -> int:
     args = [sys.executable, "-m", "harvester.client.pfit", "--pallet", str(folder)]
     for name in names:
         args += ["--patch", name]
     args += ["--backend", backend, "--patchesPerJob", str(per_job)]
+    if backend == "jax":
+        args += ["--fitter", fitter]
     done = subprocess.run(args, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"pfit refused the task ({done.returncode}): {done.stderr.strip()}")
@@ -250,6 +257,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--numpy-sample", type=int, default=12, help="0: every patch")
     parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument(
+        "--fitter", default="scipy", choices=("scipy", "batched"), help="pfit --fitter (jax)"
+    )
     args = parser.parse_args()
     root = Path(os.environ.get("HPCAF_PALLETS") or REPO.parent / "shared" / "data" / "pallets")
     home = Path(os.environ.get("HPCAF_HOME") or Path.home() / ".hpcaf")
@@ -270,7 +280,7 @@ def main() -> int:
                     order = order[: args.numpy_sample]
                 start = time.time()
                 tasks = [
-                    pfit_task(env, folder, part, per_job, backend)
+                    pfit_task(env, folder, part, per_job, backend, args.fitter)
                     for part, per_job in split_mixed(order)
                     if part
                 ]

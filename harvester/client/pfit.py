@@ -205,18 +205,18 @@ def main(
         me = out_ds
         if me is None:
             me = f"user.{_whoami(c)}.pfit.{int(time.time())}"
-        if patches_per_job is None:
-            job_parameters = auto_groups(names, online_slots(c, site))
-        else:
-            job_parameters = group(names, patches_per_job)
         ps_name = "patchset.json.gz" if patchset.name.endswith(".gz") else "patchset.json"
         for file, name in ((ws_file, "BkgOnly.json"), (ps_file, ps_name)):
             if not c.holds(file.sha256):  # a pallet the harvester holds is not sent again
                 c.upload_bytes(file.raw, name)
         steering = None
-        if adaptive:
+        if adaptive:  # its jobs are made by the harvester as the scan goes
             steering = adaptive_steering(checked, names, initial_patches, n_parallel)
             job_parameters = []
+        elif patches_per_job is None:
+            job_parameters = auto_groups(names, online_slots(c, site))
+        else:
+            job_parameters = group(names, patches_per_job)
         params = {
             **task_parameters(
                 taskName=f"pfit {workspace.parent.name or workspace.name} ({len(names)} patches)",
