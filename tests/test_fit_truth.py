@@ -564,3 +564,48 @@ def test_batched_fits_that_do_not_converge_are_fitted_one_at_a_time(
     finally:
         worker.close()
     assert_matches(results, expected.result())
+
+
+def test_a_later_job_leaves_the_warm_worker_s_templates_as_they_are(pallets: Path) -> None:
+    """A warm worker keeps its JAX templates across jobs. Each job builds its per-patch
+    models with numpy and switches pyhf's backend there and back; pyhf then re-makes
+    every live model's tensors for the new backend, twice, and a worker that served many
+    jobs paid that for every template it kept, in every job. The templates must come out
+    of a later job's preparation untouched (their tensors the same objects), and still be
+    JAX tensors. (That their fits stay right is checked against pyhf directly by the
+    warm-worker tests above, which run jobs one after another in one worker.)"""
+    import jax
+
+    sys.path.insert(0, str(REPO / "transforms"))
+    import pyhf
+    import pyhf_fit  # type: ignore[import-not-found]
+
+    workspace, patchset = pallet(pallets, "sbottom/RegionA")
+    background = read(workspace)
+    by_name = {p["metadata"]["name"]: p for p in read(patchset)["patches"]}
+
+    def prepare(names: list[str]) -> Any:
+        patches = [pyhf.patchset.Patch(by_name[name]) for name in names]
+        return pyhf_fit._prepare_shared(background, pyhf.Workspace(background), patches)
+
+    pyhf.set_backend("jax")
+    saved = dict(pyhf_fit._WARM)
+    pyhf_fit._WARM.update({"serving": True, "shared": None})
+    try:
+        first = prepare(SBOTTOM_ORDER[0])
+        templates = [s.template for s in first.models.structures.values()]
+        before = [t.main_model.nominal_rates for t in templates]
+        prepare(SBOTTOM_ORDER[1] + SBOTTOM_ORDER[2])
+        after = [t.main_model.nominal_rates for t in templates]
+        assert all(a is b for a, b in zip(before, after, strict=True)), (
+            "a later job's preparation re-made the kept templates' tensors"
+        )
+        assert all(isinstance(a, jax.Array) for a in after)
+        assert pyhf.get_backend()[0].name == "jax"
+    finally:
+        shared = pyhf_fit._WARM["shared"]
+        if shared is not None:
+            shared.uninstall()
+        pyhf_fit._WARM.clear()
+        pyhf_fit._WARM.update(saved)
+        pyhf.set_backend("numpy")
