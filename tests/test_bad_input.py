@@ -533,3 +533,36 @@ def test_inputs_carried_in_a_submission_are_checked_stored_and_not_kept_in_the_t
     )
     assert "content_b64" not in stored and carried["content_b64"] not in stored
     assert carried["sha256"] in stored
+
+
+def test_a_submission_names_only_files_its_owner_holds(hv: Harvester) -> None:
+    """Knowing a checksum is not holding the file: Bob cannot submit a task whose input
+    names the sha256 of a file only Alice uploaded (it would run with her content). The
+    refusal is a 400 that stores no task and does not say whether anyone holds it; once
+    Bob uploads the same content himself, the same submission is taken."""
+    content = b"alice's private calibration\n"
+    digest = hashlib.sha256(content).hexdigest()
+    with hv.api("alice") as c:
+        uploaded = c.post("/api/v1/files", params={"name": "calib.txt"}, content=content)
+        assert uploaded.status_code in (200, 201), uploaded.text
+    task = {
+        "containerImage": "base",
+        "exec": "cat calib.txt > o.txt",
+        "inputs": [{"name": "calib.txt", "sha256": digest}],
+        "outputs": ["o.txt"],
+        "outDS": "user.bob.borrowed",
+        "site": "ANALY_MANUAL",
+    }
+    tasks_before = hv.query("SELECT count(*) FROM tasks")[0][0]
+    with hv.api("bob") as c:
+        for path in ("/api/v1/tasks/check", "/api/v1/tasks"):
+            refused = c.post(path, json=task)
+            assert refused.status_code == 400, refused.text
+            assert f"you hold no file with sha256 {digest}" in refused.json()["detail"]
+        assert hv.query("SELECT count(*) FROM tasks")[0][0] == tasks_before
+        own = c.post("/api/v1/files", params={"name": "calib.txt"}, content=content)
+        assert own.status_code in (200, 201), own.text
+        taken = c.post("/api/v1/tasks", json=task)
+        assert taken.status_code == 201, taken.text
+    owners = hv.query("SELECT owner FROM files WHERE sha256=:s ORDER BY owner", s=digest)
+    assert [o for (o,) in owners] == ["alice", "bob"]

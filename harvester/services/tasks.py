@@ -18,7 +18,7 @@ from harvester.errors import Conflict, Forbidden, ImageError, InvalidRequest, No
 from harvester.identity import Principal
 from harvester.images.reference import RegistryReference, is_registry_reference
 from harvester.services.functions import check_function_parameters
-from harvester.services.inputs import register_input
+from harvester.services.inputs import owner_holds, register_input
 from harvester.services.lifecycle import (
     cancel_open_jobs,
     current_attempts,
@@ -100,8 +100,10 @@ def submit_task(
         check_sha256(item.sha256)
         if item.content_b64 is not None:
             carried.append((item, decode_carried(item.name, item.sha256, item.content_b64)))
-        elif not ctx.files.exists(item.sha256):
-            raise InvalidRequest(f"input {item.name!r}: no uploaded file with sha256 {item.sha256}")
+        elif not (owner_holds(session, owner, item.sha256) and ctx.files.exists(item.sha256)):
+            raise InvalidRequest(
+                f"input {item.name!r}: you hold no file with sha256 {item.sha256} (upload it first)"
+            )
     if (
         params.sandbox is not None
         and params.sandbox.content_b64 is None

@@ -16,7 +16,7 @@ from harvester.api.auth import Context, CurrentPrincipal
 from harvester.context import HarvesterContext
 from harvester.errors import Forbidden, InvalidRequest, NotFoundError
 from harvester.identity import Principal
-from harvester.services.inputs import register_input
+from harvester.services.inputs import owner_holds, register_input
 from harvester.services.tasks import may_read
 from harvester.stores.files import check_file_name, check_sha256
 from protocol.files import FilePublic
@@ -82,10 +82,8 @@ def holds(sha256: str, ctx: Context, principal: CurrentPrincipal) -> Response:
     so that nobody learns whether someone else holds a given content."""
     check_sha256(sha256)
     with ctx.sessions() as session:
-        mine = session.scalar(
-            select(File.id).where(File.sha256 == sha256, File.owner == principal.user).limit(1)
-        )
-    if mine is None or not ctx.files.exists(sha256):
+        mine = owner_holds(session, principal.user, sha256)
+    if not mine or not ctx.files.exists(sha256):
         raise NotFoundError(f"you hold no file with sha256 {sha256}")
     return Response(status_code=status.HTTP_200_OK)
 
