@@ -99,10 +99,16 @@ def parsl_htex(workspace: dict[str, Any], patches: list[dict[str, Any]], workers
 
 
 def hpcaf(
-    folder: Path, backend: str, slots: int, compile_cache: Path, fitter: str = "scipy"
+    folder: Path,
+    backend: str,
+    slots: int,
+    compile_cache: Path,
+    fitter: str = "scipy",
+    patches_per_job: int | None = None,
 ) -> tuple[float, dict[str, Any], tuple[list[tuple[str, float]], dict[str, float]]]:
     """pfit → results through a fresh harvester with one local pilot per core; the wall
-    time, the results and the campaign's steps."""
+    time, the results and the campaign's steps. ``patches_per_job``: pfit's
+    ``--patchesPerJob`` (default: pfit's own split)."""
     from harvester.client.http import HarvesterClient
 
     with local_harvester(slots, compile_cache) as cenv:
@@ -117,6 +123,7 @@ def hpcaf(
                 "--backend",
                 backend,
                 *(["--fitter", fitter] if backend == "jax" else []),
+                *(["--patchesPerJob", str(patches_per_job)] if patches_per_job else []),
                 "--outDS",
                 f"user.bench.{backend}",
                 "--wait",
@@ -150,6 +157,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs of (c); the median is shown")
     parser.add_argument(
         "--fitter", default="scipy", choices=("scipy", "batched"), help="pfit --fitter (jax)"
+    )
+    parser.add_argument(
+        "--patches-per-job",
+        type=int,
+        default=None,
+        help="pfit --patchesPerJob (default: its own split)",
     )
     caches = parser.add_mutually_exclusive_group()
     caches.add_argument(
@@ -192,7 +205,9 @@ def main() -> None:
         site_cache = args.compile_cache or new_home("hpcaf-bench-compilations-")
         for _ in range(args.repeat):
             cache = new_home("hpcaf-bench-compilations-") if args.fresh_cache else site_cache
-            wall, results, (steps, summed) = hpcaf(folder, backend, cores, cache, args.fitter)
+            wall, results, (steps, summed) = hpcaf(
+                folder, backend, cores, cache, args.fitter, args.patches_per_job
+            )
             walls.append(wall)
             walls_steps.append(steps)
             summed_runs.append(summed)
