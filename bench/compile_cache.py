@@ -34,8 +34,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-TIMINGS_PREFIX = "hpcaf-timings "
+from campaign_steps import timings_of
+from local_harvester import REPO
 
 
 class Pallet:
@@ -80,10 +80,10 @@ def run_job(cache: Path, pallet: Pallet, names: list[str], workdir: Path) -> dic
         check=True,
     )
     log = (workdir / "payload.log").read_text()
-    lines = [line for line in log.splitlines() if line.startswith(TIMINGS_PREFIX)]
-    if not lines:
+    timings = timings_of(log)
+    if timings is None:
         raise SystemExit(f"the job printed no timings:\n{log[-2000:]}")
-    return dict(json.loads(lines[-1][len(TIMINGS_PREFIX) :]))
+    return timings
 
 
 def main() -> None:

@@ -38,6 +38,7 @@ from campaign_steps import campaign_steps, median_steps, print_steps
 from local_harvester import REPO, local_harvester, new_home
 from parsl_peer import htex
 
+CACHE_PREFIX = "hpcaf-bench-compilations-"
 MODIFIERS = {"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}}
 
 
@@ -202,9 +203,9 @@ def main() -> None:
         walls = []
         walls_steps: list[list[tuple[str, float]]] = []
         summed_runs: list[dict[str, float]] = []
-        site_cache = args.compile_cache or new_home("hpcaf-bench-compilations-")
+        site_cache = None if args.fresh_cache else args.compile_cache or new_home(CACHE_PREFIX)
         for _ in range(args.repeat):
-            cache = new_home("hpcaf-bench-compilations-") if args.fresh_cache else site_cache
+            cache = site_cache or new_home(CACHE_PREFIX)
             wall, results, (steps, summed) = hpcaf(
                 folder, backend, cores, cache, args.fitter, args.patches_per_job
             )

@@ -289,12 +289,12 @@ def run(args: argparse.Namespace) -> int:
                 shown = f"{len(names)} patches" if names else "all patches"
                 print(f"== pallet {pallet} ({shown}):")
                 fitters = args.fitters.split(",")
+                against = f"CPU {fitters[0]}"
                 baseline: dict[str, Any] = {}
                 for fitter in fitters:
                     cpu_wall, cpu_results = campaign(env, client, folder, names, False, fitter)
                     print("  " + describe(f"CPU {fitter}", cpu_wall, cpu_results))
                     failed |= any(e.get("status") != "ok" for e in cpu_results.values())
-                    against = f"CPU {fitters[0]}"
                     if fitter == fitters[0]:
                         baseline = cpu_results
                     else:

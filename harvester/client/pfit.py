@@ -97,8 +97,8 @@ def auto_groups(names: list[str], slots: int) -> list[dict[str, Any]]:
     build larger models. Before them, where there are enough patches, one small job
     (jobs are dispatched in order): the first CLs come back after a few fits. Its
     patches are taken from the last job, which the slot that ran the small job
-    takes at the end: so the slots still end together (taken from every job alike,
-    that slot ended a small job's time after the others: 18 s on 1Lbb).
+    takes at the end, so the slots still end together (taken from every job alike,
+    that slot ended a small job's time after the other).
     """
     shares = 2 * slots
     per_job = max(1, math.ceil(len(names) / shares))
