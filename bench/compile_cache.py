@@ -46,8 +46,14 @@ class Pallet:
         self.names = [p["metadata"]["name"] for p in raw["patches"]]
 
 
-def run_job(cache: Path, pallet: Pallet, names: list[str], workdir: Path) -> dict[str, Any]:
-    """One job in a new warm-worker process on one core; its ``hpcaf-timings`` line."""
+def run_job(
+    cache: Path, pallet: Pallet, names: list[str], workdir: Path, *, prelude: str = ""
+) -> dict[str, Any]:
+    """One job in a new warm-worker process on one core; its ``hpcaf-timings`` line.
+
+    ``prelude``: Python run in the worker after ``pyhf_fit`` is imported and before it
+    serves (``bench/worker_overheads.py`` changes the transform's ways there).
+    """
     workdir.mkdir(parents=True)
     job = {
         "transform_args": {
@@ -60,9 +66,13 @@ def run_job(cache: Path, pallet: Pallet, names: list[str], workdir: Path) -> dic
         "job_parameters": {"patches": names},
     }
     (workdir / "job.json").write_text(json.dumps(job))
-    code = (
-        f"import sys; sys.path.insert(0, {str(REPO / 'transforms')!r}); "
-        "import pyhf_fit; sys.exit(pyhf_fit.serve())"
+    code = "\n".join(
+        [
+            f"import sys; sys.path.insert(0, {str(REPO / 'transforms')!r})",
+            "import pyhf_fit",
+            prelude,
+            "sys.exit(pyhf_fit.serve())",
+        ]
     )
     env = {
         **os.environ,

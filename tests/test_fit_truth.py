@@ -609,3 +609,69 @@ def test_a_later_job_leaves_the_warm_worker_s_templates_as_they_are(pallets: Pat
         pyhf_fit._WARM.clear()
         pyhf_fit._WARM.update(saved)
         pyhf.set_backend("numpy")
+
+
+WATCH_THE_COLLECTOR = """
+import gc, json, pyhf, weakref
+_collections = []
+gc.callbacks.append(lambda phase, info: phase == "stop" and _collections.append(info["generation"]))
+class _Cycle:
+    pass
+_left = []
+_job_run = pyhf_fit.run
+def _run_watched(job):
+    before = list(_collections)
+    _collections.clear()
+    paused = not gc.isenabled()
+    earlier_cycle_freed = all(ref() is None for ref in _left)
+    cycle = _Cycle()
+    cycle.me = cycle  # garbage only a collection frees, made during the job
+    _left.append(weakref.ref(cycle))
+    del cycle
+    out = _job_run(job)
+    _run_watched.seen = {"paused": paused, "collections": list(_collections),
+                         "between_jobs": before, "earlier_cycle_freed": earlier_cycle_freed}
+    return out
+pyhf_fit.run = _run_watched
+_job_main = pyhf_fit.main
+def _main_watched(argv=None):
+    code = _job_main(argv)
+    shared = pyhf_fit._WARM["shared"]
+    templates = {id(s.template) for s in shared.structures.values()} if shared else set()
+    models = sum(isinstance(o, pyhf.pdf.Model) for o in gc.get_objects())
+    with open("collector.json", "w") as fh:
+        json.dump({**_run_watched.seen, "enabled_after": gc.isenabled(),
+                   "models": models, "templates": len(templates)}, fh)
+    return code
+pyhf_fit.main = _main_watched
+"""
+
+
+def test_a_job_pauses_the_collector_and_leaves_no_numpy_model_behind(
+    tmp_path: Path, pyhf_directly: Reference, pallets: Path
+) -> None:
+    """The cyclic garbage collector is paused while a job runs (its full collections cost a
+    staus job a fifth of its time): no collection during the job, the per-patch numpy
+    models freed all the same (a warm worker keeps only its JAX templates after a job),
+    a reference cycle made during one job freed before the next starts (the worker
+    collects between jobs), and the numbers still pyhf's."""
+    worker = WarmTransform(tmp_path, WATCH_THE_COLLECTOR)
+    try:
+        workspace, patchset = pallet(pallets, "sbottom/RegionA")
+        names = SBOTTOM_ORDER[0] + SBOTTOM_ORDER[1]
+        expected = pyhf_directly.start(workspace, patchset, names)
+        results: dict[str, Any] = {}
+        for job in (SBOTTOM_ORDER[0], SBOTTOM_ORDER[1]):
+            code, found = worker.run(workspace, patchset, job)
+            assert code == 0, found
+            results.update(found)
+            watched = json.loads((tmp_path / f"job_{worker.jobs}" / "collector.json").read_text())
+            assert watched["paused"] and watched["enabled_after"], watched
+            assert watched["collections"] == [], watched
+            assert watched["templates"] >= 1
+            assert watched["models"] == watched["templates"], watched
+        assert 2 in watched["between_jobs"], watched  # a full collection between the jobs
+        assert watched["earlier_cycle_freed"], watched
+    finally:
+        worker.close()
+    assert_matches(results, expected.result())

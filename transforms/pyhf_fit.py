@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import gzip
 import hashlib
 import json
@@ -66,7 +67,9 @@ def configure_backend(backend: str) -> str:
 
     if backend == "jax":
         import jax
+        import jax_contexts
 
+        jax_contexts.reuse_ir_contexts()
         jax.config.update("jax_enable_x64", True)
         cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
         if cache:
@@ -312,8 +315,6 @@ def _prepare_shared(
     The per-patch models are built with the numpy backend (five times faster to
     build than with JAX); only one template per key is built with JAX.
     """
-    import gc
-
     from pyhf_shared import SharedModels, StructureMismatch, align_specs
 
     t0 = time.time()
@@ -352,7 +353,6 @@ def _prepare_shared(
             data = [d for _, d in models]
             analysed = sm.analyse_all([m for m, _ in models])
             del models
-            gc.collect()
         bound = sm.register(analysed, lambda index: build_template(specs[index]))
     except StructureMismatch as exc:
         print(f"shared compilation unavailable ({exc}): fitting each on its own", flush=True)
@@ -390,6 +390,28 @@ def numpy_for_building() -> Iterator[None]:
     finally:
         pyhf.set_backend("jax")
         pyhf.events.enable("tensorlib_changed")
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused while a job runs.
+
+    A job makes millions of short-lived containers (the parsed pallet, pyhf's model
+    construction, the optimizer's calls), and the collector answered with about ten
+    full collections per staus job, each walking every object the worker holds: the
+    imported libraries, the parsed pallet, the kept templates (``bench/worker_overheads.py``
+    prints what they took). What a job allocates is freed by reference counting (the
+    per-patch models included); what it leaves in reference cycles is a few thousand small
+    objects (functions and classes that tracing makes), which a warm worker collects
+    between jobs (``serving.py``) and a one-shot run leaves to its exit.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _declares_poi(spec: dict[str, Any]) -> bool:
@@ -495,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve()
     with open(args.job) as fh:
         job = json.load(fh)
-    results, ok = run(job)
+    with collector_paused():
+        results, ok = run(job)
     with open(args.output, "w") as fh:
         json.dump(results, fh, indent=1)
     return 0 if ok else EXIT_PATCH_FAILED
