@@ -9,13 +9,14 @@ compilation). Four ways, each ``--repeat`` times in a new process and cache fold
   garbage collector running as it does by itself;
 - ``contexts reused``: JAX's lowerings in reused MLIR contexts
   (``transforms/jax_contexts.py``);
-- ``collector paused``: the collector paused while the job runs, one collection by
-  hand after the model build (``pyhf_fit.collector_paused``);
+- ``collector paused``: the collector paused while the job runs
+  (``pyhf_fit.collector_paused``), what a job leaves collected between jobs;
 - ``both``: what the transform does.
 
 Printed per pallet and way, as medians: the whole job (process start-up included),
 its preparation (aligned models and the JAX template), its first fit, its other fits,
-and the time the garbage collector took; and the largest difference in CLs from the first way
+the time Python's garbage collector took in the process (its imports included), its
+full collections, and the programs JAX lowered; and the largest difference in CLs from the first way
 (they must be equal).
 
     HPCAF_PALLETS=../shared/data/pallets python bench/worker_overheads.py --repeat 3
@@ -38,19 +39,27 @@ from local_harvester import REPO
 GC_MARK = "bench-gc-seconds"
 MEASURE_GC = f"""
 import gc, time
-_gc = [0.0, 0.0]
+_gc = [0.0, 0.0, 0]
 def _gc_timed(phase, info):
     if phase == "start":
         _gc[1] = time.perf_counter()
     else:
         _gc[0] += time.perf_counter() - _gc[1]
+        _gc[2] += info["generation"] == 2
 gc.callbacks.append(_gc_timed)
+from jax._src.interpreters import mlir, pxla
+_lowered = [0]
+_lower = mlir.lower_jaxpr_to_module
+def _lower_counted(*args, **kwargs):
+    _lowered[0] += 1
+    return _lower(*args, **kwargs)
+pxla.mlir.lower_jaxpr_to_module = _lower_counted
 _job_main = pyhf_fit.main
 def _main_measured(argv=None):
     try:
         return _job_main(argv)
     finally:
-        print("{GC_MARK}", _gc[0], flush=True)
+        print("{GC_MARK}", _gc[0], _gc[2], _lowered[0], flush=True)
 pyhf_fit.main = _main_measured
 """
 OWN_CONTEXTS = "import jax_contexts; jax_contexts.reuse_ir_contexts = lambda: False"
@@ -73,8 +82,10 @@ def one_job(pallet: Pallet, names: list[str], changes: list[str]) -> tuple[dict[
         run_job(cache, pallet, names, scratch / "warm", prelude=prelude)
         timings = run_job(cache, pallet, names, scratch / "job", prelude=prelude)
         log = (scratch / "job" / "payload.log").read_text()
-        found = re.search(rf"^{GC_MARK} (\S+)$", log, re.MULTILINE)
+        found = re.search(rf"^{GC_MARK} (\S+) (\d+) (\d+)$", log, re.MULTILINE)
         timings["gc_s"] = float(found.group(1)) if found else float("nan")
+        timings["full_collections"] = float(found.group(2)) if found else float("nan")
+        timings["lowered"] = float(found.group(3)) if found else float("nan")
         results = json.loads((scratch / "job" / "results.json").read_text())
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -94,7 +105,8 @@ def main() -> None:
     )
     print(
         f"{'pallet':22s} {'way':22s} {'job [s]':>8s} {'prepare':>8s} {'1st fit':>8s} "
-        f"{'fits':>6s} {'collector':>9s} {'|ΔCLs|':>8s}  runs of the job"
+        f"{'fits':>6s} {'collector':>9s} {'full':>5s} {'lowered':>7s} {'|ΔCLs|':>8s}  "
+        "runs of the job"
     )
     for name in args.pallets:
         pallet = Pallet(root / name)
@@ -108,6 +120,8 @@ def main() -> None:
                 "first": [],
                 "fits": [],
                 "gc": [],
+                "full": [],
+                "lowered": [],
             }
             difference = 0.0
             for _ in range(args.repeat):
@@ -119,6 +133,8 @@ def main() -> None:
                 runs["first"].append(timings["first_fits_s"])
                 runs["fits"].append(timings["fits_s"])
                 runs["gc"].append(timings["gc_s"])
+                runs["full"].append(timings["full_collections"])
+                runs["lowered"].append(timings["lowered"])
                 first = first or results
                 difference = max(
                     [difference] + [abs(results[n]["CLs_obs"] - first[n]["CLs_obs"]) for n in names]
@@ -128,7 +144,7 @@ def main() -> None:
             print(
                 f"{name:22s} {way:22s} {median['job']:8.2f} {median['prepare']:8.2f} "
                 f"{median['first']:8.2f} {median['fits']:6.2f} {median['gc']:9.2f} "
-                f"{difference:8.1e}  {shown}",
+                f"{median['full']:5.0f} {median['lowered']:7.0f} {difference:8.1e}  {shown}",
                 flush=True,
             )
 

@@ -40,7 +40,7 @@ JAX_VERSION_READ = "0.10.2"
 LOWERINGS_PER_CONTEXT = 256
 """Lowerings one context serves before it is replaced: a staus job's first fit lowers
 about 230 programs, and a context's interned constants stay bounded by this many
-programs' worth (measured: about 18 KiB per program whose constants are 16 KiB)."""
+programs' worth."""
 
 _MARK = "hpcaf_reuses_contexts"
 
