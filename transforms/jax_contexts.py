@@ -2,12 +2,13 @@
 
 JAX lowers every program to MLIR before it looks in the persistent compilation
 cache (the cache's key is the lowered module), and makes a new MLIR context for
-every lowering, loading all of its dialects into it: 10 to 14 ms each on this
-project's CPUs. A fit's first call lowers some 230 programs, because pyhf builds
+every lowering, loading all of its dialects into it: about ten milliseconds each
+in a profile on this project's CPUs. A fit's first call lowers some 230 programs
+(236 in a staus job, as the bench counts them), because pyhf builds
 and evaluates a JAX model with eager operations and each new shape is a program
-of its own; so a worker process spent about 3 s making contexts on a site whose
-cache already held every one of those programs, more than the compiled fits of a
-whole job.
+of its own; so a worker process spent seconds making contexts on a site whose
+cache already held every one of those programs (``bench/worker_overheads.py``
+measures what reusing them spares).
 
 :func:`reuse_ir_contexts` makes JAX's ``make_ir_context`` hand out one context per
 thread, renewed after :data:`LOWERINGS_PER_CONTEXT` lowerings. Why that is safe:

@@ -397,8 +397,8 @@ def collector_paused() -> Iterator[None]:
     """Python's cyclic garbage collector paused while a job runs.
 
     A job makes millions of short-lived containers (the parsed pallet, pyhf's model
-    construction, the optimizer's calls), and the collector answered with about ten
-    full collections per staus job, each walking every object the worker holds: the
+    construction, the optimizer's calls), and the collector answered with eight full
+    collections in a staus job of 14 patches, each walking every object the worker holds: the
     imported libraries, the parsed pallet, the kept templates (``bench/worker_overheads.py``
     prints what they took). What a job allocates is freed by reference counting (the
     per-patch models included); what it leaves in reference cycles is a few thousand small
