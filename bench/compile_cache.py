@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from campaign_steps import timings_of
 from local_harvester import REPO
@@ -46,10 +46,18 @@ class Pallet:
         self.names = [p["metadata"]["name"] for p in raw["patches"]]
 
 
+class Finished(NamedTuple):
+    """A job's ``hpcaf-timings`` line, its ``payload.log`` and its ``results.json``."""
+
+    timings: dict[str, Any]
+    log: str
+    results: dict[str, Any]
+
+
 def run_job(
     cache: Path, pallet: Pallet, names: list[str], workdir: Path, *, prelude: str = ""
-) -> dict[str, Any]:
-    """One job in a new warm-worker process on one core; its ``hpcaf-timings`` line.
+) -> Finished:
+    """One job in a new warm-worker process on one core.
 
     ``prelude``: Python run in the worker after ``pyhf_fit`` is imported and before it
     serves (``bench/worker_overheads.py`` changes the transform's ways there).
@@ -93,7 +101,23 @@ def run_job(
     timings = timings_of(log)
     if timings is None:
         raise SystemExit(f"the job printed no timings:\n{log[-2000:]}")
-    return timings
+    return Finished(timings, log, json.loads((workdir / "results.json").read_text()))
+
+
+def job_in_a_new_cache(
+    pallet: Pallet, names: list[str], warm_with: tuple[Pallet, list[str]] | None, prelude: str = ""
+) -> Finished:
+    """The job in a new cache folder, filled first by the job ``warm_with`` (``None``: left
+    empty), each job in a worker of its own."""
+    scratch = Path(tempfile.mkdtemp(prefix="hpcaf-bench-cc-"))
+    try:
+        cache = scratch / "cache"
+        cache.mkdir()
+        if warm_with is not None:
+            run_job(cache, *warm_with, scratch / "warm", prelude=prelude)
+        return run_job(cache, pallet, names, scratch / "measured", prelude=prelude)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main() -> None:
@@ -118,15 +142,7 @@ def main() -> None:
     for label, warmer in warmers.items():
         firsts, prepares = [], []
         for _ in range(args.repeat):
-            scratch = Path(tempfile.mkdtemp(prefix="hpcaf-bench-cc-"))
-            try:
-                cache = scratch / "cache"
-                cache.mkdir()
-                if warmer is not None:
-                    run_job(cache, warmer[0], warmer[1], scratch / "warm")
-                timings = run_job(cache, staus, measured, scratch / "measured")
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
+            timings = job_in_a_new_cache(staus, measured, warmer).timings
             firsts.append(timings["first_fits_s"])
             prepares.append(timings["prepare_s"])
         shown = ", ".join(f"{f:.2f}" for f in firsts)

@@ -25,15 +25,12 @@ full collections, and the programs JAX lowered; and the largest difference in CL
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import shutil
 import statistics
-import tempfile
 from pathlib import Path
 
-from compile_cache import Pallet, run_job
+from compile_cache import Pallet, job_in_a_new_cache
 from local_harvester import REPO
 
 GC_MARK = "bench-gc-seconds"
@@ -73,23 +70,16 @@ WAYS = {
 
 
 def one_job(pallet: Pallet, names: list[str], changes: list[str]) -> tuple[dict[str, float], dict]:
-    """The job's timings (and the collector's seconds) and results, in a warm site cache."""
+    """The job's timings (with the collector's and the lowerings' counts) and results, in a
+    site cache that the same job filled before."""
     prelude = "\n".join([MEASURE_GC, *changes])
-    scratch = Path(tempfile.mkdtemp(prefix="hpcaf-bench-worker-"))
-    try:
-        cache = scratch / "cache"
-        cache.mkdir()
-        run_job(cache, pallet, names, scratch / "warm", prelude=prelude)
-        timings = run_job(cache, pallet, names, scratch / "job", prelude=prelude)
-        log = (scratch / "job" / "payload.log").read_text()
-        found = re.search(rf"^{GC_MARK} (\S+) (\d+) (\d+)$", log, re.MULTILINE)
-        timings["gc_s"] = float(found.group(1)) if found else float("nan")
-        timings["full_collections"] = float(found.group(2)) if found else float("nan")
-        timings["lowered"] = float(found.group(3)) if found else float("nan")
-        results = json.loads((scratch / "job" / "results.json").read_text())
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return timings, results
+    finished = job_in_a_new_cache(pallet, names, (pallet, names), prelude)
+    timings = finished.timings
+    found = re.search(rf"^{GC_MARK} (\S+) (\d+) (\d+)$", finished.log, re.MULTILINE)
+    timings["gc_s"] = float(found.group(1)) if found else float("nan")
+    timings["full_collections"] = float(found.group(2)) if found else float("nan")
+    timings["lowered"] = float(found.group(3)) if found else float("nan")
+    return timings, finished.results
 
 
 def main() -> None:

@@ -651,7 +651,7 @@ def test_a_job_pauses_the_collector_and_leaves_no_numpy_model_behind(
     tmp_path: Path, pyhf_directly: Reference, pallets: Path
 ) -> None:
     """The cyclic garbage collector is paused while a job runs (its full collections cost a
-    staus job a fifth of its time): no collection during the job, the per-patch numpy
+    staus job a sixth of its time): no collection during the job, the per-patch numpy
     models freed all the same (a warm worker keeps only its JAX templates after a job),
     a reference cycle made during one job freed before the next starts (the worker
     collects between jobs), and the numbers still pyhf's."""
